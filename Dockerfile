@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+# One image for every taskq process: API, worker, migrations and prune.
+# The command is chosen by the manifests (args: ["api"], ["worker"], ...).
+#
+# BASE_IMAGE is an argument so the image test can build against a locally
+# made stand-in when no registry is reachable; keep it on a pinned tag.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: wheel + virtualenv ------------------------------------------
+FROM ${BASE_IMAGE} AS build
+
+# Only set when the build needs a private CA (see scripts/podman-setup.sh);
+# an ARG without a default stays unset, so pip keeps its own CA list otherwise.
+ARG PIP_CERT
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Two venvs: /opt/build holds pip (a build tool), /opt/taskq gets only the
+# application and its dependencies and is the only thing copied onwards.
+RUN python3 -m venv /opt/build \
+ && python3 -m venv --without-pip /opt/taskq
+
+WORKDIR /src
+# .dockerignore lets in only what the wheel is built from.
+COPY . .
+RUN /opt/build/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
+ && /opt/build/bin/pip --python /opt/taskq/bin/python install /tmp/wheels/*.whl \
+ && /opt/taskq/bin/taskq --help >/dev/null
+
+# ---- runtime ---------------------------------------------------------------
+FROM ${BASE_IMAGE}
+
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="taskq" \
+      org.opencontainers.image.description="PostgreSQL-only task queue: API, worker, migrations" \
+      org.opencontainers.image.revision="${REVISION}"
+
+# A numeric, non-root user: Kubernetes' runAsNonRoot can only verify a numeric
+# UID. No home directory is needed; HOME points at /tmp, the one writable path
+# (an emptyDir under readOnlyRootFilesystem).
+RUN groupadd --gid 10001 taskq \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
+            --shell /usr/sbin/nologin taskq
+
+COPY --from=build /opt/taskq /opt/taskq
+
+ENV PATH=/opt/taskq/bin:$PATH \
+    HOME=/tmp \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TASKQ_API_BIND=0.0.0.0:8080 \
+    TASKQ_WORKER_HEALTH_BIND=0.0.0.0:8081
+
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080 8081
+ENTRYPOINT ["taskq"]
+CMD ["api"]
