@@ -1,0 +1,41 @@
+# taskq developer commands. `make run` and `make test` work from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest deps bench clean help
+
+help:
+	@echo "make run    - API + worker on 127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)"
+	@echo "make test   - ruff, mypy and pytest against a real PostgreSQL"
+	@echo "make bench  - benchmarks against the peers (bench/)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+run: deps
+	$(BIN)/taskq dev
+
+lint: deps
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
+
+typecheck: deps
+	$(BIN)/mypy
+
+pytest: deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+-include mk/*.mk

@@ -1,0 +1,53 @@
+"""The Falcon application factory."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import falcon
+
+from app import db
+from app.api import errors
+from app.api.tasks import (
+    BatchResource,
+    CancelResource,
+    RetryResource,
+    TaskResource,
+    TasksResource,
+)
+from app.handlers import Registry, default_registry
+from app.health import LiveResource, ReadyResource
+from app.settings import Settings
+
+
+@dataclasses.dataclass
+class Deps:
+    """What the API needs from the outside world; tests pass their own."""
+
+    pool: Any
+    registry: Registry = dataclasses.field(default_factory=lambda: default_registry)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Deps:
+        default_registry.load_modules(settings.handler_modules)
+        return cls(pool=db.create_pool(settings, name="api"), registry=default_registry)
+
+
+def create_app(
+    settings: Settings, deps: Deps | None = None
+) -> falcon.App[falcon.Request, falcon.Response]:
+    deps = deps or Deps.from_settings(settings)
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.register(app)
+
+    shared = (settings, deps.pool, deps.registry)
+    app.add_route("/tasks", TasksResource(*shared))
+    app.add_route("/tasks/batch", BatchResource(*shared))
+    app.add_route("/tasks/{task_id}", TaskResource(*shared))
+    app.add_route("/tasks/{task_id}/cancel", CancelResource(*shared))
+    app.add_route("/tasks/{task_id}/retry", RetryResource(*shared))
+    app.add_route("/live", LiveResource())
+    app.add_route("/ready", ReadyResource(lambda: {"database": db.ping(deps.pool)}))
+    return app

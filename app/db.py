@@ -1,0 +1,149 @@
+"""Database boundary: connection pools, connections, and psycopg error translation.
+
+Nothing outside this module catches psycopg exceptions: `translate_errors` turns them into
+the domain's DatabaseUnavailable / InvalidInput so the API and worker speak one language.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+
+from app.errors import DatabaseUnavailable, InvalidInput
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+# Data the server refused although the API validated it (e.g. a value out of range).
+_BAD_INPUT_CLASSES = ("22",)
+
+
+def conninfo(settings: Settings, *, application_name: str) -> str:
+    """The libpq conninfo for DATABASE_URL with our connection defaults added."""
+    params: dict[str, Any] = conninfo_to_dict(settings.database_url)
+    params.setdefault("connect_timeout", str(settings.db_connect_timeout))
+    params.setdefault("application_name", application_name)
+    return make_conninfo(**params)
+
+
+def redact(url: str) -> str:
+    """DATABASE_URL with any password replaced, for logs and error messages."""
+    try:
+        params: dict[str, Any] = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable DATABASE_URL>"
+    if "password" in params:
+        params["password"] = "***"  # noqa: S105  (a mask, not a password)
+    return make_conninfo(**params)
+
+
+def _configure(settings: Settings) -> Any:
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        if settings.db_statement_timeout_ms:
+            conn.execute(f"SET statement_timeout = {int(settings.db_statement_timeout_ms)}")
+
+    return configure
+
+
+def _still_usable(conn: psycopg.Connection[Any]) -> None:
+    """Cheap pool check: an idle connection has nothing to read unless the server spoke.
+
+    After a PostgreSQL restart the server sends a FATAL message and closes the socket; a
+    readable idle socket therefore means "look closer". Only then do we pay a round trip,
+    so healthy checkouts cost one poll() instead of a query.
+    """
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        conn.execute("SELECT 1")
+
+
+def create_pool(
+    settings: Settings,
+    *,
+    name: str,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    open_wait: bool = False,
+) -> psycopg_pool.ConnectionPool[Connection]:
+    """A pool of autocommit connections returning dict rows.
+
+    The pool is opened without waiting: a process that starts while PostgreSQL is down
+    comes up, reports not-ready, and serves once the database returns.
+    """
+    pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
+        conninfo(settings, application_name=f"taskq-{name}"),
+        min_size=settings.db_pool_min if min_size is None else min_size,
+        max_size=settings.db_pool_max if max_size is None else max_size,
+        timeout=settings.db_pool_timeout,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        configure=_configure(settings),
+        check=_still_usable,
+        reconnect_timeout=0,  # keep retrying forever in the background; never give up
+        name=name,
+        open=False,
+        connection_class=psycopg.Connection[dict[str, Any]],
+    )
+    pool.open(wait=open_wait)
+    return pool
+
+
+def connect(settings: Settings, *, name: str) -> Connection:
+    """A single dedicated autocommit connection (listener, CLI)."""
+    with translate_errors():
+        conn = psycopg.connect(
+            conninfo(settings, application_name=f"taskq-{name}"),
+            autocommit=True,
+            row_factory=dict_row,
+        )
+    _configure(settings)(conn)
+    return conn
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn psycopg/pool exceptions into domain errors at the database boundary."""
+    try:
+        yield
+    except psycopg_pool.PoolTimeout as exc:
+        raise DatabaseUnavailable("database unavailable: no connection within timeout") from exc
+    except psycopg.OperationalError as exc:
+        # OperationalError covers lost connections, shutdowns and statement timeouts.
+        raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+    except psycopg.DataError as exc:
+        sqlstate = exc.sqlstate or ""
+        if sqlstate.startswith(_BAD_INPUT_CLASSES):
+            raise InvalidInput(f"value rejected by the database: {_first_line(exc)}") from exc
+        raise
+    except psycopg.InterfaceError as exc:
+        raise DatabaseUnavailable("database unavailable: connection closed") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+@contextlib.contextmanager
+def pooled(pool: psycopg_pool.ConnectionPool[Connection]) -> Iterator[Connection]:
+    """Borrow a connection, translating every database failure on the way."""
+    with translate_errors(), pool.connection() as conn:
+        yield conn
+
+
+def ping(pool: psycopg_pool.ConnectionPool[Connection], timeout: float = 1.0) -> bool:
+    """True when a pooled connection answers `SELECT 1` within `timeout` seconds."""
+    try:
+        with pool.connection(timeout=timeout) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except (psycopg.Error, psycopg_pool.PoolTimeout):
+        return False

@@ -1,0 +1,106 @@
+"""Schema migrations with yoyo, safe to run repeatedly and concurrently.
+
+Concurrency: every run first takes a PostgreSQL advisory lock on a dedicated connection,
+so two `taskq migrate` processes (two Job pods, a Job and a developer) run one after the
+other; the lock dies with its session, so a killed run never leaves a stale lock behind
+(yoyo's own lock table would). Repeatability: yoyo records applied migrations, and each
+run applies only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from app import db
+from app.errors import DatabaseUnavailable
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Arbitrary constant identifying "taskq schema changes" among advisory locks.
+_ADVISORY_LOCK_KEY = 0x7461736B71  # "taskq"
+
+
+def migrations_dir() -> Path:
+    """Packaged copy inside the wheel, else the repository's db/migrations."""
+    packaged = Path(__file__).with_name("migrations")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "db" / "migrations"
+
+
+def _yoyo_backend(settings: Settings):  # type: ignore[no-untyped-def]
+    from yoyo import get_backend
+
+    # yoyo picks its psycopg 3 driver from the URL scheme; libpq still reads PGPASSWORD etc.
+    # Query parameters such as host=/socket/dir pass through to the driver.
+    url = settings.database_url.replace("postgres://", "postgresql://", 1)
+    return get_backend(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def _wait_for_database(settings: Settings, wait: float) -> db.Connection:
+    deadline = time.monotonic() + wait
+    delay = 0.25
+    while True:
+        try:
+            return db.connect(settings, name="migrate")
+        except DatabaseUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            log.info(
+                "database not reachable yet; retrying for %.0fs more", deadline - time.monotonic()
+            )
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
+
+
+def apply(settings: Settings, *, wait: float = 0.0) -> list[str]:
+    """Apply pending migrations; returns the ids applied (empty when up to date)."""
+    from yoyo import read_migrations
+
+    lock_conn = _wait_for_database(settings, wait)
+    try:
+        lock_conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
+        backend = _yoyo_backend(settings)
+        migrations = read_migrations(str(migrations_dir()))
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            ids = [m.id for m in pending]
+            if ids:
+                log.info("applying migrations: %s", ", ".join(ids))
+                backend.apply_migrations(pending)
+            else:
+                log.info("schema is up to date")
+        backend.connection.close()
+        return ids
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database unavailable during migration: {exc}") from exc
+    finally:
+        lock_conn.close()  # releases the advisory lock
+
+
+def rollback(settings: Settings, *, count: int = 1) -> list[str]:
+    """Roll back the `count` most recent migrations; returns their ids."""
+    from yoyo import read_migrations
+
+    lock_conn = _wait_for_database(settings, 0)
+    try:
+        lock_conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
+        backend = _yoyo_backend(settings)
+        migrations = read_migrations(str(migrations_dir()))
+        with backend.lock():
+            applied = backend.to_rollback(migrations)[:count]
+            backend.rollback_migrations(applied)
+        backend.connection.close()
+        return [m.id for m in applied]
+    finally:
+        lock_conn.close()
+
+
+def database_name(settings: Settings) -> str:
+    return str(conninfo_to_dict(settings.database_url).get("dbname", ""))

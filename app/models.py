@@ -1,0 +1,169 @@
+"""The task model: what a client may submit (TaskSpec) and what the queue returns (Task).
+
+Validation happens here, once, for the API and the library alike, so anything PostgreSQL
+would reject (NUL characters, NaN, out-of-range integers) is refused as a field error
+before it reaches SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
+
+# Mirrors the CHECK constraints in db/migrations/0001: names safe in URLs, logs and shells.
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+MAX_DELAY_SECONDS = 10 * 365 * 86_400
+MAX_PAYLOAD_DEPTH = 64
+
+
+def check_queue_name(value: str) -> str:
+    if not 1 <= len(value) <= 64 or not _NAME.match(value):
+        raise ValueError("queue names are 1-64 characters of letters, digits and _ . : -")
+    return value
+
+
+def check_json_value(value: Any, path: str = "payload", depth: int = 0) -> None:
+    """Refuse what jsonb cannot store: NUL in strings or keys, NaN/Infinity, deep nesting."""
+    if depth > MAX_PAYLOAD_DEPTH:
+        raise ValueError(f"{path}: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path}: strings must not contain the NUL character (\\u0000)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or "\x00" in key:
+                raise ValueError(f"{path}: keys must be strings without the NUL character")
+            check_json_value(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json_value(item, f"{path}[{index}]", depth + 1)
+    elif value is not None and not isinstance(value, bool | int):
+        raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+class TaskSpec(BaseModel):
+    """A task to enqueue. Strict: "5" is not an integer, unknown fields are errors."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    kind: str = Field("echo", min_length=1, max_length=128, pattern=_NAME.pattern)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue: str = Field("default", min_length=1, max_length=64, pattern=_NAME.pattern)
+    priority: int = Field(0, ge=-32768, le=32767, description="higher runs first")
+    run_at: AwareDatetime | None = None
+    delay: float | None = Field(None, ge=0, le=MAX_DELAY_SECONDS, description="seconds")
+    max_attempts: int | None = Field(None, ge=1, le=1000)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_value(value)
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and ("\x00" in value or not value.isprintable()):
+            raise ValueError("must be printable text")
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _run_at(cls, value: datetime | None) -> datetime | None:
+        # PostgreSQL accepts years up to 294276, Python up to 9999; refuse the edges where
+        # converting to UTC would overflow.
+        if value is not None and not 1 < value.year < 9999:
+            raise ValueError("must be between years 2 and 9998")
+        return value
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TaskSpec:
+        if self.run_at is not None and self.delay is not None:
+            raise ValueError("give either run_at or delay, not both")
+        return self
+
+
+class BatchSpec(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Task:
+    """A task row as stored. `created` tells an enqueue whether this call inserted it."""
+
+    id: uuid.UUID
+    queue: str
+    kind: str
+    payload: dict[str, Any]
+    status: Status
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    lease_expires_at: datetime | None
+    worker_id: str | None
+    last_error: str | None
+    result: Any
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    created: bool = dataclasses.field(default=False, compare=False)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Task:
+        return cls(**row)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON shape used by the API and the CLI."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            if field.name == "created":
+                continue
+            value = getattr(self, field.name)
+            if isinstance(value, datetime):
+                value = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            elif isinstance(value, uuid.UUID):
+                value = str(value)
+            out[field.name] = value
+        return out
+
+
+def new_task_id() -> uuid.UUID:
+    """A version 7 UUID (time-ordered), matching taskq_uuid_v7() in the database."""
+    millis = time.time_ns() // 1_000_000
+    raw = bytearray(millis.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return uuid.UUID(bytes=bytes(raw))
+
+
+def parse_task_id(value: str) -> uuid.UUID | None:
+    """The UUID in `value`, or None when it is not one (the API answers 404 either way)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

@@ -1,0 +1,281 @@
+"""The queue: the only module that executes task SQL (statements live in app/sql.py).
+
+Every function takes a psycopg connection, so callers choose the transaction: enqueue on
+your own connection inside your own transaction and the task exists exactly when your
+rows do (the workers are notified at commit). Rows come back as dicts whatever the
+connection's own row factory is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from app import sql
+from app.db import translate_errors
+from app.errors import InvalidTransition, TaskNotFound
+from app.models import Task, TaskSpec, new_task_id
+
+Outcome = Literal["succeeded", "retry", "failed"]
+AnyConnection = psycopg.Connection[Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lease:
+    """What a worker holds for a claimed task: its id and the attempt it claimed."""
+
+    id: uuid.UUID
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finish:
+    """The outcome of one attempt, to be recorded by `finish`."""
+
+    lease: Lease
+    outcome: Outcome
+    result_json: str | None = None  # serialized by the caller, so a bad value fails one task
+    error: str | None = None
+    retry_delay: float = 0.0
+
+
+def _rows(conn: AnyConnection, query: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def _spec(kind_or_spec: str | TaskSpec, payload: dict[str, Any] | None, **options: Any) -> TaskSpec:
+    if isinstance(kind_or_spec, TaskSpec):
+        return kind_or_spec
+    return TaskSpec.model_validate({"kind": kind_or_spec, "payload": payload or {}, **options})
+
+
+def _insert_params(spec: TaskSpec, default_max_attempts: int) -> dict[str, Any]:
+    return {
+        "queue": spec.queue,
+        "kind": spec.kind,
+        "payload": Jsonb(spec.payload),
+        "priority": spec.priority,
+        "run_at": spec.run_at,
+        "delay": spec.delay or 0.0,
+        "max_attempts": spec.max_attempts or default_max_attempts,
+        "idempotency_key": spec.idempotency_key,
+    }
+
+
+def enqueue(
+    conn: AnyConnection,
+    kind_or_spec: str | TaskSpec,
+    payload: dict[str, Any] | None = None,
+    *,
+    default_max_attempts: int = 5,
+    **options: Any,
+) -> Task:
+    """Insert one task (or return the existing one with the same idempotency key).
+
+    `options` are TaskSpec fields: queue, priority, run_at, delay, max_attempts,
+    idempotency_key. The returned task's `created` is False for an idempotent repeat.
+    """
+    spec = _spec(kind_or_spec, payload, **options)
+    rows = _rows(conn, sql.INSERT_TASK, _insert_params(spec, default_max_attempts))
+    if rows:
+        return Task.from_row(rows[0])
+    # The key exists. Read it in a fresh statement so a row committed by a concurrent
+    # submitter after this statement's snapshot is visible.
+    assert spec.idempotency_key is not None
+    existing = _rows(conn, sql.SELECT_BY_KEYS, {"keys": [spec.idempotency_key]})
+    if not existing:  # pruned between the two statements: vanishingly rare, try once more
+        return enqueue(conn, spec, default_max_attempts=default_max_attempts)
+    return Task.from_row(existing[0])
+
+
+def enqueue_many(
+    conn: AnyConnection,
+    specs: Sequence[TaskSpec],
+    *,
+    default_max_attempts: int = 5,
+    chunk_size: int = 5000,
+) -> list[Task]:
+    """Insert many tasks, one statement per `chunk_size`, results in input order.
+
+    Run it inside a transaction to make the whole batch atomic (the API does); workers
+    get one notification per queue at commit, not one per task.
+    """
+    out: list[Task] = []
+    for start in range(0, len(specs), chunk_size):
+        out.extend(_enqueue_chunk(conn, specs[start : start + chunk_size], default_max_attempts))
+    return out
+
+
+def _enqueue_chunk(
+    conn: AnyConnection, specs: Sequence[TaskSpec], default_max_attempts: int
+) -> list[Task]:
+    ids = [new_task_id() for _ in specs]
+    params = {
+        "ids": ids,
+        "queues": [s.queue for s in specs],
+        "kinds": [s.kind for s in specs],
+        "payloads": [Jsonb(s.payload) for s in specs],
+        "priorities": [s.priority for s in specs],
+        "run_ats": [s.run_at for s in specs],
+        "delays": [s.delay or 0.0 for s in specs],
+        "max_attempts": [s.max_attempts or default_max_attempts for s in specs],
+        "keys": [s.idempotency_key for s in specs],
+    }
+    inserted = {row["id"]: Task.from_row(row) for row in _rows(conn, sql.INSERT_TASKS, params)}
+    skipped_keys = [
+        s.idempotency_key
+        for task_id, s in zip(ids, specs, strict=True)
+        if task_id not in inserted and s.idempotency_key is not None
+    ]
+    existing: dict[str | None, Task] = {}
+    if skipped_keys:
+        rows = _rows(conn, sql.SELECT_BY_KEYS, {"keys": skipped_keys})
+        existing = {row["idempotency_key"]: Task.from_row(row) for row in rows}
+    out = []
+    for task_id, spec in zip(ids, specs, strict=True):
+        task = inserted.get(task_id) or existing.get(spec.idempotency_key)
+        if task is None:  # two items of this batch shared a key: the first one won
+            task = next(t for t in inserted.values() if t.idempotency_key == spec.idempotency_key)
+            task = dataclasses.replace(task, created=False)
+        out.append(task)
+    return out
+
+
+def claim(
+    conn: AnyConnection, *, queues: Sequence[str], limit: int, worker_id: str, lease: float
+) -> list[Task]:
+    """Move up to `limit` runnable tasks to running under this worker's lease."""
+    if limit <= 0:
+        return []
+    params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease": lease}
+    tasks = [Task.from_row(r) for r in _rows(conn, sql.CLAIM, params)]
+    # UPDATE ... RETURNING has no order; hand tasks out in claim order.
+    tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
+    return tasks
+
+
+def _lease_arrays(leases: Iterable[Lease]) -> dict[str, list[Any]]:
+    items = list(leases)
+    return {"ids": [x.id for x in items], "attempts": [x.attempt for x in items]}
+
+
+def heartbeat(
+    conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str, lease: float
+) -> set[uuid.UUID]:
+    """Renew leases; returns the ids still owned (the others were lost)."""
+    params = {**_lease_arrays(leases), "worker_id": worker_id, "lease": lease}
+    if not params["ids"]:
+        return set()
+    return {row["id"] for row in _rows(conn, sql.HEARTBEAT, params)}
+
+
+def finish(
+    conn: AnyConnection, outcomes: Sequence[Finish], *, worker_id: str
+) -> tuple[list[dict[str, Any]], list[Finish]]:
+    """Record outcomes; returns (applied rows, rejected outcomes whose lease was lost)."""
+    if not outcomes:
+        return [], []
+    params = {
+        **_lease_arrays(o.lease for o in outcomes),
+        "outcomes": [o.outcome for o in outcomes],
+        "results": [o.result_json for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "delays": [o.retry_delay for o in outcomes],
+        "worker_id": worker_id,
+    }
+    applied = _rows(conn, sql.FINISH, params)
+    done = {row["id"] for row in applied}
+    return applied, [o for o in outcomes if o.lease.id not in done]
+
+
+def release(conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str) -> list[uuid.UUID]:
+    """Put unfinished tasks back to queued (shutdown) and wake other workers."""
+    params = {**_lease_arrays(leases), "worker_id": worker_id}
+    if not params["ids"]:
+        return []
+    rows = _rows(conn, sql.RELEASE, params)
+    notify(conn, {row["queue"] for row in rows})
+    return [row["id"] for row in rows]
+
+
+def recover_expired(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """Requeue (or fail) tasks whose lease expired; returns what was recovered."""
+    rows = _rows(conn, sql.RECOVER_EXPIRED, {"limit": limit})
+    notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
+    return rows
+
+
+def notify(conn: AnyConnection, queues: Iterable[str]) -> None:
+    names = sorted(set(queues))
+    if names:
+        _rows(conn, sql.NOTIFY_QUEUES, {"queues": names})
+
+
+def get(conn: AnyConnection, task_id: uuid.UUID) -> Task:
+    rows = _rows(conn, sql.GET_TASK, {"id": task_id})
+    if not rows:
+        raise TaskNotFound(f"no task {task_id}")
+    return Task.from_row(rows[0])
+
+
+def list_tasks(
+    conn: AnyConnection,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    kind: str | None = None,
+    cursor: uuid.UUID | None = None,
+    limit: int = 50,
+) -> tuple[list[Task], uuid.UUID | None]:
+    """A page of tasks, newest first, and the cursor for the next page (None at the end)."""
+    params = {"status": status, "queue": queue, "kind": kind, "cursor": cursor, "limit": limit + 1}
+    tasks = [Task.from_row(r) for r in _rows(conn, sql.LIST_TASKS, params)]
+    more = len(tasks) > limit
+    tasks = tasks[:limit]
+    return tasks, (tasks[-1].id if more else None)
+
+
+def cancel(conn: AnyConnection, task_id: uuid.UUID) -> Task:
+    """Cancel a queued task; running or finished tasks raise InvalidTransition."""
+    rows = _rows(conn, sql.CANCEL, {"id": task_id})
+    if rows:
+        return Task.from_row(rows[0])
+    task = get(conn, task_id)
+    raise InvalidTransition(f"task {task_id} is {task.status}; only queued tasks can be cancelled")
+
+
+def retry(conn: AnyConnection, task_id: uuid.UUID) -> Task:
+    """Queue a failed or cancelled task again with a fresh attempt budget."""
+    rows = _rows(conn, sql.RETRY, {"id": task_id})
+    if rows:
+        notify(conn, [rows[0]["queue"]])
+        return Task.from_row(rows[0])
+    task = get(conn, task_id)
+    raise InvalidTransition(
+        f"task {task_id} is {task.status}; only failed or cancelled tasks can be retried"
+    )
+
+
+def prune(conn: AnyConnection, *, older_than_seconds: float, batch: int = 5000) -> int:
+    """Delete finished tasks older than the given age, in batches; returns how many."""
+    total = 0
+    while True:
+        with translate_errors(), conn.cursor() as cur:
+            cur.execute(sql.PRUNE_BATCH, {"older_than": older_than_seconds, "limit": batch})
+            deleted = cur.rowcount
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+def counts(conn: AnyConnection) -> list[dict[str, Any]]:
+    """Rows of (queue, status, n)."""
+    return _rows(conn, sql.COUNT_BY_QUEUE, {})

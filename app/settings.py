@@ -1,0 +1,152 @@
+"""Settings: DATABASE_URL plus TASKQ_-prefixed environment variables.
+
+Every knob lives here, validated at start-up so a typo fails fast with the variable's name
+instead of surfacing as odd behaviour at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/taskq"
+
+
+def _split_csv(value: object) -> object:
+    """Accept `a,b` as well as a list for list-valued settings."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _default_worker_id() -> str:
+    # Unique per process: fencing relies on a worker id never being reused by another
+    # process, so a restarted pod on the same host gets a fresh suffix.
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TASKQ_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "TASKQ_DATABASE_URL"),
+        description="libpq URL; the password may come from PGPASSWORD instead.",
+    )
+
+    # Connection pool (one per process).
+    db_pool_min: int = Field(1, ge=0, le=100)
+    db_pool_max: int = Field(4, ge=1, le=200)
+    db_pool_timeout: float = Field(2.0, gt=0, le=60, description="wait for a connection, s")
+    db_connect_timeout: int = Field(3, ge=1, le=60, description="libpq connect_timeout, s")
+    db_statement_timeout_ms: int = Field(10_000, ge=0, description="0 disables")
+
+    # API.
+    api_bind: str = "127.0.0.1:8080"
+    api_workers: int = Field(4, ge=1, le=64)
+    api_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    api_batch_max: int = Field(1000, ge=1, le=10_000)
+    api_page_max: int = Field(500, ge=1, le=10_000)
+
+    # Worker.
+    worker_queues: Annotated[list[str], NoDecode] = ["default"]
+    worker_concurrency: int = Field(16, ge=1, le=1024)
+    worker_health_bind: str = "127.0.0.1:8081"
+    worker_id: str = Field(default_factory=_default_worker_id)
+    poll_interval: float = Field(1.0, gt=0, le=60, description="fallback poll, s")
+    lease_seconds: float = Field(30.0, ge=1, le=86_400)
+    recover_interval: float = Field(2.0, gt=0, le=600, description="expired-lease sweep, s")
+    shutdown_timeout: float = Field(25.0, ge=0, le=3600)
+    handler_modules: Annotated[list[str], NoDecode] = []
+
+    # Retries.
+    default_max_attempts: int = Field(5, ge=1, le=1000)
+    retry_backoff_base: float = Field(1.0, ge=0, le=3600, description="first retry delay, s")
+    retry_backoff_max: float = Field(600.0, ge=0, le=86_400 * 7)
+    retry_jitter: float = Field(0.25, ge=0, le=1, description="fraction of the delay")
+
+    # Housekeeping and logs.
+    retention_days: float = Field(7.0, gt=0, le=3650)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("worker_queues", "handler_modules", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one queue is required")
+        from app.models import check_queue_name
+
+        return [check_queue_name(q) for q in value]
+
+    @field_validator("api_bind", "worker_health_bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        parse_bind(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (a libpq URL)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("TASKQ_DB_POOL_MIN must not exceed TASKQ_DB_POOL_MAX")
+        if self.retry_backoff_base > self.retry_backoff_max:
+            raise ValueError("TASKQ_RETRY_BACKOFF_BASE must not exceed TASKQ_RETRY_BACKOFF_MAX")
+        return self
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Renew leases three times per lease period so one missed beat is harmless."""
+        return max(0.2, self.lease_seconds / 3)
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT); raise ValueError with a readable message."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class SettingsError(Exception):
+    """Settings failed validation; the message names each offending variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, turning validation errors into one message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            name = (
+                "DATABASE_URL"
+                if loc[:1] == ["database_url"]
+                else ("TASKQ_" + "_".join(loc).upper() if loc else "settings")
+            )
+            lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,202 @@
+"""Every statement that touches taskq_tasks, each with a name and a one-line purpose.
+
+Only app/queue.py executes these. Parameters are always bound (%(name)s), never formatted
+in. Statements that take many tasks use arrays + unnest so a batch is one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+# Enqueue one task; on an idempotency-key clash return nothing (the caller then reads the
+# existing row). `created` distinguishes a fresh insert for the 201/200 decision.
+INSERT_TASK: LiteralString = """
+INSERT INTO taskq_tasks (queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
+VALUES (%(queue)s, %(kind)s, %(payload)s, %(priority)s,
+        COALESCE(%(run_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
+        %(max_attempts)s, %(idempotency_key)s)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *, true AS created
+"""
+
+# Enqueue many tasks in one statement (ids chosen by the caller so results map back to
+# input order); rows whose idempotency key already exists are skipped.
+INSERT_TASKS: LiteralString = """
+INSERT INTO taskq_tasks (id, queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
+SELECT i.id, i.queue, i.kind, i.payload, i.priority,
+       COALESCE(i.run_at, now() + i.delay * interval '1 second'), i.max_attempts, i.key
+  FROM unnest(%(ids)s::uuid[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
+              %(priorities)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
+              %(max_attempts)s::int[], %(keys)s::text[])
+       AS i(id, queue, kind, payload, priority, run_at, delay, max_attempts, key)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *, true AS created
+"""
+
+# Read the tasks holding the given idempotency keys (after an insert skipped them).
+SELECT_BY_KEYS: LiteralString = """
+SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s::text[])
+"""
+
+# Claim up to `limit` runnable tasks from the worker's queues, in priority, run_at, id
+# order. One LATERAL probe per queue keeps every probe on the ready index (an ANY() over
+# the leading column would force a sort of every ready row); SKIP LOCKED lets concurrent
+# workers pass each other instead of queueing on row locks; the outer status check makes
+# the queued -> running transition conditional even if the row changed meanwhile.
+CLAIM: LiteralString = """
+WITH ready AS (
+    SELECT c.id
+      FROM unnest(%(queues)s::text[]) AS q(name)
+      CROSS JOIN LATERAL (
+            SELECT t.id, t.priority, t.run_at
+              FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue = q.name AND t.run_at <= now()
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED
+           ) AS c
+     ORDER BY c.priority DESC, c.run_at, c.id
+     LIMIT %(limit)s
+)
+UPDATE taskq_tasks t
+   SET status = 'running',
+       attempts = t.attempts + 1,
+       worker_id = %(worker_id)s,
+       lease_expires_at = now() + %(lease)s * interval '1 second',
+       started_at = now(),
+       updated_at = now()
+  FROM ready
+ WHERE t.id = ready.id AND t.status = 'queued'
+RETURNING t.*
+"""
+
+# Extend the leases of tasks this worker still owns; rows not returned were lost.
+HEARTBEAT: LiteralString = """
+UPDATE taskq_tasks t
+   SET lease_expires_at = now() + %(lease)s * interval '1 second'
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS h(id, attempt)
+ WHERE t.id = h.id AND t.attempts = h.attempt
+   AND t.worker_id = %(worker_id)s AND t.status = 'running'
+RETURNING t.id
+"""
+
+# Record outcomes for many tasks at once. Fencing: a row changes only if this worker still
+# owns that attempt, so a worker that lost its lease cannot overwrite the new owner's
+# result. `retry` becomes queued with a backoff, or failed when attempts are used up.
+FINISH: LiteralString = """
+WITH o AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(outcomes)s::text[],
+                         %(results)s::text[], %(errors)s::text[], %(delays)s::float8[])
+           AS o(id, attempt, outcome, result, error, delay)
+), decided AS (
+    SELECT t.id,
+           CASE WHEN o.outcome = 'retry' AND t.attempts < t.max_attempts THEN 'queued'
+                WHEN o.outcome = 'retry' THEN 'failed'
+                ELSE o.outcome END AS status,
+           o.result::jsonb AS result, o.error, o.delay
+      FROM o JOIN taskq_tasks t ON t.id = o.id AND t.attempts = o.attempt
+     WHERE t.worker_id = %(worker_id)s AND t.status = 'running'
+)
+UPDATE taskq_tasks t
+   SET status = d.status,
+       result = d.result,
+       last_error = COALESCE(d.error, t.last_error),
+       run_at = CASE WHEN d.status = 'queued' THEN now() + d.delay * interval '1 second'
+                     ELSE t.run_at END,
+       finished_at = CASE WHEN d.status = 'queued' THEN NULL ELSE now() END,
+       lease_expires_at = NULL,
+       updated_at = now()
+  FROM decided d
+ WHERE t.id = d.id
+RETURNING t.id, t.status, t.queue, t.kind, t.attempts
+"""
+
+# Hand unfinished tasks back on shutdown: queued again at once, and the interrupted attempt
+# is not counted against max_attempts (the task did not fail, the worker stopped).
+RELEASE: LiteralString = """
+UPDATE taskq_tasks t
+   SET status = 'queued', attempts = t.attempts - 1, lease_expires_at = NULL,
+       run_at = now(), updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS r(id, attempt)
+ WHERE t.id = r.id AND t.attempts = r.attempt
+   AND t.worker_id = %(worker_id)s AND t.status = 'running'
+RETURNING t.id, t.queue
+"""
+
+# Recover tasks whose lease expired (their worker died or hung): back to queued, or failed
+# when that was the last attempt. SKIP LOCKED lets every live worker run the sweep without
+# contending; the batch limit bounds each sweep's work.
+RECOVER_EXPIRED: LiteralString = """
+WITH expired AS (
+    SELECT id FROM taskq_tasks
+     WHERE status = 'running' AND lease_expires_at < now()
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE taskq_tasks t
+   SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+       last_error = format('lease expired: worker %%s stopped renewing attempt %%s',
+                           t.worker_id, t.attempts),
+       finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+       lease_expires_at = NULL,
+       run_at = now(),
+       updated_at = now()
+  FROM expired e
+ WHERE t.id = e.id
+RETURNING t.id, t.queue, t.status, t.worker_id, t.attempts
+"""
+
+# Wake workers of the given queues (used after updates, which the insert trigger misses).
+NOTIFY_QUEUES: LiteralString = """
+SELECT pg_notify('taskq', q) FROM unnest(%(queues)s::text[]) AS q
+"""
+
+# Read one task.
+GET_TASK: LiteralString = "SELECT * FROM taskq_tasks WHERE id = %(id)s"
+
+# A page of tasks, newest first (ids are time-ordered), after an optional cursor id.
+LIST_TASKS: LiteralString = """
+SELECT * FROM taskq_tasks
+ WHERE (%(status)s::text IS NULL OR status = %(status)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+   AND (%(cursor)s::uuid IS NULL OR id < %(cursor)s)
+ ORDER BY id DESC
+ LIMIT %(limit)s
+"""
+
+# Cancel a task only while it is still queued.
+CANCEL: LiteralString = """
+UPDATE taskq_tasks
+   SET status = 'cancelled', finished_at = now(), updated_at = now()
+ WHERE id = %(id)s AND status = 'queued'
+RETURNING *
+"""
+
+# Run a failed or cancelled task again from scratch.
+RETRY: LiteralString = """
+UPDATE taskq_tasks
+   SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+       result = NULL, updated_at = now()
+ WHERE id = %(id)s AND status IN ('failed', 'cancelled')
+RETURNING *
+"""
+
+# Delete one batch of finished tasks older than the retention; SKIP LOCKED so a prune
+# never waits on (or blocks) a worker.
+PRUNE_BATCH: LiteralString = """
+WITH doomed AS (
+    SELECT id FROM taskq_tasks
+     WHERE status IN ('succeeded', 'failed', 'cancelled')
+       AND finished_at < now() - %(older_than)s * interval '1 second'
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM taskq_tasks t USING doomed d WHERE t.id = d.id
+"""
+
+# Task counts per queue and status (the stats view and the CLI's table).
+COUNT_BY_QUEUE: LiteralString = """
+SELECT queue, status, count(*) AS n FROM taskq_tasks GROUP BY queue, status ORDER BY queue, status
+"""

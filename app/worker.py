@@ -1,0 +1,369 @@
+"""The worker: claim, run, record — with leases, batching and a graceful drain.
+
+Threads and what each owns:
+- main: the claim loop. Claims at most as many tasks as there are free slots, in one
+  statement, then sleeps until a notification, a freed slot, or the poll interval.
+- runners (`concurrency` daemon threads): run handlers, serialize the outcome.
+- completer: records outcomes in batches (one UPDATE for everything finished since the
+  last flush), then frees the slots. Batching is natural: while one flush is in flight
+  the next batch accumulates, so an idle worker records each task at once.
+- maintenance: renews the leases of in-flight tasks and sweeps expired leases of any
+  worker back to queued.
+- listener: LISTEN on a dedicated connection (app/listener.py).
+
+A crash at any point leaves each task either recorded or running under a lease that will
+expire and be recovered: at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue as stdqueue
+import random
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from types import FrameType
+
+from app import db
+from app import queue as q
+from app.errors import DatabaseUnavailable, InvalidInput, NonRetryableError, UnknownKind
+from app.handlers import Registry, TaskContext, default_registry
+from app.health import HealthServer, health_app
+from app.listener import Listener
+from app.models import Task
+from app.settings import Settings, parse_bind
+
+log = logging.getLogger(__name__)
+
+_FLUSH_MAX = 1000
+_STOP = object()
+
+
+def backoff_delay(attempt: int, settings: Settings) -> float:
+    """Exponential backoff with jitter: base * 2^(attempt-1), capped, +/- jitter."""
+    delay: float = min(
+        settings.retry_backoff_base * 2.0 ** max(attempt - 1, 0), settings.retry_backoff_max
+    )
+    spread = delay * settings.retry_jitter
+    return max(0.0, min(delay + random.uniform(-spread, spread), settings.retry_backoff_max))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+        registry: Registry = default_registry,
+        health_port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queues = list(queues or settings.worker_queues)
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.burst = burst
+        self.registry = registry
+        self.worker_id = settings.worker_id
+        self.stopping = threading.Event()  # no more claims
+        self._halt = threading.Event()  # background threads end
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[uuid.UUID, q.Lease] = {}  # claimed and not yet recorded
+        self._outcome_pending: set[uuid.UUID] = set()  # handler done, record not yet written
+        self._todo: stdqueue.SimpleQueue[Task | None] = stdqueue.SimpleQueue()
+        self._outbox: stdqueue.SimpleQueue[object] = stdqueue.SimpleQueue()
+        self.counts = {"claimed": 0, "succeeded": 0, "retried": 0, "failed": 0, "lost": 0}
+        self.recovered = 0
+        self._pool = db.create_pool(settings, name="worker", min_size=1, max_size=4)
+        self.listener = Listener(settings, self.queues, self._wake.set, self._halt)
+        host, port = parse_bind(settings.worker_health_bind)
+        self.health = HealthServer(
+            health_app(self.ready_checks), host, port if health_port is None else health_port
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+    def run(self) -> int:
+        """Run until stopped (signal or `stop()`), or until idle in burst mode. Returns 0."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        log.info(
+            "worker %s serving queues %s with concurrency %d%s",
+            self.worker_id,
+            ",".join(self.queues),
+            self.concurrency,
+            " (burst)" if self.burst else "",
+        )
+        self.health.start()
+        threads = [
+            threading.Thread(target=self.listener.run, name="listener", daemon=True),
+            threading.Thread(target=self._complete_loop, name="completer", daemon=True),
+            threading.Thread(target=self._maintain_loop, name="maintenance", daemon=True),
+        ]
+        threads += [
+            threading.Thread(target=self._run_loop, name=f"runner-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._claim_loop()
+        finally:
+            self._drain(threads[1])
+        return 0
+
+    def stop(self) -> None:
+        """Stop claiming; `run` then drains in-flight tasks and returns."""
+        self.stopping.set()
+        self._wake.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping.is_set():
+            log.warning("second signal: exiting now; unfinished tasks recover by lease")
+            os._exit(1)
+        log.info(
+            "%s: finishing in-flight tasks (up to %.0fs)",
+            signal.Signals(signum).name,
+            self.settings.shutdown_timeout,
+        )
+        self.stop()
+
+    def _drain(self, completer: threading.Thread) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        while self._busy() and time.monotonic() < deadline:
+            self._wake.wait(0.05)
+            self._wake.clear()
+        self._outbox.put(_STOP)
+        completer.join(timeout=max(1.0, deadline - time.monotonic()))
+        with self._lock:
+            unfinished = [
+                lease for tid, lease in self._inflight.items() if tid not in self._outcome_pending
+            ]
+        if unfinished:
+            try:
+                with db.pooled(self._pool) as conn:
+                    released = q.release(conn, unfinished, worker_id=self.worker_id)
+                log.info("released %d unfinished task(s) back to the queue", len(released))
+            except DatabaseUnavailable:
+                log.warning(
+                    "could not release %d task(s); they recover when leases expire", len(unfinished)
+                )
+        self._halt.set()
+        for _ in range(self.concurrency):
+            self._todo.put(None)
+        self.health.stop()
+        self._pool.close(timeout=1.0)
+        log.info("worker %s stopped: %s", self.worker_id, self.counts)
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._inflight)
+
+    def ready_checks(self) -> dict[str, bool]:
+        return {
+            "database": db.ping(self._pool),
+            "listener": self.listener.connected.is_set(),
+            "accepting": not self.stopping.is_set(),
+        }
+
+    # ----------------------------------------------------------------- claiming
+    def _claim_loop(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            self._wake.clear()
+            with self._lock:
+                free = self.concurrency - len(self._inflight)
+            claimed: list[Task] = []
+            if free > 0:
+                try:
+                    with db.pooled(self._pool) as conn:
+                        claimed = q.claim(
+                            conn,
+                            queues=self.queues,
+                            limit=free,
+                            worker_id=self.worker_id,
+                            lease=self.settings.lease_seconds,
+                        )
+                    failures = 0
+                except DatabaseUnavailable as exc:
+                    failures += 1
+                    if failures == 1:
+                        log.warning("cannot claim: %s; retrying", exc.message)
+                    self.stopping.wait(min(0.1 * 2**failures, 5.0))
+                    continue
+                with self._lock:
+                    for task in claimed:
+                        self._inflight[task.id] = q.Lease(task.id, task.attempts)
+                self.counts["claimed"] += len(claimed)
+                for task in claimed:
+                    self._todo.put(task)
+                if len(claimed) == free:
+                    continue  # the queue may hold more; claim again once slots free up
+            if self.burst and not claimed and not self._busy():
+                log.info("burst: no runnable task left")
+                return
+            self._wake.wait(self.settings.poll_interval)
+
+    # ----------------------------------------------------------------- running
+    def _run_loop(self) -> None:
+        while (task := self._todo.get()) is not None:
+            self._outbox.put(self._execute(task))
+
+    def _execute(self, task: Task) -> q.Finish:
+        lease = q.Lease(task.id, task.attempts)
+        ctx = TaskContext(
+            task.id, task.kind, task.queue, task.attempts, task.max_attempts, self.stopping
+        )
+        started = time.monotonic()
+        outcome = self._attempt(task, lease, ctx)
+        log.debug(
+            "task %s %s in %.1f ms", task.id, outcome.outcome, (time.monotonic() - started) * 1000
+        )
+        with self._lock:
+            self._outcome_pending.add(task.id)
+        return outcome
+
+    def _attempt(self, task: Task, lease: q.Lease, ctx: TaskContext) -> q.Finish:
+        try:
+            handler = self.registry.get(task.kind)
+        except UnknownKind:
+            return q.Finish(lease, "failed", error=f"no handler for kind {task.kind!r}")
+        try:
+            result = handler(task.payload, ctx)
+        except NonRetryableError as exc:
+            return q.Finish(lease, "failed", error=_describe(exc))
+        except Exception as exc:  # any handler error is a retryable failure by contract
+            log.warning(
+                "task %s (%s) attempt %d/%d raised %s",
+                task.id,
+                task.kind,
+                task.attempts,
+                task.max_attempts,
+                type(exc).__name__,
+            )
+            log.debug("task %s traceback:\n%s", task.id, "".join(traceback.format_exception(exc)))
+            return q.Finish(
+                lease,
+                "retry",
+                error=_describe(exc),
+                retry_delay=backoff_delay(task.attempts, self.settings),
+            )
+        try:
+            encoded = json.dumps(result, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:  # a handler bug: retrying cannot help
+            return q.Finish(lease, "failed", error=f"result is not JSON: {exc}")
+        if "\\u0000" in encoded:
+            return q.Finish(lease, "failed", error="result contains a NUL character")
+        return q.Finish(lease, "succeeded", result_json=encoded)
+
+    # ----------------------------------------------------------------- recording
+    def _complete_loop(self) -> None:
+        while True:
+            first = self._outbox.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < _FLUSH_MAX:
+                try:
+                    item = self._outbox.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if item is _STOP:
+                    self._record(batch)  # type: ignore[arg-type]
+                    return
+                batch.append(item)
+            self._record(batch)  # type: ignore[arg-type]
+
+    def _record(self, batch: list[q.Finish]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                with db.pooled(self._pool) as conn:
+                    applied, rejected = q.finish(conn, batch, worker_id=self.worker_id)
+                break
+            except InvalidInput:
+                if len(batch) == 1:  # the database refused this result: fail the task
+                    batch = [
+                        q.Finish(batch[0].lease, "failed", error="result rejected by PostgreSQL")
+                    ]
+                    continue
+                for one in batch:  # find the culprit; everything else records normally
+                    self._record([one])
+                return
+            except DatabaseUnavailable:
+                if self._halt.is_set():
+                    return  # give up: leases expire and the tasks run again elsewhere
+                self._halt.wait(delay)
+                delay = min(delay * 2, 2.0)
+        for row in applied:
+            key = {"queued": "retried", "succeeded": "succeeded", "failed": "failed"}[row["status"]]
+            self.counts[key] += 1
+        for lost in rejected:
+            self.counts["lost"] += 1
+            log.warning(
+                "task %s attempt %d: lease lost, outcome discarded (task was recovered "
+                "and belongs to another attempt)",
+                lost.lease.id,
+                lost.lease.attempt,
+            )
+        with self._lock:
+            for item in batch:
+                self._inflight.pop(item.lease.id, None)
+                self._outcome_pending.discard(item.lease.id)
+            free = self.concurrency - len(self._inflight)
+        if free * 2 >= self.concurrency or free == self.concurrency:
+            self._wake.set()
+
+    # ----------------------------------------------------------------- leases
+    def _maintain_loop(self) -> None:
+        next_beat = time.monotonic() + self.settings.heartbeat_interval
+        next_sweep = time.monotonic() + random.uniform(0, self.settings.recover_interval)
+        while not self._halt.wait(max(0.0, min(next_beat, next_sweep) - time.monotonic())):
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    next_beat = now + self.settings.heartbeat_interval
+                    self._heartbeat()
+                if now >= next_sweep:
+                    next_sweep = now + self.settings.recover_interval
+                    self._sweep()
+            except DatabaseUnavailable as exc:
+                log.warning("lease maintenance failed: %s", exc.message)
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            leases = list(self._inflight.values())
+        if not leases:
+            return
+        with db.pooled(self._pool) as conn:
+            owned = q.heartbeat(
+                conn, leases, worker_id=self.worker_id, lease=self.settings.lease_seconds
+            )
+        for lease in leases:
+            if lease.id not in owned:
+                log.warning("task %s attempt %d: lease lost while running", lease.id, lease.attempt)
+
+    def _sweep(self) -> None:
+        with db.pooled(self._pool) as conn:
+            recovered = q.recover_expired(conn)
+        for row in recovered:
+            self.recovered += 1
+            log.warning(
+                "task %s: lease of worker %s expired on attempt %d; now %s",
+                row["id"],
+                row["worker_id"],
+                row["attempts"],
+                row["status"],
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:4000]
