@@ -2,11 +2,20 @@
 // schemas generated from their projects' CRDs, shipped by the npm packages
 // @kubernetes-models/{argo-cd,keda,external-secrets} (see npm/package.json).
 //
+// Two checks per object:
+// 1. the CRD's OpenAPI schema (types, enums, required fields), compiled to an
+//    ajv validator inside each model class;
+// 2. unknown fields: CRD schemas allow extra properties, and the API server
+//    silently prunes them, so a misspelt field (selfheal: true) would pass
+//    (1) and do nothing. The packages' TypeScript declarations list every
+//    known field; assigning each object as a literal to its declared type
+//    makes the TypeScript compiler reject any field the CRD does not have.
+//
 // Usage: node crd_validate.mjs TOOLS_DIR < objects.json
 //   objects.json: a JSON array of Kubernetes objects.
 // Prints a JSON array with one {id, ok, errors} per object. Exit 0 when every
 // object validated, 1 when any did not (or had no schema), 2 on usage error.
-import { readFileSync, existsSync } from "node:fs";
+import { readFileSync, existsSync, mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
@@ -25,6 +34,8 @@ if (!toolsDir) {
 }
 const objects = JSON.parse(readFileSync(0, "utf8"));
 const results = [];
+const tsLines = [];
+const tsLineOwner = new Map(); // line number (0-based) -> index in results
 for (const obj of objects) {
   const id = `${obj.apiVersion}/${obj.kind}/${obj.metadata?.name}`;
   const [group, version] = String(obj.apiVersion).split("/");
@@ -36,6 +47,9 @@ for (const obj of objects) {
     results.push({ id, ok: false, errors: [`no schema for ${obj.apiVersion} ${obj.kind}`] });
     continue;
   }
+  tsLineOwner.set(tsLines.length + 1, results.length);
+  tsLines.push(`import type { I${obj.kind} as T${results.length} } from ${JSON.stringify(file)};`);
+  tsLines.push(`export const doc${results.length}: T${results.length} = ${JSON.stringify(obj)};`);
   const mod = await import(pathToFileURL(file).href);
   const Model = mod[obj.kind];
   try {
@@ -47,6 +61,39 @@ for (const obj of objects) {
       (e) => `${e.instancePath || "/"} ${e.message}${e.params ? " " + JSON.stringify(e.params) : ""}`,
     );
     results.push({ id, ok: false, errors: details.length ? details : [String(err)] });
+  }
+}
+if (tsLines.length) {
+  const ts = (await import(pathToFileURL(join(toolsDir, "node_modules", "typescript", "lib", "typescript.js")).href)).default;
+  const dir = mkdtempSync(join(toolsDir, "tscheck-"));
+  try {
+    const file = join(dir, "check.ts");
+    writeFileSync(file, tsLines.join("\n") + "\n");
+    const program = ts.createProgram([file], {
+      noEmit: true,
+      strict: true,
+      skipLibCheck: true,
+      target: ts.ScriptTarget.ES2022,
+      module: ts.ModuleKind.NodeNext,
+      moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    });
+    for (const d of ts.getPreEmitDiagnostics(program)) {
+      const text = ts.flattenDiagnosticMessageText(d.messageText, " ");
+      let owner = -1;
+      if (d.file && d.file.fileName === file && d.start !== undefined) {
+        const { line } = d.file.getLineAndCharacterOfPosition(d.start);
+        owner = tsLineOwner.get(line) ?? -1;
+      }
+      if (owner >= 0) {
+        results[owner].ok = false;
+        results[owner].errors.push(`unknown or mistyped field: ${text}`);
+      } else {
+        // A diagnostic we cannot attribute still fails the run.
+        results.push({ id: "typescript", ok: false, errors: [text] });
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 console.log(JSON.stringify(results, null, 1));

@@ -1,0 +1,793 @@
+"""Policy checks over rendered Kubernetes objects.
+
+Each check takes the rendered objects of one overlay (plus context) and returns a
+list of violations as strings; an empty list means the rule holds. Keeping the
+checks as plain functions lets test_policy.py run them on the real render and
+test_policy_negative.py prove each one fails on a deliberately broken copy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+Obj = dict[str, Any]
+
+POD_OWNER_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob", "DaemonSet")
+APP_COMPONENTS = ("api", "worker", "migrate", "prune")
+DB_CLIENTS = frozenset(APP_COMPONENTS)
+REQUIRED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+)
+# Volume types the restricted Pod Security Standard allows.
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
+
+
+@dataclass(frozen=True)
+class Context:
+    env: str  # dev | prod
+    namespace: str  # taskq-dev | taskq-prod
+    contract: dict[str, Any]  # parsed docs/contract.md (see conftest.parse_contract)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def name_of(obj: Obj) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def by_kind(objs: Iterable[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def find(objs: Iterable[Obj], kind: str, name: str) -> Obj | None:
+    for o in objs:
+        if o["kind"] == kind and o["metadata"]["name"] == name:
+            return o
+    return None
+
+
+def pod_template(obj: Obj) -> Obj:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
+def workloads(objs: Iterable[Obj]) -> Iterator[tuple[Obj, Obj]]:
+    """(owner, pod template) for every object that makes pods."""
+    for o in objs:
+        if o["kind"] in POD_OWNER_KINDS:
+            yield o, pod_template(o)
+
+
+def containers(pod_spec: Obj) -> list[Obj]:
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec.get("containers", []))
+
+
+def component(obj: Obj) -> str | None:
+    return obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+
+def workload_by_component(objs: Iterable[Obj], comp: str) -> Obj | None:
+    for owner, tmpl in workloads(objs):
+        if tmpl["metadata"].get("labels", {}).get("app.kubernetes.io/component") == comp:
+            return owner
+    return None
+
+
+def wave(obj: Obj) -> int:
+    return int(obj["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
+def config_data(objs: Iterable[Obj]) -> dict[str, str]:
+    cm = find(objs, "ConfigMap", "taskq-config")
+    return dict(cm.get("data", {})) if cm else {}
+
+
+def bind_port(bind: str) -> int:
+    return int(bind.rsplit(":", 1)[1])
+
+
+def selector_matches(selector: Obj | None, labels: dict[str, str]) -> bool:
+    """Kubernetes LabelSelector semantics (matchLabels + matchExpressions)."""
+    if selector is None:
+        return False
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def pod_labels(objs: Iterable[Obj]) -> list[tuple[Obj, dict[str, str]]]:
+    return [(o, t["metadata"].get("labels", {})) for o, t in workloads(objs)]
+
+
+def resolve_port(container: Obj, port: int | str) -> int | None:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    return None
+
+
+def image_tag(image: str) -> str | None:
+    if "@sha256:" in image:
+        return image.split("@", 1)[1]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_labels(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    for o in objs:
+        labels = o["metadata"].get("labels", {})
+        missing = [k for k in REQUIRED_LABELS if k not in labels]
+        if missing:
+            errors.append(f"{name_of(o)}: missing labels {missing}")
+        elif (
+            labels["app.kubernetes.io/name"] != "taskq"
+            or labels["app.kubernetes.io/part-of"] != "taskq"
+        ):
+            errors.append(f"{name_of(o)}: name/part-of labels must be taskq")
+        elif labels["app.kubernetes.io/instance"] != f"taskq-{ctx.env}":
+            errors.append(f"{name_of(o)}: instance label must be taskq-{ctx.env}")
+    for owner, tmpl in workloads(objs):
+        labels = tmpl["metadata"].get("labels", {})
+        missing = [k for k in REQUIRED_LABELS if k not in labels]
+        if missing:
+            errors.append(f"{name_of(owner)}: pod template missing labels {missing}")
+        if labels.get("app.kubernetes.io/component") != component(owner):
+            errors.append(f"{name_of(owner)}: pod template component differs from its owner's")
+    return errors
+
+
+def check_namespace(objs: list[Obj], ctx: Context) -> list[str]:
+    return [
+        f"{name_of(o)}: namespace {o['metadata'].get('namespace')!r} != {ctx.namespace!r}"
+        for o in objs
+        if o["kind"] not in CLUSTER_SCOPED_KINDS and o["metadata"].get("namespace") != ctx.namespace
+    ]
+
+
+def check_pod_security(objs: list[Obj], ctx: Context) -> list[str]:
+    """The restricted Pod Security Standard, plus read-only root filesystems."""
+    errors = []
+    for owner, tmpl in workloads(objs):
+        spec = tmpl["spec"]
+        who = name_of(owner)
+        psc = spec.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True:
+            errors.append(f"{who}: pod runAsNonRoot must be true")
+        if psc.get("runAsUser", 1) == 0:
+            errors.append(f"{who}: pod runAsUser 0")
+        if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            errors.append(f"{who}: pod seccompProfile must be RuntimeDefault")
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                errors.append(f"{who}: {flag} is forbidden")
+        for vol in spec.get("volumes", []):
+            kinds = set(vol) - {"name"}
+            if not kinds <= RESTRICTED_VOLUME_TYPES:
+                errors.append(f"{who}: volume {vol['name']} of type {sorted(kinds)} not allowed")
+        for c in containers(spec):
+            csc = c.get("securityContext", {})
+            cwho = f"{who} container {c['name']}"
+            if csc.get("allowPrivilegeEscalation") is not False:
+                errors.append(f"{cwho}: allowPrivilegeEscalation must be false")
+            if csc.get("privileged"):
+                errors.append(f"{cwho}: privileged")
+            if csc.get("capabilities", {}).get("drop") != ["ALL"]:
+                errors.append(f"{cwho}: capabilities must drop ALL")
+            if csc.get("capabilities", {}).get("add"):
+                errors.append(f"{cwho}: adds capabilities")
+            if csc.get("readOnlyRootFilesystem") is not True:
+                errors.append(f"{cwho}: readOnlyRootFilesystem must be true")
+            if csc.get("runAsUser", 1) == 0:
+                errors.append(f"{cwho}: runAsUser 0")
+            if csc.get("seccompProfile", {}).get("type", "RuntimeDefault") != "RuntimeDefault":
+                errors.append(f"{cwho}: container seccompProfile overrides RuntimeDefault")
+            volumes = {v["name"] for v in spec.get("volumes", [])}
+            volumes |= {
+                t["metadata"]["name"] for t in owner["spec"].get("volumeClaimTemplates", [])
+            }
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            for m in mounts.values():
+                if m["name"] not in volumes:
+                    errors.append(
+                        f"{cwho}: mount {m['mountPath']} names unknown volume {m['name']}"
+                    )
+            if "/tmp" not in mounts or mounts["/tmp"].get("readOnly"):
+                errors.append(f"{cwho}: needs a writable /tmp volume under a read-only root")
+    return errors
+
+
+def check_postgresql(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    sts = find(objs, "StatefulSet", "taskq-postgresql")
+    if sts is None:
+        return ["StatefulSet/taskq-postgresql missing"]
+    spec = sts["spec"]
+    headless = find(objs, "Service", spec.get("serviceName", ""))
+    if headless is None or headless["spec"].get("clusterIP") != "None":
+        errors.append("postgresql: serviceName must name a headless Service")
+    if not spec.get("volumeClaimTemplates"):
+        errors.append("postgresql: needs a volumeClaimTemplate (data must outlive the pod)")
+    c = spec["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        cmd = c.get(probe, {}).get("exec", {}).get("command", [])
+        if not cmd or cmd[0] != "pg_isready":
+            errors.append(f"postgresql: {probe} must exec pg_isready")
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    data_mount = mounts.get("/var/lib/postgresql/data")
+    if data_mount not in {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}:
+        errors.append("postgresql: data directory must be on the claim template's volume")
+    if "/var/run/postgresql" not in mounts:
+        errors.append("postgresql: /var/run/postgresql must be a writable volume")
+    env = {e["name"]: e for e in c.get("env", [])}
+    if "secretKeyRef" not in env.get("POSTGRES_PASSWORD", {}).get("valueFrom", {}):
+        errors.append("postgresql: POSTGRES_PASSWORD must come from a Secret")
+    pgdata = env.get("PGDATA", {}).get("value", "")
+    if not pgdata.startswith("/var/lib/postgresql/data/"):
+        errors.append("postgresql: PGDATA must be a subdirectory of the volume (lost+found)")
+    if spec.get("persistentVolumeClaimRetentionPolicy", {}).get("whenDeleted") != "Retain":
+        errors.append("postgresql: claims must be retained when the StatefulSet is deleted")
+    return errors
+
+
+def check_resources(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    for owner, tmpl in workloads(objs):
+        for c in containers(tmpl["spec"]):
+            res = c.get("resources", {})
+            for section in ("requests", "limits"):
+                for key in ("cpu", "memory"):
+                    if key not in res.get(section, {}):
+                        errors.append(f"{name_of(owner)} container {c['name']}: no {section}.{key}")
+    return errors
+
+
+def check_images(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    for owner, tmpl in workloads(objs):
+        for c in containers(tmpl["spec"]):
+            image = c["image"]
+            tag = image_tag(image)
+            if not tag or tag == "latest":
+                errors.append(
+                    f"{name_of(owner)}: image {image} must be pinned to a tag other than latest"
+                )
+            if component(owner) in APP_COMPONENTS and not image.startswith("ghcr.io/"):
+                errors.append(f"{name_of(owner)}: app image {image} was not set by the overlay")
+            if component(owner) == "postgresql" and not re.search(r":\d+\.\d+", image):
+                errors.append(f"postgresql image {image} must pin a minor release")
+    app_images = {
+        c["image"]
+        for o, t in workloads(objs)
+        if component(o) in APP_COMPONENTS
+        for c in containers(t["spec"])
+    }
+    if len(app_images) != 1:
+        errors.append(
+            f"api, worker, migrate and prune must run one image, found {sorted(app_images)}"
+        )
+    return errors
+
+
+def check_service_accounts(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    sas = {o["metadata"]["name"]: o for o in by_kind(objs, "ServiceAccount")}
+    for sa in sas.values():
+        if sa.get("automountServiceAccountToken") is not False:
+            errors.append(f"{name_of(sa)}: automountServiceAccountToken must be false")
+    for owner, tmpl in workloads(objs):
+        spec = tmpl["spec"]
+        if spec.get("automountServiceAccountToken") is not False:
+            errors.append(f"{name_of(owner)}: pod automountServiceAccountToken must be false")
+        if spec.get("serviceAccountName") not in sas:
+            errors.append(f"{name_of(owner)}: serviceAccountName must name one of ours")
+    return errors
+
+
+def _env(container: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def check_secrets(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    secrets = {o["metadata"]["name"]: o for o in by_kind(objs, "Secret")}
+    externals = {o["spec"]["target"]["name"]: o for o in by_kind(objs, "ExternalSecret")}
+    if ctx.env == "prod":
+        if secrets:
+            errors.append(f"prod must not carry Secrets in Git: {sorted(secrets)}")
+        if "taskq-db" not in externals:
+            errors.append("prod: an ExternalSecret must produce taskq-db")
+    elif "taskq-db" not in secrets and "taskq-db" not in externals:
+        errors.append(f"{ctx.env}: no Secret taskq-db")
+    provided: dict[str, set[str]] = {
+        n: set(s.get("data", {})) | set(s.get("stringData", {})) for n, s in secrets.items()
+    }
+    for n, es in externals.items():
+        provided.setdefault(n, set()).update(d["secretKey"] for d in es["spec"].get("data", []))
+    url = config_data(objs).get("DATABASE_URL", "")
+    if urlsplit(url).password:
+        errors.append("DATABASE_URL in the ConfigMap carries a password")
+    for owner, tmpl in workloads(objs):
+        for c in containers(tmpl["spec"]):
+            for e in c.get("env", []):
+                if re.search(r"PASS|SECRET|TOKEN", e["name"]) and "value" in e:
+                    errors.append(f"{name_of(owner)}: {e['name']} has a literal value")
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["key"] not in provided.get(ref["name"], set()):
+                    errors.append(
+                        f"{name_of(owner)}: {e['name']} refers to "
+                        f"{ref['name']}/{ref['key']}, which nothing provides"
+                    )
+            if component(owner) in APP_COMPONENTS:
+                ref = _env(c).get("PGPASSWORD", {}).get("valueFrom", {}).get("secretKeyRef")
+                if ref != {"name": "taskq-db", "key": "password"}:
+                    errors.append(
+                        f"{name_of(owner)}: PGPASSWORD must come from "
+                        "secretKeyRef taskq-db/password"
+                    )
+    for ta in by_kind(objs, "TriggerAuthentication"):
+        for ref in ta["spec"].get("secretTargetRef", []):
+            if ref["key"] not in provided.get(ref["name"], set()):
+                errors.append(
+                    f"{name_of(ta)}: refers to {ref['name']}/{ref['key']}, which nothing provides"
+                )
+    return errors
+
+
+def check_sync_waves(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    migrate = find(objs, "Job", "taskq-migrate")
+    sts = find(objs, "StatefulSet", "taskq-postgresql")
+    if migrate is None or sts is None:
+        return ["migrate Job or PostgreSQL StatefulSet missing"]
+    secret_like = [
+        o
+        for o in objs
+        if o["kind"] in ("Secret", "ExternalSecret") and o["metadata"]["name"] == "taskq-db"
+    ]
+    if not secret_like:
+        errors.append("no Secret/ExternalSecret taskq-db")
+    for s in secret_like:
+        if not wave(s) < wave(sts):
+            errors.append(
+                f"{name_of(s)} (wave {wave(s)}) must sync before PostgreSQL (wave {wave(sts)})"
+            )
+    if not wave(sts) < wave(migrate):
+        errors.append(
+            f"PostgreSQL (wave {wave(sts)}) must be before migrations (wave {wave(migrate)})"
+        )
+    for kind, name in (
+        ("Deployment", "taskq-api"),
+        ("Deployment", "taskq-worker"),
+        ("CronJob", "taskq-prune"),
+    ):
+        o = find(objs, kind, name)
+        if o is None:
+            errors.append(f"{kind}/{name} missing")
+        elif not wave(migrate) < wave(o):
+            errors.append(
+                f"migrations (wave {wave(migrate)}) must be before {kind}/{name} (wave {wave(o)})"
+            )
+    # What the migrations pod needs must exist before it runs.
+    needs = [
+        ("ConfigMap", "taskq-config"),
+        ("ServiceAccount", "taskq-migrate"),
+        ("Service", "taskq-postgresql"),
+    ]
+    needs += [("NetworkPolicy", n["metadata"]["name"]) for n in by_kind(objs, "NetworkPolicy")]
+    for kind, name in needs:
+        o = find(objs, kind, name)
+        if o is not None and not wave(o) < wave(migrate):
+            errors.append(
+                f"{kind}/{name} (wave {wave(o)}) must exist before "
+                f"migrations (wave {wave(migrate)})"
+            )
+    return errors
+
+
+def check_migrate_hook(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    job = find(objs, "Job", "taskq-migrate")
+    if job is None:
+        return ["Job/taskq-migrate missing"]
+    ann = job["metadata"].get("annotations", {})
+    if ann.get("argocd.argoproj.io/hook") != "Sync":
+        errors.append(
+            "migrate Job must be an Argo CD Sync hook (PreSync runs before the database exists)"
+        )
+    if ann.get("argocd.argoproj.io/hook-delete-policy") != "BeforeHookCreation":
+        errors.append("migrate Job needs hook-delete-policy BeforeHookCreation")
+    if wave(job) >= 0:
+        errors.append("migrate Job needs a negative sync-wave")
+    if "generateName" in job["metadata"]:
+        errors.append("migrate Job must have a fixed name")
+    spec = job["spec"]
+    if not isinstance(spec.get("backoffLimit"), int) or spec["backoffLimit"] < 1:
+        errors.append("migrate Job needs a positive backoffLimit")
+    if not isinstance(spec.get("activeDeadlineSeconds"), int):
+        errors.append("migrate Job needs activeDeadlineSeconds")
+    if "ttlSecondsAfterFinished" in spec:
+        errors.append("hook Jobs must not set ttlSecondsAfterFinished")
+    c = spec["template"]["spec"]["containers"][0]
+    args = list(c.get("command", [])) + list(c.get("args", []))
+    if args[:1] != ["migrate"] or "--wait" not in args:
+        errors.append(f"migrate Job must run `taskq migrate --wait N`, runs {args}")
+    for o in objs:
+        hook = o["metadata"].get("annotations", {}).get("argocd.argoproj.io/hook")
+        if hook and o is not job:
+            errors.append(f"{name_of(o)}: unexpected hook {hook}")
+    return errors
+
+
+def _probe_target(c: Obj, probe: str) -> tuple[str | None, int | None]:
+    http = c.get(probe, {}).get("httpGet")
+    if not http:
+        return None, None
+    return http.get("path"), resolve_port(c, http["port"])
+
+
+def check_probes(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    data = config_data(objs)
+    contract = ctx.contract
+    expected = {
+        "api": (bind_port(data.get("TASKQ_API_BIND", ":0")), contract["api_port"]),
+        "worker": (bind_port(data.get("TASKQ_WORKER_HEALTH_BIND", ":0")), contract["worker_port"]),
+    }
+    for comp, (bound, documented) in expected.items():
+        dep = workload_by_component(objs, comp)
+        if dep is None:
+            errors.append(f"no {comp} workload")
+            continue
+        if bound != documented:
+            errors.append(f"{comp}: ConfigMap binds port {bound}, contract says {documented}")
+        c = pod_template(dep)["spec"]["containers"][0]
+        for probe, path in (
+            ("readinessProbe", "/ready"),
+            ("livenessProbe", "/live"),
+            ("startupProbe", None),
+        ):
+            got_path, got_port = _probe_target(c, probe)
+            if got_path is None:
+                errors.append(f"{comp}: {probe} must be an httpGet probe")
+                continue
+            if path is not None and got_path != path:
+                errors.append(f"{comp}: {probe} path {got_path} != {path}")
+            if got_path not in contract["paths"][comp]:
+                errors.append(
+                    f"{comp}: {probe} path {got_path} is not an endpoint of the {comp} (contract)"
+                )
+            if got_port != bound:
+                errors.append(f"{comp}: {probe} port {got_port} != bound port {bound}")
+        if not any(int(p["containerPort"]) == bound for p in c.get("ports", [])):
+            errors.append(f"{comp}: no containerPort {bound}")
+    return errors
+
+
+def check_api(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    dep = find(objs, "Deployment", "taskq-api")
+    if dep is None:
+        return ["Deployment/taskq-api missing"]
+    spec = dep["spec"]
+    want = 2 if ctx.env == "prod" else 1
+    if spec.get("replicas") != want:
+        errors.append(f"api replicas {spec.get('replicas')} != {want} in {ctx.env}")
+    ru = spec.get("strategy", {}).get("rollingUpdate", {})
+    if spec.get("strategy", {}).get("type") != "RollingUpdate" or ru.get("maxUnavailable") != 0:
+        errors.append("api must roll with maxUnavailable 0")
+    pod = spec["template"]["spec"]
+    pre = pod["containers"][0].get("lifecycle", {}).get("preStop", {})
+    delay = pre.get("sleep", {}).get("seconds")
+    if delay is None and pre.get("exec", {}).get("command", [""])[0] in ("sleep", "/bin/sleep"):
+        delay = int(pre["exec"]["command"][-1])
+    if not delay:
+        errors.append("api needs a preStop delay so endpoints drain before shutdown")
+    elif pod.get("terminationGracePeriodSeconds", 30) <= delay:
+        errors.append("api terminationGracePeriodSeconds must exceed the preStop delay")
+    return errors
+
+
+def check_worker(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    dep = find(objs, "Deployment", "taskq-worker")
+    if dep is None:
+        return ["Deployment/taskq-worker missing"]
+    data = config_data(objs)
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    timeout = int(data.get("TASKQ_SHUTDOWN_TIMEOUT", "25"))
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    # The contract: the worker exits within TASKQ_SHUTDOWN_TIMEOUT plus ~2 s.
+    if grace <= timeout + 2:
+        errors.append(
+            f"worker grace period {grace}s must exceed TASKQ_SHUTDOWN_TIMEOUT {timeout}s + 2s"
+        )
+    if "TASKQ_WORKER_CONCURRENCY" not in data:
+        errors.append("TASKQ_WORKER_CONCURRENCY must be set in the ConfigMap")
+    from_cm = any(
+        ref.get("configMapRef", {}).get("name") == "taskq-config" for ref in c.get("envFrom", [])
+    )
+    if not from_cm:
+        errors.append("worker must read the ConfigMap (envFrom taskq-config)")
+    args = list(c.get("command", [])) + list(c.get("args", []))
+    if args[:1] != ["worker"] or "--concurrency" in args or "TASKQ_WORKER_CONCURRENCY" in _env(c):
+        errors.append(f"worker concurrency must come from the ConfigMap, args {args}")
+    scaled = [
+        so
+        for so in by_kind(objs, "ScaledObject")
+        if so["spec"]["scaleTargetRef"]["name"] == "taskq-worker"
+    ]
+    if ctx.env == "prod":
+        if "replicas" in dep["spec"]:
+            errors.append("prod worker replicas must be left to KEDA (no spec.replicas)")
+        if not scaled:
+            errors.append("prod worker needs a ScaledObject")
+    return errors
+
+
+def check_pdbs(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    pods = pod_labels(objs)
+    for comp in ("api", "worker"):
+        matching = [
+            p
+            for p in by_kind(objs, "PodDisruptionBudget")
+            if any(
+                selector_matches(p["spec"].get("selector"), lbl) and component(o) == comp
+                for o, lbl in pods
+            )
+        ]
+        if not matching:
+            errors.append(f"no PodDisruptionBudget selects the {comp} pods")
+    for p in by_kind(objs, "PodDisruptionBudget"):
+        if not any(selector_matches(p["spec"].get("selector"), lbl) for _, lbl in pods):
+            errors.append(f"{name_of(p)} selects no pods")
+    return errors
+
+
+def check_services(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    pods = pod_labels(objs)
+    for svc in by_kind(objs, "Service"):
+        sel = svc["spec"].get("selector")
+        selected = [o for o, lbl in pods if sel and selector_matches({"matchLabels": sel}, lbl)]
+        if not selected:
+            errors.append(f"{name_of(svc)} selects no pods")
+            continue
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort", port["port"])
+            for o in selected:
+                cs = pod_template(o)["spec"]["containers"]
+                if not any(
+                    resolve_port(c, target) is not None
+                    and any(
+                        int(p["containerPort"]) == resolve_port(c, target)
+                        for p in c.get("ports", [])
+                    )
+                    for c in cs
+                ):
+                    errors.append(
+                        f"{name_of(svc)}: targetPort {target} is no container port of {name_of(o)}"
+                    )
+    return errors
+
+
+def check_cronjob(objs: list[Obj], ctx: Context) -> list[str]:
+    cj = find(objs, "CronJob", "taskq-prune")
+    if cj is None:
+        return ["CronJob/taskq-prune missing"]
+    errors = []
+    c = pod_template(cj)["spec"]["containers"][0]
+    if (list(c.get("command", [])) + list(c.get("args", [])))[:1] != ["prune"]:
+        errors.append("CronJob must run `taskq prune`")
+    if cj["spec"].get("concurrencyPolicy") != "Forbid":
+        errors.append("prune CronJob must not overlap (concurrencyPolicy Forbid)")
+    return errors
+
+
+def _peers_allowed_to(
+    objs: list[Obj], target_labels: dict[str, str], port: int
+) -> tuple[set[str], list[Obj]]:
+    """Components (same namespace) and foreign peers allowed in to a pod on a port."""
+    components: set[str] = set()
+    foreign: list[Obj] = []
+    pods = pod_labels(objs)
+    for np in by_kind(objs, "NetworkPolicy"):
+        spec = np["spec"]
+        if "Ingress" not in spec.get("policyTypes", []) or not selector_matches(
+            spec["podSelector"], target_labels
+        ):
+            continue
+        for rule in spec.get("ingress", []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port for p in ports):
+                continue
+            peers = rule.get("from")
+            if not peers:
+                components.add("*anyone*")
+                continue
+            for peer in peers:
+                if "ipBlock" in peer:
+                    components.add("*ipBlock*")
+                elif "namespaceSelector" in peer:
+                    foreign.append(peer)
+                else:
+                    for o, lbl in pods:
+                        if selector_matches(peer.get("podSelector"), lbl):
+                            components.add(str(component(o)))
+    return components, foreign
+
+
+def _egress_allowed(
+    objs: list[Obj], source_labels: dict[str, str], dest_labels: dict[str, str], port: int
+) -> bool:
+    for np in by_kind(objs, "NetworkPolicy"):
+        spec = np["spec"]
+        if "Egress" not in spec.get("policyTypes", []) or not selector_matches(
+            spec["podSelector"], source_labels
+        ):
+            continue
+        for rule in spec.get("egress", []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port for p in ports):
+                continue
+            for peer in rule.get("to", []):
+                if "namespaceSelector" not in peer and selector_matches(
+                    peer.get("podSelector"), dest_labels
+                ):
+                    return True
+    return False
+
+
+def check_network_policies(objs: list[Obj], ctx: Context) -> list[str]:
+    errors = []
+    nps = by_kind(objs, "NetworkPolicy")
+    deny = [
+        n
+        for n in nps
+        if n["spec"]["podSelector"] == {}
+        and set(n["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not n["spec"].get("ingress")
+        and not n["spec"].get("egress")
+    ]
+    if not deny:
+        errors.append("no default-deny NetworkPolicy (ingress and egress)")
+    dns = [
+        n
+        for n in nps
+        if n["spec"]["podSelector"] == {}
+        and any(
+            any(p.get("port") == 53 and p.get("protocol") == "UDP" for p in r.get("ports", []))
+            for r in n["spec"].get("egress", [])
+        )
+    ]
+    if not dns:
+        errors.append("no NetworkPolicy lets pods resolve DNS (UDP 53 egress)")
+    pg = workload_by_component(objs, "postgresql")
+    if pg is None:
+        return [*errors, "no postgresql workload"]
+    pg_labels = pod_template(pg)["metadata"]["labels"]
+    allowed, foreign = _peers_allowed_to(objs, pg_labels, 5432)
+    if allowed != DB_CLIENTS:
+        errors.append(
+            f"PostgreSQL 5432 must admit exactly {sorted(DB_CLIENTS)}, admits {sorted(allowed)}"
+        )
+    for peer in foreign:
+        ns = peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        if ctx.env != "prod" or ns != "keda" or not peer.get("podSelector"):
+            errors.append(f"unexpected foreign peer to PostgreSQL: {peer}")
+    for comp in DB_CLIENTS:
+        o = workload_by_component(objs, comp)
+        if o is None:
+            errors.append(f"no {comp} workload")
+        elif not _egress_allowed(objs, pod_template(o)["metadata"]["labels"], pg_labels, 5432):
+            errors.append(f"{comp} pods may not reach PostgreSQL 5432 (egress)")
+    api = workload_by_component(objs, "api")
+    if api is not None:
+        api_in, _ = _peers_allowed_to(objs, pod_template(api)["metadata"]["labels"], 8080)
+        if not api_in:
+            errors.append("nothing may reach the API on 8080")
+    return errors
+
+
+def check_keda(objs: list[Obj], ctx: Context) -> list[str]:
+    scaled = by_kind(objs, "ScaledObject")
+    if ctx.env != "prod":
+        return [f"{ctx.env} must not autoscale with KEDA"] if scaled else []
+    errors = []
+    if len(scaled) != 1:
+        return [f"prod needs exactly one ScaledObject, has {len(scaled)}"]
+    so = scaled[0]
+    if find(objs, "Deployment", so["spec"]["scaleTargetRef"]["name"]) is None:
+        errors.append("ScaledObject targets no Deployment of ours")
+    url = urlsplit(config_data(objs).get("DATABASE_URL", ""))
+    for trig in so["spec"]["triggers"]:
+        md = trig.get("metadata", {})
+        if trig["type"] != "postgresql":
+            errors.append(f"unexpected trigger type {trig['type']}")
+            continue
+        if " ".join(md.get("query", "").split()) != " ".join(
+            ctx.contract["queue_depth_query"].split()
+        ):
+            errors.append(
+                f"KEDA query differs from the contract's queue-depth query: {md.get('query')}"
+            )
+        if md.get("host") != f"{url.hostname}.{ctx.namespace}.svc.cluster.local":
+            errors.append(f"KEDA host {md.get('host')} is not the database Service's full name")
+        if (
+            md.get("port") != str(url.port)
+            or md.get("dbName") != url.path.lstrip("/")
+            or md.get("userName") != url.username
+        ):
+            errors.append("KEDA port/dbName/userName differ from DATABASE_URL")
+        if "password" in md or "connection" in md:
+            errors.append("KEDA trigger must not carry credentials inline")
+        auth = trig.get("authenticationRef", {}).get("name")
+        ta = find(objs, "TriggerAuthentication", auth or "")
+        if ta is None:
+            errors.append("KEDA trigger must authenticate through a TriggerAuthentication of ours")
+        elif not any(r["parameter"] == "password" for r in ta["spec"].get("secretTargetRef", [])):
+            errors.append("TriggerAuthentication must take the password from the Secret")
+    return errors
+
+
+CHECKS = {
+    f.__name__.removeprefix("check_"): f
+    for f in (
+        check_labels,
+        check_namespace,
+        check_pod_security,
+        check_postgresql,
+        check_resources,
+        check_images,
+        check_service_accounts,
+        check_secrets,
+        check_sync_waves,
+        check_migrate_hook,
+        check_probes,
+        check_api,
+        check_worker,
+        check_pdbs,
+        check_services,
+        check_cronjob,
+        check_network_policies,
+        check_keda,
+    )
+}

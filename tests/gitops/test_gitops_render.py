@@ -1,0 +1,165 @@
+"""Every overlay renders, and every object validates against a real schema.
+
+Built-in kinds: kubernetes-validate, strict (unknown fields are errors), against
+the pinned Kubernetes version. Custom resources (Argo CD, KEDA, External
+Secrets): their CRD schemas from npm (crd_validate.mjs). An object that
+neither knows is a failure, never a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import GITOPS, K8S_VERSION, OVERLAYS, REPO, run, venv_tool
+
+CRD_GROUPS = {"argoproj.io", "keda.sh", "external-secrets.io"}
+
+
+def group_of(obj: dict[str, Any]) -> str:
+    api = obj["apiVersion"]
+    return api.split("/")[0] if "/" in api else ""
+
+
+def kubernetes_validate(objs: list[dict[str, Any]], tmp_path: Path) -> list[str]:
+    """Problems kubernetes-validate reports; a WARN (e.g. unknown kind) counts."""
+    path = tmp_path / "objects.yaml"
+    path.write_text(yaml.safe_dump_all(objs))
+    out = run([venv_tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, str(path)])
+    lines = (out.stdout + out.stderr).splitlines()
+    problems = [line for line in lines if not line.startswith("INFO")]
+    passed = [line for line in lines if line.startswith("INFO") and " passed " in line]
+    if out.returncode != 0 and not problems:
+        problems.append(f"kubernetes-validate exited {out.returncode}")
+    if len(passed) != len(objs):
+        problems.append(f"{len(passed)} of {len(objs)} objects reported as passed")
+    return problems
+
+
+def crd_validate(objs: list[dict[str, Any]], tools: Path) -> list[dict[str, Any]]:
+    out = run(
+        ["node", str(Path(__file__).with_name("crd_validate.mjs")), str(tools)],
+        input=json.dumps(objs),
+    )
+    if out.returncode not in (0, 1):
+        pytest.fail(f"crd_validate.mjs crashed:\n{out.stderr}")
+    results: list[dict[str, Any]] = json.loads(out.stdout)
+    if (out.returncode == 0) != all(r["ok"] for r in results):
+        pytest.fail("crd_validate.mjs exit code disagrees with its results")
+    return results
+
+
+def all_renders(
+    rendered: dict[str, list[dict[str, Any]]],
+    bootstrap: list[dict[str, Any]],
+    apps: list[dict[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    return {**rendered, "argocd": bootstrap, "argocd-apps": apps}
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_builtin_kinds_validate_strictly(
+    env: str, rendered: dict[str, Any], tmp_path: Path
+) -> None:
+    builtin = [o for o in rendered[env] if group_of(o) not in CRD_GROUPS]
+    assert builtin, "nothing rendered"
+    assert kubernetes_validate(builtin, tmp_path) == []
+
+
+def test_kubernetes_validate_flags_unknown_kinds_and_fields(tmp_path: Path) -> None:
+    """The wrapper above must fail on both kinds of mistake it exists to catch."""
+    typo = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labelz": {}}}
+    unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    assert kubernetes_validate([typo], tmp_path)
+    assert any("WARN" in p for p in kubernetes_validate([unknown], tmp_path))
+
+
+def test_custom_resources_validate_against_crd_schemas(
+    rendered: dict[str, Any],
+    argocd_bootstrap: list[Any],
+    argocd_apps: list[Any],
+    gitops_tools: Path,
+) -> None:
+    custom = [
+        o
+        for objs in all_renders(rendered, argocd_bootstrap, argocd_apps).values()
+        for o in objs
+        if group_of(o) in CRD_GROUPS
+    ]
+    kinds = {o["kind"] for o in custom}
+    assert {
+        "Application",
+        "AppProject",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "ExternalSecret",
+    } <= kinds
+    failures = [r for r in crd_validate(custom, gitops_tools) if not r["ok"]]
+    assert failures == []
+
+
+def test_crd_validation_rejects_broken_resources(
+    argocd_apps: list[Any], rendered: dict[str, Any], gitops_tools: Path
+) -> None:
+    app = json.loads(json.dumps(next(o for o in argocd_apps if o["kind"] == "Application")))
+    app["spec"]["syncPolicy"]["automated"]["selfheal"] = (
+        True  # misspelt: silently ignored by a cluster
+    )
+    so = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "ScaledObject")))
+    del so["spec"]["scaleTargetRef"]
+    es = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "ExternalSecret")))
+    es["spec"]["refreshInterval"] = 3600  # must be a duration string
+    stranger = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    results = crd_validate([app, so, es, stranger], gitops_tools)
+    assert [r["ok"] for r in results] == [False, False, False, False]
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_every_object_has_a_schema(env: str, rendered: dict[str, Any]) -> None:
+    """Only built-in kinds (kubernetes-validate) and known CRD groups are rendered."""
+    strangers = [
+        o["kind"]
+        for o in rendered[env]
+        if "." in group_of(o)
+        and not group_of(o).endswith(".k8s.io")
+        and group_of(o) not in CRD_GROUPS
+    ]
+    assert strangers == []
+
+
+def test_one_resource_per_file_and_resources_only() -> None:
+    for kfile in sorted(GITOPS.rglob("kustomization.yaml")):
+        k = yaml.safe_load(kfile.read_text())
+        deprecated = {
+            "bases",
+            "patchesStrategicMerge",
+            "patchesJson6902",
+            "commonLabels",
+            "vars",
+        } & set(k)
+        assert not deprecated, f"{kfile}: deprecated fields {deprecated}"
+        listed = set(k.get("resources", []))
+        siblings = {p.name for p in kfile.parent.glob("*.yaml")} - {"kustomization.yaml"}
+        assert siblings <= listed, f"{kfile}: files not in resources: {siblings - listed}"
+    for yfile in sorted(GITOPS.rglob("*.yaml")):
+        if yfile.name != "kustomization.yaml":
+            docs = [d for d in yaml.safe_load_all(yfile.read_text()) if d]
+            assert len(docs) == 1, f"{yfile}: {len(docs)} resources in one file"
+
+
+def test_repository_url_is_written_once(
+    argocd_bootstrap: list[Any], argocd_apps: list[Any]
+) -> None:
+    literal = re.compile(r"https://[^\s\"']+\.git\b")
+    holders = sorted(
+        str(p.relative_to(REPO)) for p in GITOPS.rglob("*.yaml") if literal.search(p.read_text())
+    )
+    assert holders == ["gitops/argocd/projects/appproject-taskq.yaml"]
+    for obj in argocd_bootstrap + argocd_apps:
+        assert "REPLACED" not in json.dumps(obj), (
+            f"{obj['kind']}/{obj['metadata']['name']} kept a placeholder"
+        )
