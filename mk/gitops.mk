@@ -1,0 +1,50 @@
+# GitOps targets (included by the main Makefile: -include mk/*.mk).
+#   make gitops-tools            npm CRD schemas for tests/gitops (idempotent)
+#   make gitops-render           render every overlay and the Argo CD objects to build/gitops/
+#   make gitops-test             only the GitOps tests (the image test included)
+#   make image [IMAGE=.. TAG=..] build the container image (podman, or ENGINE=docker)
+#   make bump-image TAG=.. [ENV=dev|prod]   point an overlay at an image tag
+
+GITOPS_KUBECTL ?= $(VENV)/bin/kubectl
+GITOPS_OUT ?= build/gitops
+ENGINE ?= podman
+IMAGE ?= ghcr.io/example/taskq
+TAG ?= $(shell git rev-parse HEAD 2>/dev/null || echo dev)
+ENV ?= dev
+
+.PHONY: gitops-tools gitops-render gitops-test image bump-image
+
+gitops-tools:
+	@bash scripts/gitops-tools.sh >/dev/null
+
+gitops-render: deps
+	@mkdir -p $(GITOPS_OUT)
+	@for env in dev prod; do \
+	  $(GITOPS_KUBECTL) kustomize gitops/apps/overlays/$$env > $(GITOPS_OUT)/$$env.yaml || exit 1; \
+	  echo "$(GITOPS_OUT)/$$env.yaml"; \
+	done
+	@$(GITOPS_KUBECTL) kustomize gitops/argocd > $(GITOPS_OUT)/argocd-bootstrap.yaml && echo "$(GITOPS_OUT)/argocd-bootstrap.yaml"
+	@$(GITOPS_KUBECTL) kustomize gitops/argocd/apps > $(GITOPS_OUT)/argocd-apps.yaml && echo "$(GITOPS_OUT)/argocd-apps.yaml"
+
+gitops-test: deps gitops-tools
+	$(BIN)/pytest tests/gitops $(PYTEST_ARGS)
+
+# podman needs the runtime/config quirks in scripts/podman-setup.sh; docker
+# builds as is. BASE_IMAGE may point at a local stand-in
+# (scripts/build-base-image.sh).
+image:
+ifeq ($(ENGINE),podman)
+	@set -e; eval "$$(scripts/podman-setup.sh | sed 's/^/export /')"; \
+	podman --runtime "$$TASKQ_PODMAN_RUNTIME" build --network=host \
+	  $${TASKQ_CA_BUNDLE:+-v $$TASKQ_CA_BUNDLE:$$TASKQ_CA_BUNDLE:ro --build-arg PIP_CERT=$$TASKQ_CA_BUNDLE} \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  --build-arg REVISION=$(TAG) -t $(IMAGE):$(TAG) .
+else
+	$(ENGINE) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  --build-arg REVISION=$(TAG) -t $(IMAGE):$(TAG) .
+endif
+
+bump-image:
+	@# TAG must be given explicitly: the default (HEAD) may have no pushed image.
+	@test "$(origin TAG)" != "file" || { echo "usage: make bump-image TAG=<tag> [ENV=dev|prod]"; exit 2; }
+	scripts/bump-image.sh $(ENV) $(TAG)

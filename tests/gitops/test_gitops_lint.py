@@ -1,0 +1,119 @@
+"""Linters for what gitops owns, and the tag-bump script the release loop runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run, venv_tool
+
+SCRIPTS = sorted(p for p in (REPO / "scripts").glob("*.sh"))
+
+
+def test_hadolint_dockerfile() -> None:
+    out = run([venv_tool("hadolint"), str(REPO / "Dockerfile")])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_is_not_silent(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\n")
+    assert run([venv_tool("hadolint"), str(bad)]).returncode != 0
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script: Path) -> None:
+    out = run([venv_tool("shellcheck"), "--severity=style", "--external-sources", str(script)])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_scripts_exist() -> None:
+    names = {p.name for p in SCRIPTS}
+    assert {"bump-image.sh", "podman-setup.sh", "build-base-image.sh", "kind-demo.sh"} <= names
+
+
+def test_yamllint() -> None:
+    targets = [str(REPO / "gitops")]
+    if (REPO / ".github").exists():
+        targets.append(str(REPO / ".github"))
+    out = run([venv_tool("yamllint"), "--strict", "-c", str(REPO / ".yamllint"), *targets])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_contract() -> None:
+    """The image facts the manifests rely on (docs/contract.md, gitops/apps)."""
+    text = (REPO / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in text
+    assert 'ENTRYPOINT ["taskq"]' in text
+    assert "USER 10001:10001" in text
+    assert "TASKQ_API_BIND=0.0.0.0:8080" in text
+    assert "TASKQ_WORKER_HEALTH_BIND=0.0.0.0:8081" in text
+    assert text.count("FROM ") == 2, "builder + runtime stages"
+    final_stage = text.rsplit("FROM ", 1)[1]
+    assert "COPY --from=build /opt/taskq /opt/taskq" in final_stage
+    runs = [line for line in final_stage.splitlines() if line.startswith("RUN")]
+    assert not [r for r in runs if "pip" in r or "apt-get" in r], "no installs in the final stage"
+
+
+def overlay_image(root: Path, env: str) -> str:
+    out = run([venv_tool("kubectl"), "kustomize", str(root / "gitops/apps/overlays" / env)])
+    assert out.returncode == 0, out.stderr
+    for doc in yaml.safe_load_all(out.stdout):
+        if doc and doc["kind"] == "Deployment" and doc["metadata"]["name"] == "taskq-api":
+            return str(doc["spec"]["template"]["spec"]["containers"][0]["image"])
+    raise AssertionError("no api Deployment")
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "gitops", tmp_path / "gitops")
+    return tmp_path
+
+
+def test_bump_image_changes_only_the_chosen_overlay(repo_copy: Path) -> None:
+    before_prod = overlay_image(repo_copy, "prod")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    out = run(
+        ["bash", str(REPO / "scripts/bump-image.sh"), "dev", sha],
+        env={"GITOPS_ROOT": str(repo_copy), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert overlay_image(repo_copy, "dev") == f"ghcr.io/example/taskq:{sha}"
+    assert overlay_image(repo_copy, "prod") == before_prod
+    kfile = (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text()
+    assert "# DEV ONLY" in kfile, "comments survive the edit"
+    # An all-digit tag must stay a string (quoted), or kustomize renders 1234567.0
+    assert (
+        run(
+            ["bash", str(REPO / "scripts/bump-image.sh"), "prod", "1234567"],
+            env={"GITOPS_ROOT": str(repo_copy), "PATH": "/usr/bin:/bin"},
+        ).returncode
+        == 0
+    )
+    assert overlay_image(repo_copy, "prod") == "ghcr.io/example/taskq:1234567"
+
+
+def test_bump_image_can_rename(repo_copy: Path) -> None:
+    out = run(
+        ["bash", str(REPO / "scripts/bump-image.sh"), "prod", "v1.2.3"],
+        env={
+            "GITOPS_ROOT": str(repo_copy),
+            "PATH": "/usr/bin:/bin",
+            "TASKQ_IMAGE": "registry.example.org/team/taskq",
+        },
+    )
+    assert out.returncode == 0, out.stderr
+    assert overlay_image(repo_copy, "prod") == "registry.example.org/team/taskq:v1.2.3"
+
+
+@pytest.mark.parametrize(("env", "tag"), [("dev", "latest"), ("dev", "bad tag"), ("qa", "abc")])
+def test_bump_image_refuses(env: str, tag: str, repo_copy: Path) -> None:
+    before = (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text()
+    out = run(
+        ["bash", str(REPO / "scripts/bump-image.sh"), env, tag],
+        env={"GITOPS_ROOT": str(repo_copy), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 2
+    assert (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text() == before
