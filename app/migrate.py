@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -37,10 +38,12 @@ def migrations_dir() -> Path:
 def _yoyo_backend(settings: Settings):  # type: ignore[no-untyped-def]
     from yoyo import get_backend
 
-    # yoyo picks its psycopg 3 driver from the URL scheme; libpq still reads PGPASSWORD etc.
-    # Query parameters such as host=/socket/dir pass through to the driver.
-    url = settings.database_url.replace("postgres://", "postgresql://", 1)
-    return get_backend(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    # yoyo picks its psycopg 3 driver from the URL scheme and passes query parameters to
+    # psycopg.connect as keywords, so any libpq conninfo (URL or key=value, Unix socket
+    # hosts included) maps onto a URL without a netloc. libpq still reads PGPASSWORD.
+    params = conninfo_to_dict(settings.database_url)
+    dbname = str(params.pop("dbname", "") or "")
+    return get_backend(f"postgresql+psycopg:///{quote(dbname)}?{urlencode(params)}")
 
 
 def _wait_for_database(settings: Settings, wait: float) -> db.Connection:

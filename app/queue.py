@@ -117,7 +117,8 @@ def enqueue_many(
 def _enqueue_chunk(
     conn: AnyConnection, specs: Sequence[TaskSpec], default_max_attempts: int
 ) -> list[Task]:
-    ids = [new_task_id() for _ in specs]
+    # Sorted: ids minted within one millisecond would otherwise tie-break claims randomly.
+    ids = sorted(new_task_id() for _ in specs)
     params = {
         "ids": ids,
         "queues": [s.queue for s in specs],
@@ -125,7 +126,7 @@ def _enqueue_chunk(
         "payloads": [Jsonb(s.payload) for s in specs],
         "priorities": [s.priority for s in specs],
         "run_ats": [s.run_at for s in specs],
-        "delays": [s.delay or 0.0 for s in specs],
+        "delays": [float(s.delay or 0) for s in specs],
         "max_attempts": [s.max_attempts or default_max_attempts for s in specs],
         "keys": [s.idempotency_key for s in specs],
     }
@@ -188,7 +189,7 @@ def finish(
         "outcomes": [o.outcome for o in outcomes],
         "results": [o.result_json for o in outcomes],
         "errors": [o.error for o in outcomes],
-        "delays": [o.retry_delay for o in outcomes],
+        "delays": [float(o.retry_delay) for o in outcomes],
         "worker_id": worker_id,
     }
     applied = _rows(conn, sql.FINISH, params)

@@ -105,8 +105,16 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must start with postgresql:// (a libpq URL)")
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+        try:
+            conninfo_to_dict(value)
+        except ProgrammingError as exc:
+            # libpq's message may quote the string; never echo a password back.
+            raise ValueError("is not a valid libpq connection string") from exc
         return value
 
     @model_validator(mode="after")
