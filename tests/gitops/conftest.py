@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 GITOPS = REPO / "gitops"
 OVERLAYS = ("dev", "prod")
 # The oldest Kubernetes minor the manifests must work on (kind-demo.sh and
-# docs/deploy.md use the same). 1.34: preStop `sleep` handler is GA.
+# docs/deploy.md use the same); the API's preStop `sleep` handler needs >= 1.30.
 K8S_VERSION = "1.34.0"
 
 
