@@ -111,10 +111,13 @@ class Settings(BaseSettings):
         if "://" in value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL or a libpq key=value string")
         try:
-            conninfo_to_dict(value)
+            params = conninfo_to_dict(value)
         except ProgrammingError as exc:
             # libpq's message may quote the string; never echo a password back.
             raise ValueError("is not a valid libpq connection string") from exc
+        ports = str(params.get("port") or "5432").split(",")
+        if not all(port.isdigit() for port in ports):
+            raise ValueError("has a port that is not a number")
         return value
 
     @model_validator(mode="after")

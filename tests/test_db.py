@@ -1,0 +1,76 @@
+"""app/db.py: pools that survive a database restart, and error translation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from app import db
+from app.errors import DatabaseUnavailable, InvalidInput
+from app.settings import Settings, load_settings
+from tests.helpers import free_port
+
+
+def test_pool_recovers_after_its_connections_are_killed(settings: Settings, conn: Any) -> None:
+    pool = db.create_pool(settings, name="probe", min_size=2, max_size=2, open_wait=True)
+    try:
+        with db.pooled(pool) as c:
+            c.execute("SELECT 1")
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+            " WHERE application_name = 'taskq-probe'"
+        ).fetchone()
+        assert killed["n"] == 2
+        # The checkout check notices the dead sockets, so no caller sees the failure.
+        for _ in range(4):
+            with db.pooled(pool) as c:
+                assert c.execute("SELECT 42 AS x").fetchone() == {"x": 42}
+    finally:
+        pool.close()
+
+
+def test_pool_times_out_cleanly_when_the_database_is_down() -> None:
+    settings = load_settings(
+        database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/x", db_pool_timeout=0.5
+    )
+    pool = db.create_pool(settings, name="down")
+    try:
+        with pytest.raises(DatabaseUnavailable), db.pooled(pool):
+            pass
+        assert db.ping(pool, timeout=0.2) is False
+    finally:
+        pool.close()
+
+
+def test_statement_timeout_applies(make_settings: Any) -> None:
+    settings = make_settings(db_statement_timeout_ms=100)
+    pool = db.create_pool(settings, name="slow", open_wait=True)
+    try:
+        with pytest.raises(DatabaseUnavailable), db.pooled(pool) as c:
+            c.execute("SELECT pg_sleep(2)")
+    finally:
+        pool.close()
+
+
+def test_data_errors_become_invalid_input(conn: Any) -> None:
+    with pytest.raises(InvalidInput, match="value rejected"), db.translate_errors():
+        conn.execute("SELECT '\\u0000'::jsonb")
+
+
+def test_programming_errors_are_not_disguised(conn: Any) -> None:
+    with pytest.raises(psycopg.errors.UndefinedTable), db.translate_errors():
+        conn.execute("SELECT * FROM no_such_table")
+
+
+def test_redact_hides_passwords() -> None:
+    assert "s3cret" not in db.redact("postgresql://u:s3cret@h:5432/d")
+    assert "***" in db.redact("postgresql://u:s3cret@h:5432/d")
+    assert db.redact("not a url at all") == "<unparseable DATABASE_URL>"
+
+
+def test_conninfo_names_the_application() -> None:
+    info = db.conninfo(load_settings(database_url="postgresql://h/d"), application_name="taskq-x")
+    assert "application_name=taskq-x" in info
+    assert "connect_timeout=3" in info

@@ -1,0 +1,75 @@
+"""app/handlers.py: the registry, the built-in kinds, loading user modules."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.errors import NonRetryableError, UnknownKind
+from app.handlers import Registry, TaskContext, default_registry, register_builtins
+
+
+def _ctx(attempt: int = 1) -> TaskContext:
+    return TaskContext(uuid.uuid4(), "k", "default", attempt, 5, threading.Event())
+
+
+@pytest.fixture
+def registry() -> Registry:
+    r = Registry()
+    register_builtins(r)
+    return r
+
+
+def test_builtins(registry: Registry) -> None:
+    assert registry.kinds() == ["echo", "fail", "sleep"]
+    assert registry.get("echo")({"a": [1]}, _ctx()) == {"a": [1]}
+    assert registry.get("sleep")({"seconds": 0.01}, _ctx())["slept"] >= 0.01
+    with pytest.raises(NonRetryableError, match="seconds"):
+        registry.get("sleep")({"seconds": "soon"}, _ctx())
+    with pytest.raises(RuntimeError, match="as requested"):
+        registry.get("fail")({}, _ctx())
+    with pytest.raises(NonRetryableError, match="custom"):
+        registry.get("fail")({"retryable": False, "message": "custom"}, _ctx())
+
+
+def test_unknown_kind_names_the_field(registry: Registry) -> None:
+    with pytest.raises(UnknownKind) as info:
+        registry.get("nope")
+    assert info.value.field == "kind"
+
+
+def test_decorator_and_context(registry: Registry) -> None:
+    @registry.handler("attempt", takes_context=True)
+    def attempt(payload: dict[str, Any], ctx: TaskContext) -> int:
+        return ctx.attempt
+
+    assert "attempt" in registry
+    assert registry.get("attempt")({}, _ctx(attempt=3)) == 3
+
+
+def test_load_modules_registers_user_handlers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "user_tasks_for_test.py").write_text(
+        "from app.handlers import handler\n\n"
+        "@handler('greet')\n"
+        "def greet(payload):\n"
+        "    return f\"hello {payload['name']}\"\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        default_registry.load_modules(["user_tasks_for_test"])
+        assert default_registry.get("greet")({"name": "ada"}, _ctx()) == "hello ada"
+    finally:
+        sys.modules.pop("user_tasks_for_test", None)
+        default_registry._handlers.pop("greet", None)
+
+
+def test_load_modules_fails_loudly_on_a_typo(registry: Registry) -> None:
+    with pytest.raises(ModuleNotFoundError):
+        registry.load_modules(["no_such_module_here"])

@@ -1,0 +1,78 @@
+"""app/migrate.py and db/migrations: apply, repeat, run concurrently, roll back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app import migrate
+from app.errors import DatabaseUnavailable
+from app.settings import load_settings
+from tests.helpers import free_port
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_every_migration_has_a_rollback() -> None:
+    directory = migrate.migrations_dir()
+    forward = sorted(p for p in directory.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+    assert forward, f"no migrations in {directory}"
+    for path in forward:
+        assert path.with_name(path.stem + ".rollback.sql").exists(), path.name
+
+
+def test_apply_is_idempotent_and_rolls_back(empty_database_url: str) -> None:
+    settings = load_settings(database_url=empty_database_url)
+    assert migrate.apply(settings) == ["0001.create-tasks"]
+    assert "taskq_tasks" in _tables(empty_database_url)
+    assert migrate.apply(settings) == []
+    assert migrate.rollback(settings, count=1) == ["0001.create-tasks"]
+    assert "taskq_tasks" not in _tables(empty_database_url)
+    assert migrate.apply(settings) == ["0001.create-tasks"]
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute("INSERT INTO taskq_tasks (kind) VALUES ('echo')")
+
+
+def test_concurrent_runs_apply_once(empty_database_url: str) -> None:
+    settings = load_settings(database_url=empty_database_url)
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(migrate.apply(settings))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(results) == [[], [], [], ["0001.create-tasks"]]
+
+
+def test_wait_gives_up_after_its_deadline() -> None:
+    settings = load_settings(database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailable):
+        migrate.apply(settings, wait=1.0)
+    assert 0.9 < time.monotonic() - started < 10
+
+
+def test_the_wheel_carries_the_migrations() -> None:
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert '"db/migrations" = "app/migrations"' in pyproject
