@@ -4,8 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Extra prerequisites of `make test` contributed by mk/*.mk (e.g. schema downloads).
+TEST_TOOLS :=
+.DEFAULT_GOAL := help
 
-.PHONY: run test lint typecheck pytest deps bench clean help
+-include mk/*.mk
+
+.PHONY: run test lint typecheck pytest deps clean help
 
 help:
 	@echo "make run    - API + worker on 127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)"
@@ -30,7 +35,7 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy
 
-pytest: deps
+pytest: deps $(TEST_TOOLS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -38,4 +43,3 @@ test: lint typecheck pytest
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
--include mk/*.mk
