@@ -117,3 +117,14 @@ def test_bump_image_refuses(env: str, tag: str, repo_copy: Path) -> None:
     )
     assert out.returncode == 2
     assert (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text() == before
+
+
+def test_kind_demo_targets_the_validated_kubernetes_version() -> None:
+    """The demo cluster runs the Kubernetes minor the manifests are validated against."""
+    from conftest import K8S_VERSION
+
+    text = (REPO / "scripts" / "kind-demo.sh").read_text()
+    minor = ".".join(K8S_VERSION.split(".")[:2])
+    assert f"kindest/node:v{minor}." in text
+    # Images in the demo are pinned too.
+    assert ":latest" not in text
