@@ -95,3 +95,14 @@ def test_parse_bind(value: str, parsed: tuple[str, int]) -> None:
 def test_parse_bind_rejects(value: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_bind(value)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    from app.settings import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in Settings.model_fields:
+        variable = "DATABASE_URL" if name == "database_url" else f"TASKQ_{name.upper()}"
+        assert f"`{variable}`" in readme, f"{variable} is missing from the README settings table"
