@@ -10,7 +10,7 @@ import pytest
 from app import db
 from app.errors import DatabaseUnavailable, InvalidInput
 from app.settings import Settings, load_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 
 def test_pool_recovers_after_its_connections_are_killed(settings: Settings, conn: Any) -> None:
@@ -23,6 +23,16 @@ def test_pool_recovers_after_its_connections_are_killed(settings: Settings, conn
             " WHERE application_name = 'taskq-probe'"
         ).fetchone()
         assert killed["n"] == 2
+        # pg_terminate_backend only signals; wait until the backends are really gone.
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'taskq-probe'"
+                ).fetchone()["n"]
+                == 0
+            ),
+            what="terminated backends to exit",
+        )
         # The checkout check notices the dead sockets, so no caller sees the failure.
         for _ in range(4):
             with db.pooled(pool) as c:
