@@ -14,6 +14,10 @@ ENV ?= dev
 
 .PHONY: gitops-tools gitops-render gitops-test image bump-image
 
+# `make test` (pytest) installs the npm CRD schemas first; the gitops tests
+# would install them on demand too, this just makes the step visible.
+TEST_TOOLS += gitops-tools
+
 gitops-tools:
 	@bash scripts/gitops-tools.sh >/dev/null
 
