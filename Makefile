@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_PATHS := $(wildcard app tests bench)
 # Extra prerequisites of `make test` contributed by mk/*.mk (e.g. schema downloads).
 TEST_TOOLS :=
 .DEFAULT_GOAL := help
@@ -29,8 +30,8 @@ run: deps
 	$(BIN)/taskq dev
 
 lint: deps
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: deps
 	$(BIN)/mypy

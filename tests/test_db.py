@@ -24,15 +24,8 @@ def test_pool_recovers_after_its_connections_are_killed(settings: Settings, conn
         ).fetchone()
         assert killed["n"] == 2
         # pg_terminate_backend only signals; wait until the backends are really gone.
-        wait_until(
-            lambda: (
-                conn.execute(
-                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'taskq-probe'"
-                ).fetchone()["n"]
-                == 0
-            ),
-            what="terminated backends to exit",
-        )
+        alive = "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'taskq-probe'"
+        wait_until(lambda: conn.execute(alive).fetchone()["n"] == 0, what="backends to exit")
         # The checkout check notices the dead sockets, so no caller sees the failure.
         for _ in range(4):
             with db.pooled(pool) as c:
