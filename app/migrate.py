@@ -62,13 +62,33 @@ def _wait_for_database(settings: Settings, wait: float) -> db.Connection:
             delay = min(delay * 2, 5.0)
 
 
+def _lock(conn: db.Connection) -> None:
+    """Take the advisory lock, polling rather than blocking in pg_advisory_lock.
+
+    A session blocked in pg_advisory_lock sits in a statement that holds a snapshot, and
+    CREATE INDEX CONCURRENTLY (in the migration the lock holder is running) waits for
+    every such snapshot to go away: the two would wait on each other until the statement
+    timeout. Between polls this session holds no snapshot, so concurrent runs queue up
+    without blocking the migration they wait for.
+    """
+    delay = 0.05
+    while True:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(%s) AS ok", (_ADVISORY_LOCK_KEY,)
+        ).fetchone()
+        if row and row["ok"]:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def apply(settings: Settings, *, wait: float = 0.0) -> list[str]:
     """Apply pending migrations; returns the ids applied (empty when up to date)."""
     from yoyo import read_migrations
 
     lock_conn = _wait_for_database(settings, wait)
     try:
-        lock_conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
+        _lock(lock_conn)
         backend = _yoyo_backend(settings)
         migrations = read_migrations(str(migrations_dir()))
         with backend.lock():
@@ -93,7 +113,7 @@ def rollback(settings: Settings, *, count: int = 1) -> list[str]:
 
     lock_conn = _wait_for_database(settings, 0)
     try:
-        lock_conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
+        _lock(lock_conn)
         backend = _yoyo_backend(settings)
         migrations = read_migrations(str(migrations_dir()))
         with backend.lock():

@@ -23,6 +23,11 @@ def _tables(url: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def _all_ids() -> list[str]:
+    directory = migrate.migrations_dir()
+    return sorted(p.stem for p in directory.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+
+
 def test_every_migration_has_a_rollback() -> None:
     directory = migrate.migrations_dir()
     forward = sorted(p for p in directory.glob("*.sql") if not p.name.endswith(".rollback.sql"))
@@ -33,12 +38,14 @@ def test_every_migration_has_a_rollback() -> None:
 
 def test_apply_is_idempotent_and_rolls_back(empty_database_url: str) -> None:
     settings = load_settings(database_url=empty_database_url)
-    assert migrate.apply(settings) == ["0001.create-tasks"]
+    everything = _all_ids()
+    assert everything[0] == "0001.create-tasks"
+    assert migrate.apply(settings) == everything
     assert "taskq_tasks" in _tables(empty_database_url)
     assert migrate.apply(settings) == []
-    assert migrate.rollback(settings, count=1) == ["0001.create-tasks"]
+    assert migrate.rollback(settings, count=len(everything)) == everything[::-1]
     assert "taskq_tasks" not in _tables(empty_database_url)
-    assert migrate.apply(settings) == ["0001.create-tasks"]
+    assert migrate.apply(settings) == everything
     with psycopg.connect(empty_database_url) as conn:
         conn.execute("INSERT INTO taskq_tasks (kind) VALUES ('echo')")
 
@@ -62,7 +69,7 @@ def test_concurrent_runs_apply_once(empty_database_url: str) -> None:
     for t in threads:
         t.join(60)
     assert errors == []
-    assert sorted(results) == [[], [], [], ["0001.create-tasks"]]
+    assert sorted(results) == [[], [], [], _all_ids()]
 
 
 def test_wait_gives_up_after_its_deadline() -> None:
