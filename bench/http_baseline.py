@@ -1,0 +1,84 @@
+"""The HTTP ceiling of taskq's own stack: POST /tasks without the database.
+
+Same gunicorn settings (app.server.GunicornServer, TASKQ_API_WORKERS workers), same
+Falcon app options and error handling, same body reading and TaskSpec validation, and a
+response of the same shape (Task.to_json of a task built in memory). The only thing
+missing is the INSERT, so taskq's ingest rate divided by this one is the share of the
+stack's HTTP capacity the database round trip leaves.
+
+    python -m bench.http_baseline --bind 127.0.0.1:8090
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+import falcon
+
+from app.api import errors
+from app.api.body import parse, read_body
+from app.health import LiveResource
+from app.models import Task, TaskSpec, new_task_id
+from app.server import GunicornServer
+from app.settings import Settings, load_settings
+
+
+class BaselineTasks:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        spec = parse(TaskSpec, read_body(req, self.settings.api_max_body_bytes))
+        now = datetime.now(UTC)
+        task = Task(
+            id=new_task_id(),
+            queue=spec.queue,
+            kind=spec.kind,
+            payload=spec.payload,
+            status="queued",
+            priority=spec.priority,
+            run_at=now,
+            attempts=0,
+            max_attempts=spec.max_attempts or self.settings.default_max_attempts,
+            lease_expires_at=None,
+            worker_id=None,
+            last_error=None,
+            result=None,
+            idempotency_key=spec.idempotency_key,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+            created=True,
+        )
+        resp.status = falcon.HTTP_201
+        resp.location = f"/tasks/{task.id}"
+        resp.media = task.to_json()
+
+
+def create_app(settings: Settings) -> falcon.App[falcon.Request, falcon.Response]:
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.register(app)
+    app.add_route("/tasks", BaselineTasks(settings))
+    app.add_route("/live", LiveResource())
+    return app
+
+
+class BaselineServer(GunicornServer):
+    def load(self) -> Any:
+        return create_app(self._settings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bind", required=True)
+    args = parser.parse_args()
+    settings = load_settings()
+    BaselineServer(settings, bind=args.bind, workers=settings.api_workers).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The peers' worker processes and enqueue clients (pgqueuer, procrastinate)."""

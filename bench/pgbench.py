@@ -1,0 +1,138 @@
+"""pgbench scripts built from taskq's own statements in app/sql.py, and pgbench runs.
+
+The statements are taken verbatim from app/sql.py at run time; only their bound
+parameters (%(name)s) are replaced by pgbench variables or constants, so the ceiling moves
+whenever the SQL does. pgbench runs in prepared mode (-M prepared): psycopg prepares a
+statement server-side after it has run five times, so a long-running worker executes its
+claim and finish as prepared statements too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from app import sql
+from bench.pg import tool
+from bench.workloads.latency import percentile
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+def substitute(statement: str, values: Mapping[str, str]) -> str:
+    """The statement with each %(name)s replaced by values[name], and %% unescaped."""
+    text = _PARAM.sub(lambda m: values[m.group(1)], statement)
+    return text.replace("%%", "%").strip()
+
+
+def insert_script() -> str:
+    """One INSERT_TASK per transaction: the statement behind POST /tasks."""
+    return (
+        substitute(
+            sql.INSERT_TASK,
+            {
+                "queue": "'default'",
+                "kind": "'echo'",
+                "payload": """'{"input": "hello"}'::jsonb""",
+                "priority": "0",
+                "run_at": "NULL",
+                "delay": "0",
+                "max_attempts": "5",
+                "idempotency_key": "NULL",
+            },
+        )
+        + ";\n"
+    )
+
+
+def claim_finish_script(batch: int) -> str:
+    """CLAIM up to `batch` tasks, then FINISH them all as succeeded: a worker's cycle."""
+    claim = substitute(
+        sql.CLAIM,
+        {"queues": "'{default}'", "limit": str(batch), "worker_id": "'pgbench'", "lease": "30"},
+    )
+    n = "ARRAY[:n::int]"
+    finish = substitute(
+        sql.FINISH,
+        {
+            "ids": ":ids",
+            "attempts": ":attempts",
+            "outcomes": f"array_fill('succeeded'::text, {n})",
+            "results": f"array_fill('null'::text, {n})",
+            "errors": f"array_fill(NULL::text, {n})",
+            "delays": f"array_fill(0::float8, {n})",
+            "worker_id": "'pgbench'",
+        },
+    )
+    # pgbench cannot carry a result set into the next statement, so the claimed ids and
+    # attempts travel as array literals through \gset variables.
+    return (
+        f"WITH claimed AS (\n{claim}\n)\n"
+        "SELECT coalesce(array_agg(id), '{}')::text AS ids,\n"
+        "       coalesce(array_agg(attempts), '{}')::text AS attempts,\n"
+        "       count(*) AS n\n"
+        "  FROM claimed\n\\gset\n"
+        f"{finish};\n"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PgbenchResult:
+    tps: float
+    transactions: int
+    mean_ms: float
+    p99_ms: float
+
+
+def run(
+    url: str,
+    script: str,
+    *,
+    clients: int,
+    seconds: float | None = None,
+    transactions: int | None = None,
+    options: str = "",
+) -> PgbenchResult:
+    """Run `script` with pgbench; per-transaction latencies come from its -l log."""
+    with tempfile.TemporaryDirectory(prefix="taskq-pgbench-") as tmp:
+        script_path = Path(tmp) / "script.sql"
+        script_path.write_text(script)
+        cmd = [
+            tool("pgbench"),
+            "-n",  # no vacuum of pgbench's own tables (there are none)
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            "1",  # one client thread: the load generator shares the 2 cores
+            "-f",
+            str(script_path),
+            "-l",
+            "--log-prefix",
+            str(Path(tmp) / "log"),
+        ]
+        cmd += ["-T", str(int(seconds))] if seconds else ["-t", str(transactions)]
+        # PGOPTIONS sets session settings (e.g. synchronous_commit) for every client.
+        env = {**os.environ, "PGOPTIONS": options}
+        out = subprocess.run([*cmd, url], capture_output=True, text=True, cwd=tmp, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-2000:]}")
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+        if tps is None:
+            raise RuntimeError(f"cannot read pgbench output:\n{out.stdout}")
+        latencies: list[float] = []
+        for log in Path(tmp).glob("log*"):
+            for line in log.read_text().splitlines():
+                latencies.append(int(line.split()[2]) / 1000)
+    return PgbenchResult(
+        tps=float(tps.group(1)),
+        transactions=len(latencies),
+        mean_ms=sum(latencies) / max(1, len(latencies)),
+        p99_ms=percentile(latencies, 99) if latencies else 0.0,
+    )

@@ -1,0 +1,278 @@
+"""Turn a run's raw results into figures, the issue's ratios and targets, and markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MB_LIMIT = 80.0
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    fig: dict[str, Any] = {}
+    drain = results.get("drain", {})
+    fig["drain_jobs_per_s"] = {k: v["median"]["drain_per_s"] for k, v in drain.items()}
+    fig["drain_jobs"] = {k: v["median"]["jobs"] for k, v in drain.items()}
+    fig["bulk_enqueue_per_s"] = {k: v["median"]["enqueue_per_s"] for k, v in drain.items()}
+    fig["worker_rss_mb"] = {k: max(r["maxrss_mb"] for r in v["rounds"]) for k, v in drain.items()}
+    lat = results.get("latency", {})
+    fig["latency_ms"] = {
+        k: {p: v["median"][f"{p}_ms"] for p in ("p50", "p95", "p99")} for k, v in lat.items()
+    }
+    ing = results.get("ingest")
+    if ing:
+        m = ing["median"]
+        fig["ingest"] = {
+            "http_ceiling_req_per_s": m["baseline"]["requests_per_s"],
+            "http_ceiling_p99_ms": m["baseline"]["p99_ms"],
+            "single_req_per_s": m["single"]["requests_per_s"],
+            "single_p99_ms": m["single"]["p99_ms"],
+            "batch_req_per_s": m["batch"]["requests_per_s"],
+            "batch_tasks_per_s": m["batch"]["tasks_per_s"],
+            "batch_p99_ms": m["batch"]["p99_ms"],
+            "db_insert_per_s": m["db_insert"]["requests_per_s"],
+            "db_insert_p99_ms": m["db_insert"]["p99_ms"],
+            "errors": sum(
+                r[k]["errors"] for r in ing["rounds"] for k in ("baseline", "single", "batch")
+            ),
+        }
+        fig["api_worker_rss_mb"] = ing["api_worker_rss_mb"]
+    ceil = results.get("ceiling")
+    if ceil:
+        fig["ceiling"] = [
+            {
+                "batch": c["median"]["batch"],
+                "synchronous_commit": c["median"]["synchronous_commit"],
+                "jobs_per_s": c["median"]["jobs_per_s"],
+                "cycle_ms": c["median"]["cycle_ms"],
+            }
+            for c in ceil
+        ]
+    sc = results.get("scale")
+    if sc:
+        fig["scale_jobs_per_s"] = {
+            k: {cond: r["jobs_per_s"] for cond, r in v.items()} for k, v in sc.items()
+        }
+        claims = {cond: r["claim"] for cond, r in sc.get("taskq", {}).items() if r.get("claim")}
+        fig["claim"] = {
+            cond: {"median_ms": c["median_ms"], "index": c["index"]} for cond, c in claims.items()
+        }
+        fig["scale_rows"] = next(iter(next(iter(sc.values())).values()))["rows"]
+
+    drain_t = _get(fig, "drain_jobs_per_s", "taskq")
+    ceiling_headline = fig["ceiling"][0]["jobs_per_s"] if fig.get("ceiling") else None
+    lat_t = _get(fig, "latency_ms", "taskq")
+    lat_p = _get(fig, "latency_ms", "pgqueuer")
+    scale_t = _get(fig, "scale_jobs_per_s", "taskq") or {}
+    ingest_f = fig.get("ingest") or {}
+    ratios = {
+        "drain_vs_pgqueuer": _ratio(drain_t, _get(fig, "drain_jobs_per_s", "pgqueuer")),
+        "drain_vs_procrastinate": _ratio(drain_t, _get(fig, "drain_jobs_per_s", "procrastinate")),
+        "drain_vs_db_ceiling": _ratio(drain_t, ceiling_headline),
+        "latency_p50_vs_pgqueuer": _ratio(_get(lat_t, "p50"), _get(lat_p, "p50")),
+        "latency_p99_vs_pgqueuer": _ratio(_get(lat_t, "p99"), _get(lat_p, "p99")),
+        "ingest_vs_http_ceiling": _ratio(
+            ingest_f.get("single_req_per_s"), ingest_f.get("http_ceiling_req_per_s")
+        ),
+        "ingest_vs_db_insert": _ratio(
+            ingest_f.get("single_req_per_s"), ingest_f.get("db_insert_per_s")
+        ),
+        "batch_vs_single": _ratio(
+            ingest_f.get("batch_tasks_per_s"), ingest_f.get("single_req_per_s")
+        ),
+        "scale_queued_vs_empty": _ratio(scale_t.get("queued"), scale_t.get("empty")),
+        "scale_finished_vs_empty": _ratio(scale_t.get("finished"), scale_t.get("empty")),
+    }
+    return {"figures": fig, "ratios": ratios, "targets": _targets(fig, ratios)}
+
+
+def _target(name: str, value: float | None, ok: bool | None, shown: str) -> dict[str, Any]:
+    return {"target": name, "value": value, "shown": shown, "met": ok}
+
+
+def _targets(fig: dict[str, Any], r: dict[str, float | None]) -> list[dict[str, Any]]:
+    out = []
+
+    def at_least(name: str, value: float | None, limit: float, fmt: str) -> None:
+        ok = None if value is None else value >= limit
+        out.append(_target(name, value, ok, "n/a" if value is None else fmt.format(value)))
+
+    def at_most(name: str, value: float | None, limit: float, fmt: str) -> None:
+        ok = None if value is None else value <= limit
+        out.append(_target(name, value, ok, "n/a" if value is None else fmt.format(value)))
+
+    at_least("Drain ≥ 2x pgqueuer", r["drain_vs_pgqueuer"], 2.0, "{:.2f}x")
+    at_least("Drain ≥ 50% of the database ceiling", r["drain_vs_db_ceiling"], 0.5, "{:.0%}")
+    lat = _get(fig, "latency_ms", "taskq") or {}
+    at_most("Pickup p50 ≤ 2 ms", lat.get("p50"), 2.0, "{:.2f} ms")
+    at_most("Pickup p99 ≤ 10 ms", lat.get("p99"), 10.0, "{:.2f} ms")
+    at_most("Pickup p50 better than pgqueuer", r["latency_p50_vs_pgqueuer"], 0.999, "{:.2f}x")
+    at_most("Pickup p99 better than pgqueuer", r["latency_p99_vs_pgqueuer"], 0.999, "{:.2f}x")
+    at_least(
+        "Ingest ≥ 70% of the same-stack HTTP ceiling", r["ingest_vs_http_ceiling"], 0.7, "{:.0%}"
+    )
+    at_most(
+        "Ingest p99 ≤ 15 ms at 16 clients",
+        _get(fig, "ingest", "single_p99_ms"),
+        15.0,
+        "{:.1f} ms",
+    )
+    at_least("Batch endpoint ≥ 10x single-request task rate", r["batch_vs_single"], 10, "{:.1f}x")
+    at_least(
+        "Scale: drain with queued backlog ≥ 80% of empty", r["scale_queued_vs_empty"], 0.8, "{:.0%}"
+    )
+    at_least(
+        "Scale: drain with finished history ≥ 80% of empty",
+        r["scale_finished_vs_empty"],
+        0.8,
+        "{:.0%}",
+    )
+    claims = fig.get("claim") or {}
+    if claims:
+        on_index = all(c["index"] == "taskq_tasks_ready_idx" for c in claims.values())
+        out.append(
+            _target(
+                "Claim on the ready index at scale",
+                None,
+                on_index,
+                ", ".join(f"{k}: {v['index']}" for k, v in claims.items()),
+            )
+        )
+    at_most("Worker RSS ≤ 80 MB", _get(fig, "worker_rss_mb", "taskq"), MB_LIMIT, "{:.0f} MB")
+    at_most("API worker RSS ≤ 80 MB", fig.get("api_worker_rss_mb"), MB_LIMIT, "{:.0f} MB")
+    return out
+
+
+# ----------------------------------------------------------------------------- markdown
+def _n(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _mark(met: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: "not measured"}[met]
+
+
+def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) -> str:
+    s = results["summary"]
+    f = s["figures"]
+    m = results["machine"]
+    pgf = m["postgres"]
+    lines: list[str] = []
+    add = lines.append
+    if not headline_only:
+        settings = ", ".join(f"{k}={v}" for k, v in pgf["settings"].items())
+        add("# taskq benchmark results\n")
+        add(
+            f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
+            f"{m['kernel']}, Python {m['python']}. PostgreSQL {pgf['version']} on loopback "
+            f"({settings}). Packages: "
+            + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+            + f". Tools: {m['tools']['wrk']}; {m['tools']['pgbench']}. "
+            f"Run took {results['duration_s']:.0f} s; medians of "
+            f"{results['config']['rounds']} rounds unless noted.\n"
+        )
+        git = m.get("git", {})
+        add(
+            f"Measured: commit {git.get('commit', '?')}"
+            f"{' with uncommitted changes in app/ or db/' if git.get('dirty') else ''}. "
+            f"Load average at start {m['load_at_start']['loadavg']}, at end "
+            f"{m.get('load_at_end', {}).get('loadavg', '?')} (anything else running on the "
+            "machine skews every figure; ratios within one run are the comparable ones).\n"
+        )
+        add(f"![benchmark chart]({png})\n")
+
+    systems = [k for k in ("taskq", "pgqueuer", "procrastinate") if k in f["drain_jobs_per_s"]]
+    if systems:
+        add("## Drain and pickup latency\n")
+        add(
+            "| system | drain jobs/s | jobs drained | bulk enqueue/s | pickup p50 ms | "
+            "p95 ms | p99 ms | worker peak RSS MB |"
+        )
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for k in systems:
+            lat = f["latency_ms"].get(k, {})
+            add(
+                f"| {k} | {_n(f['drain_jobs_per_s'].get(k))} | {_n(f['drain_jobs'].get(k))} | "
+                f"{_n(f['bulk_enqueue_per_s'].get(k))} | {_n(lat.get('p50'), 2)} | "
+                f"{_n(lat.get('p95'), 2)} | {_n(lat.get('p99'), 2)} | "
+                f"{_n(f['worker_rss_mb'].get(k))} |"
+            )
+        add("")
+    if f.get("ceiling"):
+        add("## Database ceiling (pgbench, taskq's CLAIM + FINISH, no Python)\n")
+        add("| claim batch | synchronous_commit | jobs/s | cycle ms |")
+        add("| ---: | --- | ---: | ---: |")
+        for c in f["ceiling"]:
+            sync = "on" if c["synchronous_commit"] else "off"
+            add(f"| {c['batch']} | {sync} | {_n(c['jobs_per_s'])} | {_n(c['cycle_ms'], 2)} |")
+        add("")
+    ing = f.get("ingest")
+    if ing:
+        add(
+            f"## API ingest ({results['ingest']['clients']} clients, "
+            f"{results['ingest']['seconds']:g} s per run)\n"
+        )
+        add("| what | req/s | tasks/s | p99 ms |")
+        add("| --- | ---: | ---: | ---: |")
+        add(
+            f"| HTTP ceiling (same stack, no database) | {_n(ing['http_ceiling_req_per_s'])} | "
+            f"- | {_n(ing['http_ceiling_p99_ms'], 1)} |"
+        )
+        add(
+            f"| taskq POST /tasks | {_n(ing['single_req_per_s'])} | "
+            f"{_n(ing['single_req_per_s'])} | {_n(ing['single_p99_ms'], 1)} |"
+        )
+        add(
+            f"| taskq POST /tasks/batch ({results['ingest']['batch_size']} per request) | "
+            f"{_n(ing['batch_req_per_s'])} | {_n(ing['batch_tasks_per_s'])} | "
+            f"{_n(ing['batch_p99_ms'], 1)} |"
+        )
+        add(
+            f"| pgbench INSERT_TASK (database ceiling) | {_n(ing['db_insert_per_s'])} | "
+            f"{_n(ing['db_insert_per_s'])} | {_n(ing['db_insert_p99_ms'], 1)} |"
+        )
+        add("")
+    if f.get("scale_jobs_per_s"):
+        add(f"## Scale ({f['scale_rows']:,} rows of backlog or history)\n")
+        add("| system | empty jobs/s | queued backlog jobs/s | finished history jobs/s |")
+        add("| --- | ---: | ---: | ---: |")
+        for k, v in f["scale_jobs_per_s"].items():
+            add(f"| {k} | {_n(v.get('empty'))} | {_n(v.get('queued'))} | {_n(v.get('finished'))} |")
+        if f.get("claim"):
+            add("")
+            add(
+                "taskq claim (LIMIT 16), EXPLAIN ANALYZE median: "
+                + "; ".join(
+                    f"{k} {v['median_ms']:.2f} ms on {v['index']}" for k, v in f["claim"].items()
+                )
+            )
+        add("")
+    add("## Targets (ratios from this run)\n")
+    add("| target | this run | status |")
+    add("| --- | ---: | --- |")
+    for t in s["targets"]:
+        add(f"| {t['target']} | {t['shown']} | {_mark(t['met'])} |")
+    add("")
+    if not headline_only:
+        add("## Ratios\n")
+        add("| ratio | value |")
+        add("| --- | ---: |")
+        for k, v in s["ratios"].items():
+            add(f"| {k} | {_n(v, 2)} |")
+        add("")
+    return "\n".join(lines)

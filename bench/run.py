@@ -1,0 +1,211 @@
+"""The benchmark run: every workload, every system, one PostgreSQL, one process tree.
+
+Order matters on a 2-core machine: nothing overlaps. Each workload starts its own
+processes and stops them (process group and all) before the next begins; the databases
+are dropped at the end whatever happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench import chart, machine, pg, report
+from bench.config import Config, parse_args
+from bench.probe import Collector, collector
+from bench.systems import ALL, System, Taskq
+from bench.workloads import ceiling, drain, ingest, latency, scale
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+
+def _median(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Field-wise median of numeric fields across rounds (other fields from round 1)."""
+    out: dict[str, Any] = {}
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows]
+        if all(v == value for v in values):
+            out[key] = value  # constant across rounds (sizes, settings): keep it as is
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = statistics.median(float(r[key]) for r in rows)
+        else:
+            out[key] = value
+    return out
+
+
+def _rounds(
+    n: int, fn: Callable[[], Any], say: Progress, label: str, fmt: Callable[[Any], str]
+) -> dict[str, Any]:
+    results = []
+    for i in range(n):
+        res = fn()
+        say(f"{label} round {i + 1}/{n}: {fmt(res)}")
+        results.append(dataclasses.asdict(res))
+    return {"rounds": results, "median": _median(results)}
+
+
+def run_drain(cfg: Config, systems: list[System], col: Collector, say: Progress) -> Any:
+    out: dict[str, Any] = {s.name: [] for s in systems}
+    # Rounds interleave the systems, so a slow phase of the machine hits all of them.
+    for i in range(cfg.rounds):
+        for s in systems:
+            res = drain.run(s, cfg.drain_size(s.name), col, cfg.out / "logs.tmp")
+            say(
+                f"drain {s.name} round {i + 1}/{cfg.rounds}: {res.drain_per_s:,.0f} jobs/s "
+                f"({res.jobs:,} jobs; bulk enqueue {res.enqueue_per_s:,.0f}/s; "
+                f"peak RSS {res.maxrss_mb:.0f} MB)"
+            )
+            out[s.name].append(dataclasses.asdict(res))
+    return {name: {"rounds": rows, "median": _median(rows)} for name, rows in out.items()}
+
+
+def run_latency(cfg: Config, systems: list[System], col: Collector, say: Progress) -> Any:
+    out = {}
+    for s in systems:
+        out[s.name] = _rounds(
+            cfg.latency_rounds,
+            lambda s=s: latency.run(  # type: ignore[misc]
+                s, cfg.latency_n, col, cfg.out / "logs.tmp", cfg.latency_gap_s
+            ),
+            say,
+            f"pickup latency {s.name}",
+            lambda r: f"p50 {r.p50_ms:.2f} ms, p95 {r.p95_ms:.2f} ms, p99 {r.p99_ms:.2f} ms",
+        )
+    return out
+
+
+def run_ingest(cfg: Config, taskq: Taskq, say: Progress) -> Any:
+    say(
+        f"API ingest: {cfg.rounds} round(s) x (baseline, POST /tasks, POST /tasks/batch, "
+        f"pgbench INSERT), {cfg.ingest_seconds:g}s each at {cfg.ingest_clients} clients"
+    )
+    res = ingest.run(
+        taskq,
+        rounds=cfg.rounds,
+        clients=cfg.ingest_clients,
+        seconds=cfg.ingest_seconds,
+        batch_size=cfg.batch_size,
+        logs=cfg.out / "logs.tmp",
+    )
+    rounds = [dataclasses.asdict(r) for r in res.rounds]
+    for i, r in enumerate(res.rounds):
+        say(
+            f"ingest round {i + 1}: baseline {r.baseline.requests_per_s:,.0f} req/s, "
+            f"taskq {r.single.requests_per_s:,.0f} req/s (p99 {r.single.p99_ms:.1f} ms), "
+            f"batch {r.batch.tasks_per_s:,.0f} tasks/s, pgbench INSERT "
+            f"{r.db_insert.requests_per_s:,.0f}/s"
+        )
+    median = {
+        key: _median([row[key] for row in rounds])
+        for key in ("baseline", "single", "batch", "db_insert")
+    }
+    return {
+        "rounds": rounds,
+        "median": median,
+        "api_worker_rss_mb": res.api_worker_rss_mb,
+        "baseline_worker_rss_mb": res.baseline_worker_rss_mb,
+        "batch_size": cfg.batch_size,
+        "clients": cfg.ingest_clients,
+        "seconds": cfg.ingest_seconds,
+    }
+
+
+def run_ceiling(cfg: Config, taskq: Taskq, say: Progress) -> Any:
+    # The headline (first batch size, synchronous commit) gets every round; the variants,
+    # which explain where the time goes, get one.
+    variants = [(b, True) for b in cfg.ceiling_batches] + [(cfg.ceiling_batches[0], False)]
+    out = []
+    for index, (batch, sync) in enumerate(variants):
+        label = f"ceiling batch {batch}{'' if sync else ' synchronous_commit=off'}"
+        out.append(
+            _rounds(
+                cfg.rounds if index == 0 else 1,
+                lambda b=batch, y=sync: ceiling.run(  # type: ignore[misc]
+                    taskq, cfg.ceiling_n, b, cfg.ceiling_clients, y
+                ),
+                say,
+                label,
+                lambda r: f"{r.jobs_per_s:,.0f} jobs/s (cycle {r.cycle_ms:.1f} ms)",
+            )
+        )
+    return out
+
+
+def run_scale(cfg: Config, systems: list[System], col: Collector, say: Progress) -> Any:
+    out: dict[str, Any] = {s.name: {} for s in systems}
+    for condition in scale.CONDITIONS:
+        for s in systems:
+            res = scale.run(
+                s, condition, cfg.scale_rows, cfg.scale_size(s.name), col, cfg.out / "logs.tmp"
+            )
+            extra = ""
+            if res.claim is not None:
+                extra = f"; claim {res.claim.median_ms:.2f} ms on {res.claim.index}"
+            say(
+                f"scale {s.name} {condition} ({cfg.scale_rows:,} rows): "
+                f"{res.jobs_per_s:,.0f} jobs/s{extra}"
+            )
+            out[s.name][condition] = dataclasses.asdict(res)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    say = Progress()
+    server = pg.Server(cfg.admin_url)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    systems = [cls(server) for cls in ALL if cls.name in cfg.systems]
+    taskq = next((s for s in systems if isinstance(s, Taskq)), None)
+    results: dict[str, Any] = {
+        "config": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(cfg).items()},
+        "machine": machine.facts(server),
+    }
+    say(
+        f"{results['machine']['cores']} cores, PostgreSQL "
+        f"{results['machine']['postgres']['version']}; systems {', '.join(cfg.systems)}; "
+        f"workloads {', '.join(cfg.workloads)}"
+    )
+    try:
+        for s in systems:
+            s.setup()
+        say("databases created and schemas installed")
+        with collector() as col:
+            if "drain" in cfg.workloads:
+                results["drain"] = run_drain(cfg, systems, col, say)
+            if "latency" in cfg.workloads:
+                results["latency"] = run_latency(cfg, systems, col, say)
+            if "ingest" in cfg.workloads and taskq is not None:
+                results["ingest"] = run_ingest(cfg, taskq, say)
+            if "ceiling" in cfg.workloads and taskq is not None:
+                results["ceiling"] = run_ceiling(cfg, taskq, say)
+            if "scale" in cfg.workloads:
+                results["scale"] = run_scale(cfg, systems, col, say)
+    finally:
+        for s in systems:
+            s.teardown()
+    results["duration_s"] = round(time.monotonic() - say.started, 1)
+    results["machine"]["load_at_end"] = machine.load()
+    results["summary"] = report.summarize(results)
+    stem = cfg.out / cfg.name
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    png = stem.with_suffix(".png")
+    chart.draw(results, png)
+    stem.with_suffix(".md").write_text(report.markdown(results, png.name))
+    say(f"done in {results['duration_s']:.0f}s: {stem}.md, .json, .png")
+    print(report.markdown(results, png.name, headline_only=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per workload of issue 4: drain, latency, ingest, ceiling, scale."""

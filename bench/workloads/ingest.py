@@ -1,0 +1,130 @@
+"""API ingest: POST /tasks and POST /tasks/batch under gunicorn, from wrk, for a fixed time.
+
+Three figures per round, all at the same client concurrency:
+- the HTTP ceiling of the same stack (bench/http_baseline.py: no database),
+- taskq's API (`taskq api`, default settings: 4 sync gunicorn workers), single and batch,
+- pgbench running the API's INSERT_TASK statement: the database's ceiling for ingest.
+
+wrk runs with one thread: the load generator, the servers and PostgreSQL share 2 cores,
+and one epoll thread keeps 16 connections busy at a fraction of one core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import pgbench, procs
+from bench.pg import tool
+from bench.systems import BIN, Taskq
+
+LUA = Path(__file__).resolve().parent.parent / "wrk" / "post.lua"
+TASK_BODY = {"kind": "echo", "payload": {"input": "hello"}}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpResult:
+    requests_per_s: float
+    tasks_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestRound:
+    baseline: HttpResult
+    single: HttpResult
+    batch: HttpResult
+    db_insert: HttpResult  # pgbench: transactions/s as requests/s
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestResult:
+    rounds: list[IngestRound]
+    api_worker_rss_mb: float
+    baseline_worker_rss_mb: float
+
+
+def _wrk(url: str, body: Path, clients: int, seconds: float, tasks_per_request: int) -> HttpResult:
+    cmd = [tool("wrk"), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "-s", str(LUA), url]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={"BENCH_BODY_FILE": str(body), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    rate = data["requests"] / (data["duration_us"] / 1e6)
+    errors = int(data["errors"]) + int(data["non_2xx"])
+    return HttpResult(
+        requests_per_s=rate,
+        tasks_per_s=rate * tasks_per_request,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        errors=errors,
+    )
+
+
+def _worker_rss_mb(master_pid: int) -> float:
+    return max((procs.peak_rss_kb(pid) for pid in procs.children(master_pid)), default=0) / 1024
+
+
+def run(
+    system: Taskq, *, rounds: int, clients: int, seconds: float, batch_size: int, logs: Path
+) -> IngestResult:
+    env = system.worker_env()
+    with tempfile.TemporaryDirectory(prefix="taskq-wrk-") as tmp:
+        single_body = Path(tmp) / "single.json"
+        single_body.write_text(json.dumps(TASK_BODY))
+        batch_body = Path(tmp) / "batch.json"
+        batch_body.write_text(json.dumps({"tasks": [TASK_BODY] * batch_size}))
+
+        baselines: list[HttpResult] = []
+        port = procs.free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "bench.http_baseline", "--bind", f"127.0.0.1:{port}"]
+        with procs.running(cmd, env=env, log=logs / "ingest-baseline.log") as server:
+            procs.wait_until(lambda: procs.http_ok(f"{base}/live"), 30, "the baseline server")
+            for _ in range(rounds):
+                baselines.append(_wrk(f"{base}/tasks", single_body, clients, seconds, 1))
+            baseline_rss = _worker_rss_mb(server.pid)
+
+        singles: list[HttpResult] = []
+        batches: list[HttpResult] = []
+        port = procs.free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [str(BIN / "taskq"), "api", "--bind", f"127.0.0.1:{port}"]
+        with procs.running(cmd, env=env, log=logs / "ingest-taskq.log") as server:
+            procs.wait_until(lambda: procs.http_ok(f"{base}/ready"), 30, "taskq api")
+            for _ in range(rounds):
+                system.reset()
+                singles.append(_wrk(f"{base}/tasks", single_body, clients, seconds, 1))
+                system.reset()
+                batches.append(
+                    _wrk(f"{base}/tasks/batch", batch_body, clients, seconds, batch_size)
+                )
+            api_rss = _worker_rss_mb(server.pid)
+
+    inserts: list[HttpResult] = []
+    for _ in range(rounds):
+        system.reset()
+        res = pgbench.run(system.url, pgbench.insert_script(), clients=clients, seconds=seconds)
+        inserts.append(HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0))
+    system.reset()
+    return IngestResult(
+        rounds=[
+            IngestRound(b, s, m, i)
+            for b, s, m, i in zip(baselines, singles, batches, inserts, strict=True)
+        ],
+        api_worker_rss_mb=api_rss,
+        baseline_worker_rss_mb=baseline_rss,
+    )
