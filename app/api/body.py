@@ -7,7 +7,7 @@ that parses but has a wrong field is a 422 naming the field.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import falcon
 from pydantic import BaseModel, ValidationError
@@ -29,7 +29,7 @@ def read_body(req: falcon.Request, max_bytes: int) -> bytes:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise _too_large(max_bytes)
-    body = req.bounded_stream.read(max_bytes + 1)
+    body = _read_at_most(_body_stream(req), max_bytes + 1)
     if len(body) > max_bytes:  # chunked bodies have no Content-Length to check up front
         raise _too_large(max_bytes)
     if not body.strip():
@@ -37,6 +37,32 @@ def read_body(req: falcon.Request, max_bytes: int) -> bytes:
             falcon.HTTP_400, "request body is empty; send a JSON object", code="malformed_json"
         )
     return body
+
+
+def _body_stream(req: falcon.Request) -> Any:
+    """The stream holding the body.
+
+    Falcon's bounded_stream trusts Content-Length alone and reads nothing without it, so a
+    chunked body (no Content-Length) would look empty. The server de-chunks such a body
+    and ends the raw stream where the body ends; read that, still at most the limit.
+    """
+    encoding = (req.get_header("Transfer-Encoding") or "").lower()
+    if req.content_length is None and "chunked" in encoding:
+        return req.stream
+    return req.bounded_stream
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes; a short read is not the end, an empty one is."""
+    parts: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        part = stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
 
 
 def _too_large(max_bytes: int) -> ApiError:

@@ -101,7 +101,10 @@ class TasksResource(_Base):
         raw = req.get_param("limit")
         if raw is None:
             return 50
-        if not raw.isdigit() or not 1 <= int(raw) <= self.settings.api_page_max:
+        # ASCII digits only (str.isdigit() also admits "²", which int() refuses), and few of
+        # them (int() refuses more than 4300 digits).
+        digits = raw.isascii() and raw.isdigit() and len(raw) <= 9
+        if not digits or not 1 <= int(raw) <= self.settings.api_page_max:
             raise InvalidInput(
                 f"limit must be an integer from 1 to {self.settings.api_page_max}", field="limit"
             )
@@ -131,8 +134,9 @@ class TaskResource(_Base):
     """/tasks/{id}: GET one task."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
         with pooled(self.pool) as conn:
-            task = queue.get(conn, _task_id(task_id))
+            task = queue.get(conn, parsed)
         resp.media = task.to_json()
 
 
@@ -140,8 +144,9 @@ class CancelResource(_Base):
     """/tasks/{id}/cancel: POST cancels a queued task (409 otherwise)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
         with pooled(self.pool) as conn:
-            task = queue.cancel(conn, _task_id(task_id))
+            task = queue.cancel(conn, parsed)
         resp.media = task.to_json()
 
 
@@ -149,8 +154,9 @@ class RetryResource(_Base):
     """/tasks/{id}/retry: POST queues a failed or cancelled task again (409 otherwise)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
         with pooled(self.pool) as conn:
-            task = queue.retry(conn, _task_id(task_id))
+            task = queue.retry(conn, parsed)
         resp.media = task.to_json()
 
 
