@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,24 @@ Connection = psycopg.Connection[dict[str, Any]]
 
 # Data the server refused although the API validated it (e.g. a value out of range).
 _BAD_INPUT_CLASSES = ("22",)
+
+# Once the pool has failed to reach PostgreSQL, callers wait at most this long for a
+# connection instead of the full TASKQ_DB_POOL_TIMEOUT. During an outage every request
+# would otherwise hold a (single-threaded) API process for the whole pool timeout, and
+# /live and /ready would queue behind them until probes time out. The short wait still
+# asks the pool for a connection, so the first request after PostgreSQL returns
+# reconnects; the first successful connection ends the fast-fail mode.
+UNREACHABLE_WAIT = 0.25
+
+
+class _Reachability:
+    """Whether a pool's last attempt to open a connection failed."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+
+_REACHABILITY: weakref.WeakKeyDictionary[Any, _Reachability] = weakref.WeakKeyDictionary()
 
 
 def conninfo(settings: Settings, *, application_name: str) -> str:
@@ -47,12 +66,23 @@ def redact(url: str) -> str:
     return make_conninfo(**params)
 
 
-def _configure(settings: Settings) -> Any:
+def _configure(settings: Settings, reachability: _Reachability | None = None) -> Any:
     def configure(conn: psycopg.Connection[Any]) -> None:
         if settings.db_statement_timeout_ms:
             conn.execute(f"SET statement_timeout = {int(settings.db_statement_timeout_ms)}")
+        if reachability is not None and reachability.down:
+            reachability.down = False
+            log.info("database reachable again")
 
     return configure
+
+
+def _wait_for(pool: Any, timeout: float | None) -> float | None:
+    """How long to wait for a pooled connection: short while the database is unreachable."""
+    state = _REACHABILITY.get(pool)
+    if state is None or not state.down:
+        return timeout
+    return min(UNREACHABLE_WAIT, timeout if timeout is not None else pool.timeout)
 
 
 def _still_usable(conn: psycopg.Connection[Any]) -> None:
@@ -80,19 +110,31 @@ def create_pool(
     The pool is opened without waiting: a process that starts while PostgreSQL is down
     comes up, reports not-ready, and serves once the database returns.
     """
+    reachability = _Reachability()
+
+    def reconnect_failed(pool: Any) -> None:
+        if not reachability.down:
+            log.warning("database unreachable; answering at once until it returns")
+        reachability.down = True
+
     pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
         conninfo(settings, application_name=f"taskq-{name}"),
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max if max_size is None else max_size,
         timeout=settings.db_pool_timeout,
         kwargs={"autocommit": True, "row_factory": dict_row},
-        configure=_configure(settings),
+        configure=_configure(settings, reachability),
         check=_still_usable,
-        reconnect_timeout=0,  # keep retrying forever in the background; never give up
+        # A failed connection attempt is retried once, then given up (and reported to
+        # reconnect_failed); the next request for a connection starts a fresh attempt.
+        # Reconnection is thus driven by demand, never stuck in a long backoff.
+        reconnect_timeout=0,
+        reconnect_failed=reconnect_failed,
         name=name,
         open=False,
         connection_class=psycopg.Connection[dict[str, Any]],
     )
+    _REACHABILITY[pool] = reachability
     pool.open(wait=open_wait)
     return pool
 
@@ -135,14 +177,14 @@ def _first_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def pooled(pool: psycopg_pool.ConnectionPool[Connection]) -> Iterator[Connection]:
     """Borrow a connection, translating every database failure on the way."""
-    with translate_errors(), pool.connection() as conn:
+    with translate_errors(), pool.connection(timeout=_wait_for(pool, None)) as conn:
         yield conn
 
 
 def ping(pool: psycopg_pool.ConnectionPool[Connection], timeout: float = 1.0) -> bool:
     """True when a pooled connection answers `SELECT 1` within `timeout` seconds."""
     try:
-        with pool.connection(timeout=timeout) as conn:
+        with pool.connection(timeout=_wait_for(pool, timeout)) as conn:
             conn.execute("SELECT 1")
         return True
     except (psycopg.Error, psycopg_pool.PoolTimeout):

@@ -77,3 +77,26 @@ def test_conninfo_names_the_application() -> None:
     info = db.conninfo(load_settings(database_url="postgresql://h/d"), application_name="taskq-x")
     assert "application_name=taskq-x" in info
     assert "connect_timeout=3" in info
+
+
+def test_an_unreachable_database_fails_fast_after_the_first_attempt() -> None:
+    """While PostgreSQL is known to be down, callers wait UNREACHABLE_WAIT, not the pool
+    timeout, so a single-threaded API process keeps answering (503) and its probes too."""
+    import time
+
+    settings = load_settings(
+        database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/x", db_pool_timeout=3.0
+    )
+    pool = db.create_pool(settings, name="down")
+    try:
+        wait_until(lambda: db._REACHABILITY[pool].down, what="the pool to give up connecting")
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailable), db.pooled(pool):
+                pass
+            assert time.monotonic() - started < db.UNREACHABLE_WAIT + 0.5
+        started = time.monotonic()
+        assert db.ping(pool) is False
+        assert time.monotonic() - started < db.UNREACHABLE_WAIT + 0.5
+    finally:
+        pool.close()
