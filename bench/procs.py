@@ -1,8 +1,8 @@
 """Child processes of the benchmark: started in their own session, always cleaned up.
 
 Every server and worker runs in a new session (its own process group), so stopping it
-reaches its children too (gunicorn's workers). `wait_exit` blocks in waitpid(2), which returns
-the exact exit moment. Peak memory comes from /proc (see PeakRss).
+reaches its children too (gunicorn's workers). `wait_exit` blocks in wait4(2), which returns
+the exact exit moment and the child's CPU time. Peak memory comes from /proc (see PeakRss).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from bench.probe import now_ns
 @dataclasses.dataclass(frozen=True, slots=True)
 class Exit:
     returncode: int
-    stamp_ns: int  # CLOCK_MONOTONIC when waitpid returned
+    stamp_ns: int  # CLOCK_MONOTONIC when wait4 returned
+    cpu_s: float  # user + system CPU of the child (counted from its fork; exec resets nothing)
 
 
 def start(
@@ -52,14 +53,14 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> Exit:
     timer = threading.Timer(timeout, _signal_group, (proc, signal.SIGKILL))
     timer.start()
     try:
-        _, status = os.waitpid(proc.pid, 0)
+        _, status, usage = os.wait4(proc.pid, 0)
     finally:
         timer.cancel()
     stamp = now_ns()
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code  # reaped here; keep Popen from waiting on a stale pid
     _signal_group(proc, signal.SIGKILL)  # leftovers of the group, if any
-    return Exit(code, stamp)
+    return Exit(code, stamp, usage.ru_utime + usage.ru_stime)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> Exit | None:
@@ -120,6 +121,15 @@ def peak_rss_kb(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:

@@ -27,6 +27,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     fig["drain_jobs_per_s"] = {k: v["median"]["drain_per_s"] for k, v in drain.items()}
     fig["drain_jobs"] = {k: v["median"]["jobs"] for k, v in drain.items()}
     fig["bulk_enqueue_per_s"] = {k: v["median"]["enqueue_per_s"] for k, v in drain.items()}
+    fig["worker_cpu_us_per_job"] = {
+        k: v["median"]["worker_cpu_us_per_job"] for k, v in drain.items()
+    }
     fig["worker_rss_mb"] = {k: max(r["maxrss_mb"] for r in v["rounds"]) for k, v in drain.items()}
     lat = results.get("latency", {})
     fig["latency_ms"] = {
@@ -38,6 +41,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         fig["ingest"] = {
             "http_ceiling_req_per_s": m["baseline"]["requests_per_s"],
             "http_ceiling_p99_ms": m["baseline"]["p99_ms"],
+            "http_ceiling_cpu_us": m["baseline"]["server_cpu_us_per_request"],
+            "single_cpu_us": m["single"]["server_cpu_us_per_request"],
+            "batch_cpu_us": m["batch"]["server_cpu_us_per_request"],
             "single_req_per_s": m["single"]["requests_per_s"],
             "single_p99_ms": m["single"]["p99_ms"],
             "batch_req_per_s": m["batch"]["requests_per_s"],
@@ -201,15 +207,16 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
         add("## Drain and pickup latency\n")
         add(
             "| system | drain jobs/s | jobs drained | bulk enqueue/s | pickup p50 ms | "
-            "p95 ms | p99 ms | worker peak RSS MB |"
+            "p95 ms | p99 ms | worker CPU us/job | worker peak RSS MB |"
         )
-        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for k in systems:
             lat = f["latency_ms"].get(k, {})
             add(
                 f"| {k} | {_n(f['drain_jobs_per_s'].get(k))} | {_n(f['drain_jobs'].get(k))} | "
                 f"{_n(f['bulk_enqueue_per_s'].get(k))} | {_n(lat.get('p50'), 2)} | "
                 f"{_n(lat.get('p95'), 2)} | {_n(lat.get('p99'), 2)} | "
+                f"{_n(f['worker_cpu_us_per_job'].get(k))} | "
                 f"{_n(f['worker_rss_mb'].get(k))} |"
             )
         add("")
@@ -227,24 +234,25 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
             f"## API ingest ({results['ingest']['clients']} clients, "
             f"{results['ingest']['seconds']:g} s per run)\n"
         )
-        add("| what | req/s | tasks/s | p99 ms |")
-        add("| --- | ---: | ---: | ---: |")
+        add("| what | req/s | tasks/s | p99 ms | server CPU us/request |")
+        add("| --- | ---: | ---: | ---: | ---: |")
         add(
             f"| HTTP ceiling (same stack, no database) | {_n(ing['http_ceiling_req_per_s'])} | "
-            f"- | {_n(ing['http_ceiling_p99_ms'], 1)} |"
+            f"- | {_n(ing['http_ceiling_p99_ms'], 1)} | {_n(ing['http_ceiling_cpu_us'])} |"
         )
         add(
             f"| taskq POST /tasks | {_n(ing['single_req_per_s'])} | "
-            f"{_n(ing['single_req_per_s'])} | {_n(ing['single_p99_ms'], 1)} |"
+            f"{_n(ing['single_req_per_s'])} | {_n(ing['single_p99_ms'], 1)} | "
+            f"{_n(ing['single_cpu_us'])} |"
         )
         add(
             f"| taskq POST /tasks/batch ({results['ingest']['batch_size']} per request) | "
             f"{_n(ing['batch_req_per_s'])} | {_n(ing['batch_tasks_per_s'])} | "
-            f"{_n(ing['batch_p99_ms'], 1)} |"
+            f"{_n(ing['batch_p99_ms'], 1)} | {_n(ing['batch_cpu_us'])} |"
         )
         add(
             f"| pgbench INSERT_TASK (database ceiling) | {_n(ing['db_insert_per_s'])} | "
-            f"{_n(ing['db_insert_per_s'])} | {_n(ing['db_insert_p99_ms'], 1)} |"
+            f"{_n(ing['db_insert_per_s'])} | {_n(ing['db_insert_p99_ms'], 1)} | - |"
         )
         add("")
     if f.get("scale_jobs_per_s"):

@@ -23,6 +23,7 @@ class DrainResult:
     drain_per_s: float
     tail_ms: float  # from the last handler start to the process exit
     maxrss_mb: float
+    worker_cpu_us_per_job: float  # CPU the worker process spent per task, start-up included
 
 
 def run(system: System, n: int, col: Collector, logs: Path) -> DrainResult:
@@ -52,4 +53,5 @@ def run(system: System, n: int, col: Collector, logs: Path) -> DrainResult:
         drain_per_s=n / seconds,
         tail_ms=(done.stamp_ns - last.stamp_ns) / 1e6,
         maxrss_mb=peak_mb,
+        worker_cpu_us_per_job=done.cpu_s / n * 1e6,
     )

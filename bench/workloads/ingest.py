@@ -33,6 +33,7 @@ class HttpResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    server_cpu_us_per_request: float  # CPU of the gunicorn workers (or 0 for pgbench)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,8 +51,12 @@ class IngestResult:
     baseline_worker_rss_mb: float
 
 
-def _wrk(url: str, body: Path, clients: int, seconds: float, tasks_per_request: int) -> HttpResult:
+def _wrk(
+    url: str, body: Path, clients: int, seconds: float, tasks_per_request: int, server: int
+) -> HttpResult:
     cmd = [tool("wrk"), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "-s", str(LUA), url]
+    workers = procs.children(server)
+    cpu_before = sum(procs.cpu_seconds(pid) for pid in workers)
     out = subprocess.run(
         cmd,
         capture_output=True,
@@ -59,6 +64,7 @@ def _wrk(url: str, body: Path, clients: int, seconds: float, tasks_per_request: 
         env={"BENCH_BODY_FILE": str(body), "PATH": "/usr/bin:/bin"},
         check=True,
     )
+    cpu = sum(procs.cpu_seconds(pid) for pid in workers) - cpu_before
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
@@ -71,6 +77,7 @@ def _wrk(url: str, body: Path, clients: int, seconds: float, tasks_per_request: 
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         errors=errors,
+        server_cpu_us_per_request=cpu / max(1, data["requests"]) * 1e6,
     )
 
 
@@ -95,7 +102,9 @@ def run(
         with procs.running(cmd, env=env, log=logs / "ingest-baseline.log") as server:
             procs.wait_until(lambda: procs.http_ok(f"{base}/live"), 30, "the baseline server")
             for _ in range(rounds):
-                baselines.append(_wrk(f"{base}/tasks", single_body, clients, seconds, 1))
+                baselines.append(
+                    _wrk(f"{base}/tasks", single_body, clients, seconds, 1, server.pid)
+                )
             baseline_rss = _worker_rss_mb(server.pid)
 
         singles: list[HttpResult] = []
@@ -107,18 +116,17 @@ def run(
             procs.wait_until(lambda: procs.http_ok(f"{base}/ready"), 30, "taskq api")
             for _ in range(rounds):
                 system.reset()
-                singles.append(_wrk(f"{base}/tasks", single_body, clients, seconds, 1))
+                singles.append(_wrk(f"{base}/tasks", single_body, clients, seconds, 1, server.pid))
                 system.reset()
-                batches.append(
-                    _wrk(f"{base}/tasks/batch", batch_body, clients, seconds, batch_size)
-                )
+                url = f"{base}/tasks/batch"
+                batches.append(_wrk(url, batch_body, clients, seconds, batch_size, server.pid))
             api_rss = _worker_rss_mb(server.pid)
 
     inserts: list[HttpResult] = []
     for _ in range(rounds):
         system.reset()
         res = pgbench.run(system.url, pgbench.insert_script(), clients=clients, seconds=seconds)
-        inserts.append(HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0))
+        inserts.append(HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0, 0.0))
     system.reset()
     return IngestResult(
         rounds=[
