@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -44,12 +44,25 @@ class ReadyResource:
         resp.media = {"status": "ready" if ready else "not ready", "checks": checks}
 
 
+class MetricsResource:
+    """/metrics in the Prometheus text format (app/metrics.py), plus `collectors`."""
+
+    def __init__(self, collectors: Sequence[Any] = ()) -> None:
+        self._collectors = list(collectors)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from app import metrics
+
+        resp.data, resp.content_type = metrics.exposition(self._collectors)
+
+
 def health_app(
     ready_check: Callable[[], dict[str, bool]],
 ) -> falcon.App[falcon.Request, falcon.Response]:
     app = falcon.App()
     app.add_route("/live", LiveResource())
     app.add_route("/ready", ReadyResource(ready_check))
+    app.add_route("/metrics", MetricsResource())
     return app
 
 

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from app import sql
+from app import metrics, sql
 from app.db import translate_errors
 from app.errors import InvalidTransition, TaskNotFound
 from app.models import Task, TaskSpec, new_task_id
@@ -86,7 +86,9 @@ def enqueue(
     spec = _spec(kind_or_spec, payload, **options)
     rows = _rows(conn, sql.INSERT_TASK, _insert_params(spec, default_max_attempts))
     if rows:
-        return Task.from_row(rows[0])
+        task = Task.from_row(rows[0])
+        metrics.tasks_enqueued([task])
+        return task
     # The key exists. Read it in a fresh statement so a row committed by a concurrent
     # submitter after this statement's snapshot is visible.
     assert spec.idempotency_key is not None
@@ -131,6 +133,7 @@ def _enqueue_chunk(
         "keys": [s.idempotency_key for s in specs],
     }
     inserted = {row["id"]: Task.from_row(row) for row in _rows(conn, sql.INSERT_TASKS, params)}
+    metrics.tasks_enqueued(inserted.values())
     skipped_keys = [
         s.idempotency_key
         for task_id, s in zip(ids, specs, strict=True)
@@ -160,6 +163,7 @@ def claim(
     tasks = [Task.from_row(r) for r in _rows(conn, sql.CLAIM, params)]
     # UPDATE ... RETURNING has no order; hand tasks out in claim order.
     tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
+    metrics.tasks_claimed(tasks)
     return tasks
 
 
@@ -194,7 +198,9 @@ def finish(
     }
     applied = _rows(conn, sql.FINISH, params)
     done = {row["id"] for row in applied}
-    return applied, [o for o in outcomes if o.lease.id not in done]
+    rejected = [o for o in outcomes if o.lease.id not in done]
+    metrics.tasks_finished(applied, lost=len(rejected))
+    return applied, rejected
 
 
 def release(conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str) -> list[uuid.UUID]:
@@ -211,6 +217,7 @@ def recover_expired(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str,
     """Requeue (or fail) tasks whose lease expired; returns what was recovered."""
     rows = _rows(conn, sql.RECOVER_EXPIRED, {"limit": limit})
     notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
+    metrics.tasks_recovered(rows)
     return rows
 
 
@@ -280,3 +287,45 @@ def prune(conn: AnyConnection, *, older_than_seconds: float, batch: int = 5000) 
 def counts(conn: AnyConnection) -> list[dict[str, Any]]:
     """Rows of (queue, status, n)."""
     return _rows(conn, sql.COUNT_BY_QUEUE, {})
+
+
+def _stats_rows(
+    conn: AnyConnection, query: Any, params: dict[str, Any], timeout_ms: int
+) -> list[dict[str, Any]]:
+    """Run a read-only statistics query with its own planner settings (sql.STATS_SESSION)."""
+    with translate_errors(), conn.transaction():
+        _rows(conn, sql.STATS_SESSION, {"timeout_ms": str(int(timeout_ms))})
+        return _rows(conn, query, params)
+
+
+def queue_stats(
+    conn: AnyConnection, *, cap: int = 10_000, max_groups: int = 1_000, timeout_ms: int = 2_000
+) -> list[dict[str, Any]]:
+    """Per queue with queued tasks: runnable and queued counts (each at most `cap`), and
+    the oldest runnable task's id, run_at and age in seconds (None/0 when none)."""
+    params = {"cap": cap, "max_groups": max_groups}
+    return _stats_rows(conn, sql.QUEUE_STATS, params, timeout_ms)
+
+
+def running_counts(conn: AnyConnection) -> dict[str, int]:
+    """Running tasks per queue."""
+    return {row["queue"]: int(row["n"]) for row in _rows(conn, sql.COUNT_RUNNING, {})}
+
+
+def finished_series(
+    conn: AnyConnection,
+    *,
+    window_seconds: int = 3600,
+    bucket_seconds: int = 60,
+    budget: int = 100_000,
+    timeout_ms: int = 2_000,
+) -> list[dict[str, Any]]:
+    """Rows (queue, status, bucket, n, oldest, now) of tasks finished in the window; only
+    the `budget` most recent finishes are read (sql.FINISHED_SERIES)."""
+    params = {"window": window_seconds, "bucket": bucket_seconds, "budget": budget}
+    return _stats_rows(conn, sql.FINISHED_SERIES, params, timeout_ms)
+
+
+def recent_failures(conn: AnyConnection, *, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest failed tasks, newest first (no payloads or results)."""
+    return _rows(conn, sql.RECENT_FAILURES, {"limit": limit})

@@ -144,7 +144,7 @@ UPDATE taskq_tasks t
        updated_at = now()
   FROM expired e
  WHERE t.id = e.id
-RETURNING t.id, t.queue, t.status, t.worker_id, t.attempts
+RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts
 """
 
 # Wake workers of the given queues (used after updates, which the insert trigger misses).
@@ -199,4 +199,104 @@ DELETE FROM taskq_tasks t USING doomed d WHERE t.id = d.id
 # Task counts per queue and status (the stats view and the CLI's table).
 COUNT_BY_QUEUE: LiteralString = """
 SELECT queue, status, count(*) AS n FROM taskq_tasks GROUP BY queue, status ORDER BY queue, status
+"""
+
+# Planner settings for the read-only statistics below, in their own transaction: their
+# cost estimates (nested index scans with large LIMITs) are high enough to trigger JIT
+# compilation, which costs ~0.5 s and saves nothing on a query that reads ~10^4 index
+# entries; the timeout keeps a scrape or a dashboard refresh from queueing up behind a
+# slow database.
+STATS_SESSION: LiteralString = """
+SELECT set_config('jit', 'off', true), set_config('statement_timeout', %(timeout_ms)s, true)
+"""
+
+# Per queue: runnable tasks (run_at has come), all queued tasks, and the oldest runnable
+# task, read from the ready index alone (index-only scans; finished rows are not in it).
+# `grp` walks the index's distinct (queue, priority) groups with one index probe each
+# (a loose index scan), taking each group's first entry: its smallest run_at. Within a
+# group the runnable tasks are a prefix of the index order, so counting them is a range
+# scan that never touches tasks scheduled for later. Each count visits at most `cap`
+# index entries per queue: with a million queued rows a scrape still reads ~cap entries
+# per queue, and a count equal to `cap` means "at least cap". `max_groups` bounds the walk.
+QUEUE_STATS: LiteralString = """
+WITH RECURSIVE grp(queue, priority, run_at, id) AS (
+    (SELECT queue, priority, run_at, id FROM taskq_tasks
+      WHERE status = 'queued'
+      ORDER BY queue, priority DESC, run_at, id LIMIT 1)
+    UNION ALL
+    SELECT n.queue, n.priority, n.run_at, n.id
+      FROM grp g
+     CROSS JOIN LATERAL (
+           (SELECT t.queue, t.priority, t.run_at, t.id FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue = g.queue AND t.priority < g.priority
+             ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1)
+           UNION ALL
+           (SELECT t.queue, t.priority, t.run_at, t.id FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue > g.queue
+             ORDER BY t.queue, t.priority DESC, t.run_at, t.id LIMIT 1)
+           LIMIT 1
+     ) n
+), groups AS MATERIALIZED (
+    SELECT * FROM grp LIMIT %(max_groups)s
+)
+SELECT q.queue, r.n AS runnable, a.n AS queued, o.id AS oldest_id, o.run_at AS oldest_run_at,
+       COALESCE(extract(epoch FROM now() - o.run_at), 0)::float8 AS oldest_age_seconds
+  FROM (SELECT DISTINCT queue FROM groups) q
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM (
+           SELECT 1 FROM groups g
+            CROSS JOIN LATERAL (
+                  SELECT 1 FROM taskq_tasks t
+                   WHERE t.status = 'queued' AND t.queue = g.queue AND t.priority = g.priority
+                     AND t.run_at <= now()) x
+            WHERE g.queue = q.queue
+            LIMIT %(cap)s) s) r
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM (
+           SELECT 1 FROM groups g
+            CROSS JOIN LATERAL (
+                  SELECT 1 FROM taskq_tasks t
+                   WHERE t.status = 'queued' AND t.queue = g.queue
+                     AND t.priority = g.priority) x
+            WHERE g.queue = q.queue
+            LIMIT %(cap)s) s) a
+  LEFT JOIN LATERAL (
+       SELECT g.id, g.run_at FROM groups g
+        WHERE g.queue = q.queue AND g.run_at <= now()
+        ORDER BY g.run_at, g.id LIMIT 1) o ON true
+ ORDER BY q.queue
+"""
+
+# Running tasks per queue, from the lease index (only running rows are in it).
+COUNT_RUNNING: LiteralString = """
+SELECT queue, count(*) AS n FROM taskq_tasks WHERE status = 'running' GROUP BY queue
+"""
+
+# Tasks finished in the last `window` seconds, per queue, status and `bucket`-second
+# interval, from the finished index. Bounded: only the `budget` most recently finished
+# tasks are read, so at high throughput the series covers less than the window and
+# `since` (the oldest finish read, when the budget ran out) says from when it is complete.
+FINISHED_SERIES: LiteralString = """
+WITH recent AS (
+    SELECT queue, status, finished_at FROM taskq_tasks
+     WHERE status IN ('succeeded', 'failed', 'cancelled')
+       AND finished_at > now() - %(window)s * interval '1 second'
+     ORDER BY finished_at DESC
+     LIMIT %(budget)s
+)
+SELECT queue, status,
+       floor(extract(epoch FROM finished_at) / %(bucket)s)::bigint * %(bucket)s AS bucket,
+       count(*) AS n, min(finished_at) AS oldest, now() AS now
+  FROM recent
+ GROUP BY 1, 2, 3
+"""
+
+# The most recent failures (the partial index on failed tasks keeps this a short scan
+# however many succeeded tasks are retained).
+RECENT_FAILURES: LiteralString = """
+SELECT id, queue, kind, attempts, max_attempts, last_error, finished_at, worker_id
+  FROM taskq_tasks
+ WHERE status = 'failed'
+ ORDER BY finished_at DESC
+ LIMIT %(limit)s
 """

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from types import FrameType
 
-from app import db
+from app import db, logs, metrics
 from app import queue as q
 from app.errors import DatabaseUnavailable, InvalidInput, NonRetryableError, UnknownKind
 from app.handlers import Registry, TaskContext, default_registry
@@ -87,6 +87,7 @@ class Worker:
         self.health = HealthServer(
             health_app(self.ready_checks), host, port if health_port is None else health_port
         )
+        metrics.watch_worker(self)  # slots, in-flight tasks and pool usage, read at scrape
 
     # ----------------------------------------------------------------- lifecycle
     def run(self) -> int:
@@ -221,11 +222,18 @@ class Worker:
         ctx = TaskContext(
             task.id, task.kind, task.queue, task.attempts, task.max_attempts, self.stopping
         )
-        started = time.monotonic()
-        outcome = self._attempt(task, lease, ctx)
-        log.debug(
-            "task %s %s in %.1f ms", task.id, outcome.outcome, (time.monotonic() - started) * 1000
-        )
+        with logs.task_context(task.id, task.queue, task.kind, task.attempts):
+            started = time.monotonic()
+            outcome = self._attempt(task, lease, ctx)
+            elapsed = time.monotonic() - started
+            metrics.task_ran(task.queue, task.kind, elapsed)
+            log.debug(
+                "task %s %s in %.1f ms",
+                task.id,
+                outcome.outcome,
+                elapsed * 1000,
+                extra={"outcome": outcome.outcome, "duration_ms": round(elapsed * 1000, 3)},
+            )
         with self._lock:
             self._outcome_pending.add(task.id)
         return outcome

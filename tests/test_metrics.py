@@ -1,0 +1,253 @@
+"""Metrics: what the worker and the API count, queue statistics from the ready index,
+and correct totals across gunicorn worker processes (multiprocess mode)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import metrics, queue
+from app.settings import Settings
+from tests.helpers import wait_until
+from tests.worker_helpers import fresh_registry, running_worker
+
+REPO = Path(__file__).resolve().parent.parent
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def scrape_text(port: int, path: str = "/metrics", headers: dict[str, str] | None = None) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (http to localhost)
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return str(resp.read().decode())
+
+
+def scrape(port: int, path: str = "/metrics", headers: dict[str, str] | None = None) -> Samples:
+    return parse(scrape_text(port, path, headers))
+
+
+def families(text: str) -> set[str]:
+    """Metric names as METRICS spells them (counters with _total), samples or not."""
+    out = set()
+    for family in text_string_to_metric_families(text):
+        out.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def exported(kind: str) -> set[str]:
+    """The names METRICS says the API or the worker exports."""
+    return {info.name for info in metrics.METRICS if info.where in (kind, "both")}
+
+
+# ---------------------------------------------------------------- worker
+
+
+def test_worker_counts_outcomes_by_queue_and_kind(
+    make_settings: Any, conn: psycopg.Connection[Any]
+) -> None:
+    settings: Settings = make_settings()
+    with running_worker(settings, fresh_registry(), queues=["mq"], concurrency=4) as worker:
+        before = scrape(worker.health.port)
+        for _ in range(3):
+            queue.enqueue(conn, "echo", {"n": 1}, queue="mq")
+        queue.enqueue(conn, "fail", {"retryable": False}, queue="mq")
+        queue.enqueue(conn, "fail", {}, queue="mq", max_attempts=2)  # one retry, then failed
+        wait_until(
+            lambda: value(scrape(worker.health.port), "taskq_tasks_failed_total", queue="mq",
+                          kind="fail") - value(before, "taskq_tasks_failed_total", queue="mq",
+                                               kind="fail") >= 2,
+            what="two failures counted",
+        )  # fmt: skip
+        text = scrape_text(worker.health.port)
+        after = parse(text)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("taskq_tasks_enqueued_total", queue="mq", kind="echo") == 3
+    assert delta("taskq_tasks_succeeded_total", queue="mq", kind="echo") == 3
+    assert delta("taskq_tasks_failed_total", queue="mq", kind="fail") == 2
+    assert delta("taskq_tasks_retried_total", queue="mq", kind="fail") == 1
+    assert delta("taskq_tasks_succeeded_total", queue="mq", kind="fail") == 0
+    # One time-in-queue and one run-time observation per attempt.
+    assert delta("taskq_task_queue_wait_seconds_count", queue="mq", kind="echo") == 3
+    assert delta("taskq_task_queue_wait_seconds_count", queue="mq", kind="fail") == 3
+    assert delta("taskq_task_run_seconds_count", queue="mq", kind="fail") == 3
+    assert delta("taskq_task_run_seconds_bucket", queue="mq", kind="echo", le="+Inf") == 3
+    assert value(after, "taskq_worker_slots", queues="mq") == 4
+    assert value(after, "taskq_db_pool_max_connections", pool="worker") >= 4
+    assert exported("worker") <= families(text)
+
+
+def test_in_flight_and_free_slots(make_settings: Any, conn: psycopg.Connection[Any]) -> None:
+    settings: Settings = make_settings()
+    with running_worker(settings, fresh_registry(), queues=["slots"], concurrency=3) as worker:
+        for _ in range(2):
+            queue.enqueue(conn, "sleep", {"seconds": 2}, queue="slots")
+
+        def busy() -> bool:
+            s = scrape(worker.health.port)
+            return (
+                value(s, "taskq_worker_inflight_tasks", queues="slots") == 2
+                and value(s, "taskq_worker_free_slots", queues="slots") == 1
+            )
+
+        wait_until(busy, what="two tasks in flight, one slot free")
+        wait_until(
+            lambda: (
+                value(scrape(worker.health.port), "taskq_worker_free_slots", queues="slots") == 3
+            ),
+            what="slots free again",
+        )
+
+
+def test_recovered_tasks_are_counted(make_settings: Any, conn: psycopg.Connection[Any]) -> None:
+    settings: Settings = make_settings()
+    ghost = queue.enqueue(conn, "echo", {}, queue="lost")
+    last = queue.enqueue(conn, "echo", {}, queue="lost", max_attempts=1)
+    conn.execute(
+        "UPDATE taskq_tasks SET status = 'running', attempts = 1, worker_id = 'gone',"
+        " lease_expires_at = now() - interval '1 minute' WHERE id = ANY(%s)",
+        ([ghost.id, last.id],),
+    )
+    with running_worker(settings, fresh_registry(), queues=["lost"]) as worker:
+        before = scrape(worker.health.port)  # the first sweep waits up to recover_interval
+        wait_until(lambda: queue.get(conn, ghost.id).status == "succeeded", what="recovered")
+        wait_until(lambda: queue.get(conn, last.id).status == "failed", what="failed")
+        after = scrape(worker.health.port)
+    recovered = value(after, "taskq_tasks_recovered_total", queue="lost", kind="echo") - value(
+        before, "taskq_tasks_recovered_total", queue="lost", kind="echo"
+    )
+    failed = value(after, "taskq_tasks_failed_total", queue="lost", kind="echo") - value(
+        before, "taskq_tasks_failed_total", queue="lost", kind="echo"
+    )
+    assert recovered == 2
+    assert failed == 1
+
+
+# ---------------------------------------------------------------- queue statistics
+
+
+def _insert(conn: psycopg.Connection[Any], sql: str, *params: Any) -> None:
+    conn.execute(sql, params)
+
+
+def test_queue_stats_counts_runnable_and_finds_the_oldest(conn: psycopg.Connection[Any]) -> None:
+    # queue a: 4 runnable over two priorities, 2 scheduled later; b: 1 runnable; c: later only
+    _insert(
+        conn,
+        "INSERT INTO taskq_tasks (queue, kind, priority, run_at)"
+        " SELECT 'a', 'echo', p, now() - s * interval '1 minute'"
+        " FROM (VALUES (0, 1), (0, 2), (5, 3), (5, 10)) AS v(p, s)",
+    )
+    _insert(
+        conn,
+        "INSERT INTO taskq_tasks (queue, kind, priority, run_at) VALUES"
+        " ('a', 'echo', 9, now() + interval '1 hour'), ('a', 'echo', 0, now() + interval '1 day'),"
+        " ('b', 'echo', 0, now() - interval '5 seconds'),"
+        " ('c', 'echo', 0, now() + interval '1 hour')",
+    )
+    # Finished and running rows are not queued.
+    _insert(
+        conn,
+        "INSERT INTO taskq_tasks (queue, kind, status, finished_at, run_at) VALUES"
+        " ('a', 'echo', 'succeeded', now(), now() - interval '1 day')",
+    )
+    oldest_a = conn.execute(
+        "SELECT id FROM taskq_tasks WHERE queue = 'a' AND status = 'queued' ORDER BY run_at LIMIT 1"
+    ).fetchone()["id"]
+    rows = {r["queue"]: r for r in queue.queue_stats(conn)}
+    assert sorted(rows) == ["a", "b", "c"]
+    assert (rows["a"]["runnable"], rows["a"]["queued"]) == (4, 6)
+    assert rows["a"]["oldest_id"] == oldest_a
+    assert 590 < rows["a"]["oldest_age_seconds"] < 700
+    assert (rows["b"]["runnable"], rows["b"]["queued"]) == (1, 1)
+    assert (rows["c"]["runnable"], rows["c"]["queued"]) == (0, 1)
+    assert rows["c"]["oldest_id"] is None
+    assert rows["c"]["oldest_age_seconds"] == 0
+    capped = {r["queue"]: r for r in queue.queue_stats(conn, cap=3)}
+    assert (capped["a"]["runnable"], capped["a"]["queued"]) == (3, 3)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_queue_stats_reads_only_the_ready_index_and_a_bounded_number_of_entries(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """60,000 queued and 20,000 finished rows: the statistics query touches the table
+    only through index scans of the ready index, and reads at most ~cap entries per
+    queue for each count (a million queued rows cost the same)."""
+    conn.execute(
+        "INSERT INTO taskq_tasks (queue, kind, priority, run_at)"
+        " SELECT 'q' || (i % 3), 'echo', i % 4, now() - (i % 1000) * interval '1 second'"
+        " + CASE WHEN i % 10 = 0 THEN interval '1 day' ELSE interval '0' END"
+        " FROM generate_series(1, 60000) i"
+    )
+    conn.execute(
+        "INSERT INTO taskq_tasks (queue, kind, status, finished_at)"
+        " SELECT 'q' || (i % 3), 'echo', 'succeeded', now() FROM generate_series(1, 20000) i"
+    )
+    conn.execute("VACUUM ANALYZE taskq_tasks")
+    from app import sql
+
+    cap = 500
+    with conn.transaction():
+        conn.execute(sql.STATS_SESSION, {"timeout_ms": "5000"})
+        (row,) = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + sql.QUEUE_STATS, {"cap": cap, "max_groups": 1000}
+        ).fetchall()
+    plan = next(iter(row.values()))[0]["Plan"]
+    scans = [n for n in _plan_nodes(plan) if n.get("Relation Name") == "taskq_tasks"]
+    assert scans
+    for node in scans:
+        assert node["Node Type"] in ("Index Only Scan", "Index Scan"), node["Node Type"]
+        assert node["Index Name"] == "taskq_tasks_ready_idx"
+    read = sum(n["Actual Rows"] * n["Actual Loops"] for n in scans)
+    groups = 3 * 4
+    assert read <= 2 * 3 * cap + 4 * groups, read
+    stats = queue.queue_stats(conn, cap=cap)
+    assert [(r["queue"], r["runnable"], r["queued"]) for r in stats] == [
+        ("q0", cap, cap),
+        ("q1", cap, cap),
+        ("q2", cap, cap),
+    ]
+
+
+# ---------------------------------------------------------------- the metric table
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    seen = set()
+    for info in metrics.METRICS:
+        assert info.name.startswith("taskq_")
+        assert info.name not in seen
+        seen.add(info.name)
+        assert (info.type == "counter") == info.name.endswith("_total"), info.name
+        assert info.where in ("api", "worker", "both")
+        if info.type == "histogram":
+            assert info.name.endswith("_seconds")
+    assert json.dumps([m.name for m in metrics.METRICS])
