@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
@@ -319,11 +320,15 @@ def finished_series(
     bucket_seconds: int = 60,
     budget: int = 100_000,
     timeout_ms: int = 2_000,
-) -> list[dict[str, Any]]:
-    """Rows (queue, status, bucket, n, oldest, now) of tasks finished in the window; only
-    the `budget` most recent finishes are read (sql.FINISHED_SERIES)."""
+) -> tuple[list[dict[str, Any]], datetime]:
+    """Rows (queue, status, bucket, n, oldest) of tasks finished in the window, and the
+    database's now(); only the `budget` most recent finishes are read (FINISHED_SERIES)."""
     params = {"window": window_seconds, "bucket": bucket_seconds, "budget": budget}
-    return _stats_rows(conn, sql.FINISHED_SERIES, params, timeout_ms)
+    with translate_errors(), conn.transaction():
+        _rows(conn, sql.STATS_SESSION, {"timeout_ms": str(int(timeout_ms))})
+        rows = _rows(conn, sql.FINISHED_SERIES, params)
+        now: datetime = _rows(conn, sql.DATABASE_NOW, {})[0]["now"]
+    return rows, now
 
 
 def recent_failures(conn: AnyConnection, *, limit: int = 10) -> list[dict[str, Any]]:

@@ -286,10 +286,13 @@ WITH recent AS (
 )
 SELECT queue, status,
        floor(extract(epoch FROM finished_at) / %(bucket)s)::bigint * %(bucket)s AS bucket,
-       count(*) AS n, min(finished_at) AS oldest, now() AS now
+       count(*) AS n, min(finished_at) AS oldest
   FROM recent
  GROUP BY 1, 2, 3
 """
+
+# The database's clock (statistics are computed against it, not the API host's).
+DATABASE_NOW: LiteralString = "SELECT now() AS now"
 
 # The most recent failures (the partial index on failed tasks keeps this a short scan
 # however many succeeded tasks are retained).
