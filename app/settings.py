@@ -9,9 +9,17 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/taskq"
@@ -54,6 +62,10 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     api_batch_max: int = Field(1000, ge=1, le=10_000)
     api_page_max: int = Field(500, ge=1, le=10_000)
+    # Bearer tokens (authentication is off when neither is set). SecretStr keeps them out
+    # of reprs, tracebacks and validation messages.
+    api_tokens: Annotated[list[SecretStr], NoDecode] = []
+    api_tokens_file: Path | None = None
 
     # Worker.
     worker_queues: Annotated[list[str], NoDecode] = ["default"]
@@ -77,10 +89,32 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("worker_queues", "handler_modules", mode="before")
+    @field_validator("worker_queues", "handler_modules", "api_tokens", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for token in value:
+            _check_token(token.get_secret_value())
+        return value
+
+    @field_validator("api_tokens_file")
+    @classmethod
+    def _tokens_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        try:
+            tokens = read_tokens_file(value)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {value}: {type(exc).__name__}") from None
+        if not tokens:
+            raise ValueError(f"{value} holds no token")
+        for token in tokens:
+            _check_token(token)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -140,6 +174,29 @@ def parse_bind(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def read_tokens_file(path: Path) -> list[str]:
+    """API tokens from a file (a mounted Secret): one per line, commas also separate;
+    blank lines and # comments are ignored."""
+    tokens = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens += [part.strip() for part in line.split(",") if part.strip()]
+    return tokens
+
+
+def _check_token(token: str) -> None:
+    """Refuse guessable or unusable tokens; never echo the token back."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"tokens must be at least {MIN_TOKEN_LENGTH} characters")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("tokens must be printable ASCII without spaces")
 
 
 class SettingsError(Exception):

@@ -9,6 +9,7 @@ import falcon
 
 from app import db
 from app.api import errors
+from app.api.auth import BearerAuth
 from app.api.tasks import (
     BatchResource,
     CancelResource,
@@ -38,7 +39,8 @@ def create_app(
     settings: Settings, deps: Deps | None = None
 ) -> falcon.App[falcon.Request, falcon.Response]:
     deps = deps or Deps.from_settings(settings)
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    auth = BearerAuth.from_settings(settings)
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[auth] if auth else [])
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
 
