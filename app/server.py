@@ -38,6 +38,11 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self._options.items():
             self.cfg.set(key, value)
+        # gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn or
+        # $XDG_RUNTIME_DIR): every instance on a host would share it (and the last to stop
+        # deletes it), and it writes into $HOME. taskq does not use gunicornc; keep it off.
+        if "control_socket_disable" in self.cfg.settings:
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Any:
         from app import logs
@@ -49,5 +54,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
 def serve(settings: Settings, *, bind: str | None = None, workers: int | None = None) -> None:
     GunicornServer(
-        settings, bind=bind or settings.api_bind, workers=workers or settings.api_workers
+        settings,
+        bind=settings.api_bind if bind is None else bind,
+        workers=settings.api_workers if workers is None else workers,
     ).run()

@@ -134,6 +134,10 @@ def test_submit_over_http_and_a_worker_runs_it(database_url: str, tmp_path: Path
 
 def test_http_edges_through_gunicorn(database_url: str, tmp_path: Path) -> None:
     env = taskq_env(database_url, api_max_body_bytes=2048)
+    home = tmp_path / "home"
+    home.mkdir()
+    env["HOME"] = str(home)
+    env.pop("XDG_RUNTIME_DIR", None)
     with api_process(env, tmp_path / "api.log") as (_, port):
         # Chunked bodies (no Content-Length) are read, and bounded.
         chunked = request(port, "POST", "/tasks", {"payload": {"via": "chunks"}}, chunked=True)
@@ -159,6 +163,9 @@ def test_http_edges_through_gunicorn(database_url: str, tmp_path: Path) -> None:
         assert page.status == 200
         assert len(page.json()["tasks"]) == 1
         assert page.json()["next_cursor"]
+    # No gunicorn control socket: one per-user path would be shared by every API process
+    # on the host (and deleted by whichever stops first).
+    assert list(home.iterdir()) == []
 
 
 class Proxy:
