@@ -254,7 +254,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
         try:
             server, env["DATABASE_URL"] = embedded.start(Path(args.data_dir).resolve())
-        except embedded.EmbeddedUnavailable as exc:
+        except embedded.EmbeddedError as exc:
             print(f"taskq: {exc}", file=sys.stderr)
             return 1
     try:
