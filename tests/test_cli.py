@@ -290,6 +290,13 @@ def test_migrate_is_idempotent(empty_database_url: str, run_main: Any) -> None:
     code, out, _ = run_main(empty_database_url, "migrate")
     assert code == 0
     assert out.strip() == "schema is up to date"
+    # Roll the latest back, and apply it again.
+    code, out, _ = run_main(empty_database_url, "migrate", "--rollback", "1")
+    assert code == 0
+    assert out.startswith("rolled back: "), out
+    latest = out.removeprefix("rolled back: ").strip()
+    code, out, _ = run_main(empty_database_url, "migrate")
+    assert (code, out.strip()) == (0, f"applied: {latest}")
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT count(*) FROM taskq_tasks").fetchone() == (0,)
 
