@@ -6,11 +6,68 @@ database connections must never be shared across processes.
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from app.settings import Settings
+
+_GUNICORN_ERROR_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (a bad request line, oversized or
+    malformed headers, bad chunking) in the API's one JSON error shape instead of an HTML
+    page. The detail is left out: it may quote the offending header, a token included."""
+    body = json.dumps(
+        {
+            "error": {
+                "status": status_int,
+                "code": _GUNICORN_ERROR_CODES.get(status_int, "error"),
+                "message": reason,
+            }
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn writes its own error responses through this one function.
+gunicorn_util.write_error = _write_json_error
+
+
+class _WithholdRequestDetails(logging.Filter):
+    """gunicorn logs a rejected request with the offending line, which may be a header
+    carrying a token ("Invalid request from ip=...: Invalid HTTP Header: '...'"). Keep the
+    kind of error, drop the quoted text."""
+
+    PREFIX = "Invalid request from ip="
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            where, _, error = message.partition(": ")
+            kind = error.split(":", 1)[0].split("'", 1)[0].split('"', 1)[0].strip()
+            record.msg = f"{where}: {kind or 'malformed request'} (details withheld)"
+            record.args = ()
+        return True
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
@@ -49,6 +106,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         from app.api import create_app
 
         logs.configure(self._settings)
+        logging.getLogger("gunicorn.error").addFilter(_WithholdRequestDetails())
         return create_app(self._settings)
 
 
