@@ -29,7 +29,12 @@ def read_body(req: falcon.Request, max_bytes: int) -> bytes:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise _too_large(max_bytes)
-    body = _read_at_most(_body_stream(req), max_bytes + 1)
+    try:
+        body = _read_at_most(_body_stream(req), max_bytes + 1)
+    except Exception:  # the server refused the body's framing (bad chunking) or lost the client
+        raise ApiError(
+            falcon.HTTP_400, "malformed request body framing", code="malformed_body"
+        ) from None
     if len(body) > max_bytes:  # chunked bodies have no Content-Length to check up front
         raise _too_large(max_bytes)
     if not body.strip():
