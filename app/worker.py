@@ -256,7 +256,14 @@ class Worker:
                 task.max_attempts,
                 type(exc).__name__,
             )
-            log.debug("task %s traceback:\n%s", task.id, "".join(traceback.format_exception(exc)))
+            # Frames only: the exception's text may quote the payload (it is kept in the
+            # task's last_error, which only API clients read).
+            log.debug(
+                "task %s traceback (message withheld):\n%s%s",
+                task.id,
+                "".join(traceback.format_tb(exc.__traceback__)),
+                type(exc).__name__,
+            )
             return q.Finish(
                 lease,
                 "retry",
