@@ -213,7 +213,7 @@ def load_settings(**overrides: object) -> Settings:
             loc = [str(p) for p in err["loc"]]
             name = (
                 "DATABASE_URL"
-                if loc[:1] == ["database_url"]
+                if loc[:1] and loc[0].lower() in ("database_url", "taskq_database_url")
                 else ("TASKQ_" + "_".join(loc).upper() if loc else "settings")
             )
             lines.append(f"{name}: {err['msg']}")

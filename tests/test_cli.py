@@ -340,11 +340,6 @@ def test_invalid_settings_exit_2_from_the_console(tmp_path: Any) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/settings.py load_settings names an invalid DATABASE_URL 'TASKQ_DATABASE_URL' "
-    "(pydantic reports the alias DATABASE_URL as the error location; the code prefixes it)",
-)
 def test_invalid_database_url_is_named_as_database_url(run_main: Any) -> None:
     code, _, err = run_main("postgresql://u:s3cret@db:notaport/x", "status", str(uuid.uuid4()))
     assert code == 2
