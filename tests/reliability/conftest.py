@@ -1,0 +1,220 @@
+"""Fixtures of the reliability suite: a private PostgreSQL that tests may stop and start,
+process collectors that always clean up, and a metrics file the docs quote.
+
+The shared server at 127.0.0.1:5432 (`server_url`) is never stopped or reconfigured:
+scenarios that take the database away run against `private_pg`, a throwaway cluster in a
+temporary directory on a free port, torn down even when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from app import migrate
+from app.settings import load_settings
+from tests.helpers import free_port, wait_until
+from tests.reliability.harness import Processes, processes
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+METRICS_FILE = ARTIFACTS / "reliability.json"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "reliability: fault-injection, load and hostile-input tests against real processes",
+    )
+
+
+# ----------------------------------------------------------------------------- metrics
+class Metrics:
+    """Numbers measured by the scenarios, merged into test-artifacts/reliability.json."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def record(self, scenario: str, **values: Any) -> None:
+        self.data.setdefault(scenario, {}).update(values)
+
+    def write(self) -> None:
+        if not self.data:
+            return
+        ARTIFACTS.mkdir(exist_ok=True)
+        merged: dict[str, Any] = {}
+        if METRICS_FILE.exists():
+            try:
+                merged = json.loads(METRICS_FILE.read_text()).get("scenarios", {})
+            except (ValueError, AttributeError):
+                merged = {}
+        merged.update(self.data)
+        report = {
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"cpus": os.cpu_count()},
+            "scenarios": dict(sorted(merged.items())),
+        }
+        METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session")
+def metrics() -> Iterator[Metrics]:
+    collected = Metrics()
+    yield collected
+    collected.write()
+
+
+# ----------------------------------------------------------------------------- processes
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    """Start `taskq api` / `taskq worker`; all of them are stopped at teardown."""
+    with processes(tmp_path) as collector:
+        yield collector
+
+
+@pytest.fixture(scope="module")
+def module_database_url(server_url: str, template_db: str) -> Iterator[str]:
+    """One migrated database shared by a module's tests (for a long-lived API server)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"taskq_r_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    params: dict[str, Any] = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    yield make_conninfo(**params)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# ----------------------------------------------------------------------------- private server
+def _pg_bin_dir() -> Path:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    import pgserver  # type: ignore[import-untyped,unused-ignore]
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    """initdb and postgres refuse to run as root: use the postgres (or nobody) account."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    pytest.skip("running as root with no unprivileged account for a private PostgreSQL")
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1:<free port>, owned by this test."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.data = base / "data"
+        self.sock = base / "sock"
+        self.log = base / "postgres.log"
+        self.port = free_port()
+        self.bin = _pg_bin_dir()
+        self.user = _unprivileged_user()
+        self.starts = 0
+
+    def _run(self, *args: str, check: bool = True, timeout: float = 60) -> None:
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+        subprocess.run(
+            cmd,
+            check=check,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.base,
+            **kwargs,
+        )
+
+    def init(self) -> None:
+        self.sock.mkdir()
+        if self.user is not None:
+            for path in (self.base, self.sock):
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", "root", "--auth=trust", "-E", "UTF8", "-N")
+
+    def start(self, *settings: str) -> None:
+        """Start (again); `settings` are extra `name=value` server settings."""
+        options = (
+            f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        ) + "".join(f" -c {setting}" for setting in settings)
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-o", options, "start")
+        self.starts += 1
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def kill(self) -> None:
+        """Last resort in teardown: SIGKILL the postmaster named in postmaster.pid."""
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+
+    def url(self, dbname: str = "taskq", **params: str) -> str:
+        extra = "".join(f"&{k}={v}" for k, v in params.items())
+        return f"postgresql://root@127.0.0.1:{self.port}/{dbname}?connect_timeout=2{extra}"
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url("postgres"), autocommit=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL with a migrated `taskq` database, running; stopped at teardown."""
+    base = Path(tempfile.mkdtemp(prefix="taskq-rel-pg-"))
+    server = PrivatePostgres(base)
+    try:
+        server.init()
+        server.start()
+        with server.admin() as admin:
+            admin.execute("CREATE DATABASE taskq")
+        migrate.apply(load_settings(database_url=server.url()))
+        yield server
+    finally:
+        if server.running():
+            try:
+                server.stop("immediate")
+            except (subprocess.SubprocessError, OSError):
+                server.kill()
+        wait_until(lambda: not server.running(), timeout=10, what="private PostgreSQL to stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def api_server(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, Processes]]:
+    """A real `taskq api` (gunicorn, two processes) on the module's database, no worker."""
+    with processes(tmp_path_factory.mktemp("api")) as collector:
+        _, port = collector.api(collector.env(module_database_url), workers=2)
+        yield port, collector
