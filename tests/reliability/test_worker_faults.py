@@ -84,7 +84,7 @@ def test_sigkill_mid_batch_reruns_only_in_flight_tasks(
     assert max(runs.values()) <= 2
     # The lease is renewed every lease/3, so it expires at most `lease` after the kill;
     # one sweep interval plus a claim later the task runs again.
-    assert reclaimed <= lease + 1.5
+    assert reclaimed <= lease + 2.5
     metrics.record(
         "sigkill_mid_batch",
         tasks=24,
