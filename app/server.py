@@ -2,6 +2,12 @@
 
 The app (and its connection pool) is built in each gunicorn worker after the fork:
 database connections must never be shared across processes.
+
+Metrics: before forking, the server gets its own prometheus-client multiprocess
+directory (app/metrics.py), so /metrics answered by any worker process reports the sum
+over all of them; `child_exit` drops the live gauges of a worker that exited, `on_exit`
+removes the directory. Logs: gunicorn's own messages go through the root handler that
+app/logs.py configures (text or JSON) instead of gunicorn's format.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from typing import Any
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
+from app import metrics
 from app.settings import Settings
 
 _GUNICORN_ERROR_CODES = {
@@ -70,9 +78,25 @@ class _WithholdRequestDetails(logging.Filter):
         return True
 
 
+class GunicornLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logs, handed to the root logger (app/logs.py formats them)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    metrics.process_exited(worker.pid)
+
+
 class GunicornServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, *, bind: str, workers: int) -> None:
         self._settings = settings
+        metrics_dir = metrics.prepare_multiprocess_dir()  # before any worker is forked
         self._options: dict[str, Any] = {
             "bind": bind,
             "workers": workers,
@@ -89,6 +113,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "limit_request_line": 8190,
             "limit_request_fields": 100,
             "limit_request_field_size": 8190,
+            "logger_class": "app.server.GunicornLogger",
+            "child_exit": _child_exit,
+            "on_exit": lambda server: metrics.remove_multiprocess_dir(metrics_dir),
         }
         super().__init__()
 

@@ -4,6 +4,8 @@ and correct totals across gunicorn worker processes (multiprocess mode)."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,3 +253,210 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         if info.type == "histogram":
             assert info.name.endswith("_seconds")
     assert json.dumps([m.name for m in metrics.METRICS])
+
+
+# ---------------------------------------------------------------- API, in process
+
+
+def test_api_metrics_in_process(make_settings: Any, conn: psycopg.Connection[Any]) -> None:
+    import falcon.testing
+
+    from app import db
+    from app.api import Deps, create_app
+
+    settings: Settings = make_settings()
+    pool = db.create_pool(settings, name="test")
+    try:
+        client = falcon.testing.TestClient(
+            create_app(settings, Deps(pool=pool, registry=fresh_registry()))
+        )
+        before = parse(client.simulate_get("/metrics").text)
+        task = client.simulate_post(
+            "/tasks", json={"kind": "echo", "queue": "inproc"}, headers={"X-Request-ID": "m1"}
+        ).json
+        client.simulate_get(f"/tasks/{task['id']}")
+        conn.execute(
+            "UPDATE taskq_tasks SET run_at = now() - interval '90 seconds' WHERE id = %s",
+            (task["id"],),
+        )
+        result = client.simulate_get("/metrics")
+        assert result.headers["content-type"].startswith("text/plain")
+        text = result.text
+    finally:
+        pool.close()
+    after = parse(text)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("taskq_tasks_enqueued_total", queue="inproc", kind="echo") == 1
+    assert delta("taskq_http_requests_total", method="POST", route="/tasks", status="201") == 1
+    # Route templates, never raw paths (bounded label values).
+    assert delta("taskq_http_requests_total", method="GET", route="/tasks/{task_id}",
+                 status="200") == 1  # fmt: skip
+    assert value(after, "taskq_queue_depth", queue="inproc") == 1
+    assert value(after, "taskq_queue_tasks", queue="inproc") == 1
+    assert 89 < value(after, "taskq_queue_oldest_age_seconds", queue="inproc") < 200
+    assert value(after, "taskq_queue_stats_up") == 1
+    assert value(after, "taskq_db_pool_max_connections", pool="api") >= settings.db_pool_max
+    assert exported("api") <= families(text)
+
+
+# ---------------------------------------------------------------- gunicorn, several processes
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+def test_totals_add_up_across_gunicorn_worker_processes(database_url: str) -> None:
+    """`taskq api --workers 2`: every scrape, whichever process answers it, reports the
+    sum over both; a killed worker's counts survive and its live gauges go away."""
+    import http.client
+    import os
+    import signal
+    import tempfile
+
+    from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env
+
+    # A directory left by a dead server, with a counter file that must not be counted.
+    ghost = spawn_taskq(["--help"], os.environ.copy(), stdout=subprocess.DEVNULL)
+    ghost.wait(10)
+    stale = Path(tempfile.gettempdir()) / f"taskq-metrics-{ghost.pid}"
+    stale.mkdir(exist_ok=True)
+    (stale / "counter_1.db").write_bytes(b"\0" * 64)
+
+    port = free_port()
+    env = taskq_env(database_url, db_pool_max=3)
+    api = spawn_taskq(["api", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env,
+                      stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: _answers(port), timeout=20, what="the API to answer")
+        wait_until(lambda: len(_children(api.pid)) == 2, what="two gunicorn workers")
+        mine = Path(tempfile.gettempdir()) / f"taskq-metrics-{api.pid}"
+        assert mine.is_dir()
+        assert not stale.exists(), "a dead server's metrics directory was left in place"
+        for _ in range(20):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("POST", "/tasks", body='{"queue": "mp"}',
+                         headers={"content-type": "application/json"})  # fmt: skip
+            assert conn.getresponse().status == 201
+            conn.close()
+
+        def consistent(expected_pool_max: float) -> bool:
+            for _ in range(8):  # several scrapes: the kernel hands them to either process
+                s = scrape(port)
+                assert value(s, "taskq_tasks_enqueued_total", queue="mp", kind="echo") == 20
+                assert value(s, "taskq_http_requests_total", method="POST", route="/tasks",
+                             status="201") == 20  # fmt: skip
+                if value(s, "taskq_db_pool_max_connections", pool="api") != expected_pool_max:
+                    return False
+            return True
+
+        assert consistent(2 * 3), "pool gauges must add up the two live processes"
+        victim = min(_children(api.pid))
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(_children(api.pid)) == 2 and victim not in _children(api.pid),
+            timeout=20,
+            what="gunicorn to replace the killed worker",
+        )
+        # Counters of the dead process stay; its live gauges are gone (mark_process_dead),
+        # the new process's are there: still 2 x 3, never 3 x 3.
+        wait_until(lambda: consistent(2 * 3), timeout=20, what="gauges of the live processes")
+    finally:
+        assert stop_process(api) == 0
+    assert not mine.exists(), "the metrics directory outlived the server"
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- gitops: scraping and Grafana
+
+GRAFANA = REPO / "gitops" / "grafana" / "taskq-dashboard.json"
+_METRIC = re.compile(r"\btaskq_[a-z0-9_]+")
+
+
+def grafana_problems(doc: dict[str, Any]) -> list[str]:
+    """Why a Grafana dashboard does not fit taskq's metrics (empty: it does)."""
+    known = {info.name for info in metrics.METRICS}
+    histograms = {info.name for info in metrics.METRICS if info.type == "histogram"}
+    problems = []
+    used: set[str] = set()
+    if not doc.get("uid") or not doc.get("title"):
+        problems.append("dashboard needs a uid and a title")
+    variables = {v["name"] for v in doc.get("templating", {}).get("list", [])}
+    if "datasource" not in variables:
+        problems.append("no datasource variable: the dashboard would be tied to one Prometheus")
+    for panel in doc.get("panels", []):
+        title = panel.get("title", "?")
+        if panel.get("datasource", {}).get("uid") != "${datasource}":
+            problems.append(f"{title}: datasource is not ${{datasource}}")
+        targets = panel.get("targets", [])
+        if not targets:
+            problems.append(f"{title}: no query")
+        for target in targets:
+            names = set(_METRIC.findall(target.get("expr", "")))
+            if not names:
+                problems.append(f"{title}: query names no taskq metric: {target.get('expr')}")
+            for name in names:
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                if name in known or (base in histograms and base != name):
+                    used.add(base if base in histograms else name)
+                else:
+                    problems.append(f"{title}: {name} is not a metric taskq exports")
+    for name in sorted(known - used):
+        problems.append(f"no panel shows {name}")
+    return problems
+
+
+def test_grafana_dashboard_queries_only_metrics_taskq_exports() -> None:
+    doc = json.loads(GRAFANA.read_text())
+    assert grafana_problems(doc) == []
+
+
+def test_grafana_check_catches_a_misspelt_metric() -> None:
+    doc = json.loads(GRAFANA.read_text())
+    doc["panels"][0]["targets"][0]["expr"] = "sum(taskq_queue_dept)"
+    doc["panels"].append({"title": "empty", "datasource": {"uid": "prom"}, "targets": []})
+    problems = grafana_problems(doc)
+    assert any("taskq_queue_dept is not a metric" in p for p in problems)
+    assert any(p.startswith("empty: datasource") for p in problems)
+    assert any(p == "empty: no query" for p in problems)
+
+
+def test_pods_are_annotated_for_scraping_on_their_metrics_ports() -> None:
+    import yaml
+
+    base = REPO / "gitops" / "apps" / "base"
+    config = yaml.safe_load((base / "configmap.yaml").read_text())["data"]
+    binds = {"api": config["TASKQ_API_BIND"], "worker": config["TASKQ_WORKER_HEALTH_BIND"]}
+    for component, bind in binds.items():
+        deployment = yaml.safe_load((base / f"{component}-deployment.yaml").read_text())
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        port = int(annotations["prometheus.io/port"])
+        assert port == int(bind.rsplit(":", 1)[1]), component
+        ports = [p["containerPort"] for c in template["spec"]["containers"] for p in c["ports"]]
+        assert port in ports, component
+    policy = yaml.safe_load((base / "networkpolicy-metrics-ingress.yaml").read_text())
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [int(binds["worker"].rsplit(":", 1)[1])]
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    kustomization = (base / "kustomization.yaml").read_text()
+    assert "networkpolicy-metrics-ingress.yaml" in kustomization
+
+
+def test_every_metric_is_listed_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [info.name for info in metrics.METRICS if f"`{info.name}`" not in readme]
+    assert missing == []

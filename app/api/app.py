@@ -7,9 +7,13 @@ from typing import Any
 
 import falcon
 
-from app import db
+from app import db, metrics
 from app.api import errors
 from app.api.auth import BearerAuth
+from app.api.dashboard import DashboardResource
+from app.api.observability import RequestObserver
+from app.api.openapi import OpenApiResource, build
+from app.api.stats import StatsResource
 from app.api.tasks import (
     BatchResource,
     CancelResource,
@@ -18,7 +22,7 @@ from app.api.tasks import (
     TasksResource,
 )
 from app.handlers import Registry, default_registry
-from app.health import LiveResource, ReadyResource
+from app.health import LiveResource, MetricsResource, ReadyResource
 from app.settings import Settings
 
 
@@ -40,7 +44,9 @@ def create_app(
 ) -> falcon.App[falcon.Request, falcon.Response]:
     deps = deps or Deps.from_settings(settings)
     auth = BearerAuth.from_settings(settings)
-    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[auth] if auth else [])
+    # The observer comes first so that refused requests get a request id and a log line.
+    middleware: list[Any] = [RequestObserver(), *([auth] if auth else [])]
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
 
@@ -52,4 +58,9 @@ def create_app(
     app.add_route("/tasks/{task_id}/retry", RetryResource(*shared))
     app.add_route("/live", LiveResource())
     app.add_route("/ready", ReadyResource(lambda: {"database": db.ping(deps.pool)}))
+    app.add_route("/metrics", MetricsResource([metrics.QueueCollector(deps.pool)]))
+    app.add_route("/stats", StatsResource(deps.pool))
+    app.add_route("/dashboard", DashboardResource())
+    app.add_route("/openapi.json", OpenApiResource(lambda: build(app, settings)))
+    metrics.track_pool(deps.pool, "api")
     return app

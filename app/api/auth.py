@@ -3,7 +3,8 @@
 Off unless tokens are configured: TASKQ_API_TOKENS (comma-separated) and/or
 TASKQ_API_TOKENS_FILE (one token per line, e.g. a mounted Kubernetes Secret; re-read when
 the file changes, so a rotated Secret takes effect without a restart). The probes (/live,
-/ready) stay open so the kubelet needs no credentials.
+/ready) stay open so the kubelet needs no credentials, and so do the documents without
+data (/openapi.json, the /dashboard page).
 
 A presented token is compared with every configured token, always all of them, through
 `hmac.compare_digest` over SHA-256 digests: the time taken says nothing about how much of
@@ -29,7 +30,11 @@ from app.settings import Settings, read_tokens_file
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/live", "/ready"})
+# Open without a token: the probes (the kubelet has no credentials), and two documents
+# that hold no data: the OpenAPI description and the dashboard page (a browser cannot add
+# an Authorization header to a page load; the page asks for a token and sends it with
+# each of its own requests, which are checked like any other).
+OPEN_PATHS = frozenset({"/live", "/ready", "/openapi.json", "/dashboard"})
 CHALLENGE = 'Bearer realm="taskq"'
 # How often, at most, the tokens file is checked for changes (one stat() call).
 RELOAD_CHECK_SECONDS = 1.0

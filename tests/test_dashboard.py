@@ -1,0 +1,458 @@
+"""/stats (the dashboard's data), the /dashboard page, and the dashboard in a real browser:
+Debian's Chromium driven by Playwright against `taskq api` and `taskq worker` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.testing
+import psycopg
+import pytest
+
+from app import db
+from app.api import Deps, create_app, dashboard, stats
+from app.settings import Settings
+from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env, wait_until
+from tests.worker_helpers import fresh_registry
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SECRET = "payload-secret-5521"
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
+    pools: list[Any] = []
+
+    def make(**overrides: Any) -> falcon.testing.TestClient:
+        settings = make_settings(**overrides)
+        pool = db.create_pool(settings, name="test")
+        pools.append(pool)
+        return falcon.testing.TestClient(
+            create_app(settings, Deps(pool=pool, registry=fresh_registry()))
+        )
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Any]) -> falcon.testing.TestClient:
+    return make_client()
+
+
+def _seed(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Two queues with every status; one finish too old for the hour's window."""
+    sql = """
+    INSERT INTO taskq_tasks (queue, kind, payload, status, run_at, attempts, worker_id,
+                             lease_expires_at, finished_at, last_error, result)
+    SELECT v.queue, v.kind, %(p)s, v.status, now() + v.run_in * interval '1 second',
+           v.attempts, v.worker, now() + v.lease_in * interval '1 second',
+           now() - v.finished_ago * interval '1 second', v.error,
+           CASE WHEN v.status = 'succeeded' THEN %(p)s::jsonb END
+      FROM (VALUES
+        (1, 'web', 'echo', 'queued', -120, 0, NULL, NULL, NULL, NULL),
+        (2, 'web', 'echo', 'queued', -30, 0, NULL, NULL, NULL, NULL),
+        (3, 'web', 'echo', 'queued', 3600, 0, NULL, NULL, NULL, NULL),
+        (4, 'web', 'echo', 'running', 0, 1, 'w1', 60, NULL, NULL),
+        (5, 'web', 'echo', 'succeeded', 0, 1, 'w1', NULL, 180, NULL),
+        (6, 'web', 'echo', 'succeeded', 0, 1, 'w1', NULL, 60, NULL),
+        (7, 'web', 'echo', 'succeeded', 0, 1, 'w1', NULL, 7200, NULL),
+        (8, 'mail', 'send', 'failed', 0, 3, 'w1', NULL, 300, %(e1)s),
+        (9, 'mail', 'send', 'failed', 0, 1, 'w1', NULL, 60, %(e2)s),
+        (10, 'mail', 'send', 'cancelled', 0, 0, NULL, NULL, 600, NULL)
+      ) AS v(n, queue, kind, status, run_in, attempts, worker, lease_in, finished_ago, error)
+     ORDER BY v.n
+    RETURNING id, status, run_at
+    """
+    rows = conn.execute(
+        sql,
+        {
+            "p": json.dumps({"secret": SECRET}),
+            "e1": "RuntimeError: smtp timeout",
+            "e2": "x" * 2000,
+        },
+    ).fetchall()
+    return {"oldest": rows[0]["id"], "rows": rows}
+
+
+# ---------------------------------------------------------------- /stats
+
+
+def test_stats_counts_queues_statuses_and_the_last_hour(
+    client: falcon.testing.TestClient, conn: psycopg.Connection[Any]
+) -> None:
+    seeded = _seed(conn)
+    result = client.simulate_get("/stats")
+    assert result.status_code == 200
+    body = result.json
+    assert SECRET not in result.text  # no payloads, no results
+    assert body["totals"] == {
+        "runnable": 2,
+        "queued": 3,
+        "running": 1,
+        "succeeded": 2,  # the one from two hours ago is outside the window
+        "failed": 2,
+        "cancelled": 1,
+    }
+    queues = {q["queue"]: q for q in body["queues"]}
+    assert sorted(queues) == ["mail", "web"]
+    assert (queues["web"]["runnable"], queues["web"]["queued"], queues["web"]["running"]) == (
+        2,
+        3,
+        1,
+    )
+    assert 110 < queues["web"]["oldest_runnable_age_seconds"] < 200
+    assert (queues["mail"]["failed"], queues["mail"]["cancelled"]) == (2, 1)
+    assert body["oldest_runnable"]["id"] == str(seeded["oldest"])
+    assert body["capped"] is False
+    points = body["throughput"]["points"]
+    assert len(points) == 60
+    assert sum(p["succeeded"] for p in points) == 2
+    assert sum(p["failed"] for p in points) == 2
+    assert points == sorted(points, key=lambda p: p["t"])
+    failures = body["recent_failures"]
+    assert [len(f["last_error"]) for f in failures] == [stats.ERROR_PREVIEW, 26]
+    assert failures[1]["last_error"] == "RuntimeError: smtp timeout"
+    assert body["generated_at"].endswith("Z")
+
+
+def test_stats_are_cached_briefly(
+    client: falcon.testing.TestClient, conn: psycopg.Connection[Any]
+) -> None:
+    first = client.simulate_get("/stats").json
+    conn.execute("INSERT INTO taskq_tasks (kind) VALUES ('echo')")
+    assert client.simulate_get("/stats").json == first
+    wait_until(
+        lambda: client.simulate_get("/stats").json["totals"]["runnable"] == 1,
+        timeout=stats.CACHE_SECONDS + 5,
+        what="the cache to expire",
+    )
+
+
+def test_the_throughput_series_reads_a_bounded_number_of_rows(
+    client: falcon.testing.TestClient,
+    conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn.execute(
+        "INSERT INTO taskq_tasks (kind, status, finished_at)"
+        " SELECT 'echo', 'succeeded', now() - i * interval '1 minute'"
+        " FROM generate_series(1, 20) i"
+    )
+    monkeypatch.setattr(stats, "FINISHED_BUDGET", 5)
+    body = client.simulate_get("/stats").json
+    assert sum(p["succeeded"] for p in body["throughput"]["points"]) == 5
+    # The series says from when it is complete: the fifth-newest finish, ~5 minutes ago.
+    window_start = body["throughput"]["points"][0]["t"]
+    assert body["throughput"]["complete_since"] > window_start
+
+
+def test_recent_failures_read_the_failed_index(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "INSERT INTO taskq_tasks (kind, status, finished_at)"
+        " SELECT 'echo', 'succeeded', now() FROM generate_series(1, 20000)"
+    )
+    conn.execute("ANALYZE taskq_tasks")
+    from app import sql
+
+    plan = json.dumps(
+        conn.execute("EXPLAIN (FORMAT JSON) " + sql.RECENT_FAILURES, {"limit": 10}).fetchall()
+    )
+    assert "taskq_tasks_failed_idx" in plan
+    assert "Seq Scan" not in plan
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_dashboard_page_has_a_strict_content_security_policy(
+    client: falcon.testing.TestClient,
+) -> None:
+    result = client.simulate_get("/dashboard")
+    assert result.status_code == 200
+    assert result.headers["content-type"].startswith("text/html")
+    policy = result.headers["content-security-policy"]
+    assert "unsafe-inline" not in policy
+    assert "unsafe-eval" not in policy
+    assert "default-src 'none'" in policy
+    assert "connect-src 'self'" in policy
+    page, expected = dashboard.load_page()
+    assert result.content == page
+    assert policy == expected
+    scripts = re.findall(r"'sha256-[^']+'", policy)
+    assert len(scripts) == 2  # one script, one style block: both pinned by hash
+    assert "innerHTML" not in result.text  # data reaches the page only as text nodes
+    assert 'src="http' not in result.text  # nothing loaded from elsewhere
+
+
+def test_the_page_ships_inside_the_package() -> None:
+    """The wheel holds app/ whole (pyproject: packages = ["app"]); the page is read with
+    importlib.resources, so it is found wherever taskq is installed."""
+    from importlib import resources
+
+    assert resources.files("app.api").joinpath("static", "dashboard.html").is_file()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'packages = ["app"]' in pyproject
+    ignored = (REPO / ".dockerignore").read_text() + (REPO / ".gitignore").read_text()
+    assert "static" not in ignored
+    assert "*.html" not in ignored
+
+
+# ---------------------------------------------------------------- in a real browser
+
+
+def _http(port: int, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"content-type": "application/json"} if data else {},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (localhost)
+        return json.loads(resp.read())
+
+
+def _answers(port: int) -> bool:
+    try:
+        _http(port, "GET", "/live")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            "Debian's chromium is not installed (apt-get install chromium; .ci/run does it "
+            "from .ci/apt-packages.txt)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def running_taskq(database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`taskq api` and `taskq worker` processes with the flaky test handler."""
+    marker = tmp_path / "fail-while-present"
+    marker.touch()
+    env = taskq_env(
+        database_url, handler_modules="tests.dashboard_handlers", test_marker=str(marker)
+    )
+    port = free_port()
+    logs = tmp_path / "logs.txt"
+    with logs.open("w") as out:
+        api = spawn_taskq(["api", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, stderr=out)
+        worker = spawn_taskq(
+            ["worker", "--queues", "default,emails", "--concurrency", "4"], env, stderr=out
+        )
+        try:
+            wait_until(lambda: _answers(port), timeout=20, what="the API to answer")
+            yield {"port": port, "marker": marker, "logs": logs}
+        finally:
+            assert stop_process(worker) == 0
+            assert stop_process(api) == 0
+
+
+def _history(database_url: str) -> tuple[int, int]:
+    """An hour of finished tasks in the queue "reports" (served by no worker here), and
+    three runnable ones waiting there. Returns (succeeded, failed) within the hour."""
+    succeeded = failed = 0
+    rows = []
+    for minute in range(2, 58):
+        ok = 3 + minute * 7 % 11
+        bad = 1 if minute % 13 == 0 else 0
+        succeeded, failed = succeeded + ok, failed + bad
+        rows += [(minute, "succeeded", None)] * ok
+        rows += [(minute, "failed", "TimeoutError: the renderer did not answer in 30 s")] * bad
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO taskq_tasks (queue, kind, status, attempts, started_at, finished_at,"
+            " last_error) VALUES ('reports', 'render', %s, 1, now() - %s * interval '1 minute',"
+            " now() - %s * interval '1 minute', %s)",
+            [(status, m, m, error) for m, status, error in rows],
+        )
+        conn.execute(
+            "INSERT INTO taskq_tasks (queue, kind, run_at) SELECT 'reports', 'render',"
+            " now() - i * interval '40 seconds' FROM generate_series(1, 3) i"
+        )
+    return succeeded, failed
+
+
+def test_the_dashboard_in_a_browser(
+    browser: Any, running_taskq: dict[str, Any], database_url: str
+) -> None:
+    from playwright.sync_api import expect
+
+    port, marker = running_taskq["port"], running_taskq["marker"]
+    past_ok, past_failed = _history(database_url)
+    echoes = [_http(port, "POST", "/tasks", {"payload": {"n": i}}) for i in range(6)]
+    echoes += [_http(port, "POST", "/tasks", {"queue": "emails"}) for _ in range(2)]
+    declined = {"message": "card declined: insufficient funds"}
+    flaky = _http(port, "POST", "/tasks", {"kind": "flaky", "payload": declined})
+    later = _http(port, "POST", "/tasks", {"kind": "sleep", "queue": "emails", "delay": 3600})
+
+    def status(task: dict[str, Any]) -> str:
+        return str(_http(port, "GET", f"/tasks/{task['id']}")["status"])
+
+    wait_until(lambda: all(status(t) == "succeeded" for t in echoes), what="echo tasks done")
+    wait_until(lambda: status(flaky) == "failed", what="the flaky task to fail")
+
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on(
+        "console",
+        lambda msg: (
+            problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None
+        ),
+    )
+    page.goto(f"http://127.0.0.1:{port}/dashboard")
+    page.evaluate("window.__sameDocument = true")
+    timeout = 15_000
+
+    # What a person sees: counts by queue and status, the failure's error, the chart.
+    card = page.locator('[data-card="succeeded"] .value')
+    expect(card).to_have_text(str(8 + past_ok), timeout=timeout)
+    expect(page.locator('[data-card="failed"] .value')).to_have_text(str(1 + past_failed))
+    expect(page.locator('[data-card="scheduled"] .value')).to_have_text("1")
+    expect(page.locator('[data-card="runnable"] .value')).to_have_text("3")
+    expect(page.locator('tr[data-queue="reports"] td').nth(1)).to_have_text("3")  # runnable
+    expect(page.locator("#oldest")).to_contain_text("in reports, waiting 2m")
+    expect(page.locator('tr[data-queue="emails"]')).to_contain_text("emails")
+    expect(page.locator('tr[data-queue="emails"] td').nth(2)).to_have_text("1")  # scheduled
+    expect(page.locator('tr[data-queue="default"] td').nth(4)).to_have_text("6")  # succeeded
+    expect(page.locator("#failures")).to_contain_text("card declined: insufficient funds")
+    expect(page.locator("#chart-caption")).to_contain_text(
+        f"{9 + past_ok + past_failed} finished in the last hour ({1 + past_failed} failed)"
+    )
+    assert page.locator("#chart svg rect").count() >= 56  # a bar per minute with work
+
+    # A task's detail, from the failure list.
+    page.get_by_text("card declined: insufficient funds").first.click()
+    expect(page.locator('[data-field="status"]')).to_have_text("failed", timeout=timeout)
+    expect(page.locator('[data-field="error"]')).to_contain_text("card declined")
+    expect(page.get_by_role("button", name="Retry")).to_be_enabled()
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    # Retry the failed task (its cause fixed) and watch it succeed, without a reload.
+    marker.unlink()
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator("#notice")).to_have_text("Queued again.")
+    expect(page.locator('[data-field="status"]')).to_have_text("succeeded", timeout=timeout)
+    assert status(flaky) == "succeeded"
+
+    # Cancel the scheduled task, found by its id.
+    page.locator("#task-id").fill(later["id"])
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator('[data-field="status"]')).to_have_text("queued", timeout=timeout)
+    expect(page.get_by_role("button", name="Retry")).to_be_disabled()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator('[data-field="status"]')).to_have_text("cancelled", timeout=timeout)
+    expect(page.locator("#notice")).to_have_text("Cancelled.")
+    assert status(later) == "cancelled"
+
+    # New work shows up by itself: the page refreshes without reloading.
+    _http(port, "POST", "/tasks", {})
+    expect(card).to_have_text(str(10 + past_ok), timeout=timeout)  # + retried task + this one
+    expect(page.locator('[data-card="cancelled"] .value')).to_have_text("1", timeout=timeout)
+    assert page.evaluate("window.__sameDocument") is True
+    assert problems == []
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    # The processes logged in text with request ids, and never a payload.
+    text = running_taskq["logs"].read_text()
+    assert "request_id=" in text
+    assert "insufficient funds" not in text
+
+
+def test_task_ids_in_the_page_are_text_not_markup(
+    browser: Any, running_taskq: dict[str, Any]
+) -> None:
+    """An error message full of markup is shown as text: no element, no script."""
+    port, _ = running_taskq["port"], running_taskq["marker"]
+    nasty = '<img src=x onerror="window.__pwned=1"><b id="injected">bold</b>'
+    task = _http(port, "POST", "/tasks", {"kind": "flaky", "payload": {"message": nasty}})
+    wait_until(
+        lambda: _http(port, "GET", f"/tasks/{task['id']}")["status"] == "failed",
+        what="the task to fail",
+    )
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{port}/dashboard")
+    expect(page.locator("#failures")).to_contain_text("onerror", timeout=15_000)
+    assert page.locator("#injected").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    assert str(uuid.UUID(task["id"])) == task["id"]
+    assert os.environ.get("TASKQ_TEST_MARKER") is None  # the marker lives in the processes
+
+
+def test_the_dashboard_behind_bearer_tokens(
+    browser: Any, database_url: str, tmp_path: Path
+) -> None:
+    """With tokens on, the page loads, asks for a token, keeps it for the tab and sends it
+    with every request; a wrong token is refused and said so."""
+    from playwright.sync_api import expect
+
+    token = "dashboard-test-token-0123456789"
+    env = taskq_env(database_url, api_tokens=token)
+    port = free_port()
+    api = spawn_taskq(["api", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env)
+    try:
+        wait_until(lambda: _answers(port), timeout=20, what="the API to answer")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/tasks",
+            data=b'{"queue": "secured"}',
+            headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (localhost)
+            assert resp.status == 201
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/dashboard")
+        form = page.locator("#token-form")
+        expect(form).to_be_visible(timeout=15_000)
+        expect(page.locator("#totals")).to_be_empty()
+        page.get_by_label("Token", exact=True).fill("not-the-token-at-all-000")
+        page.get_by_role("button", name="Use token").click()
+        expect(page.locator("#token-why")).to_contain_text("not accepted", timeout=15_000)
+        page.get_by_label("Token", exact=True).fill(token)
+        page.get_by_role("button", name="Use token").click()
+        expect(page.locator('tr[data-queue="secured"]')).to_be_visible(timeout=15_000)
+        expect(form).to_be_hidden()
+        assert page.evaluate("sessionStorage.getItem('taskq.token')") == token
+        page.reload()  # same tab: the token is still there, no prompt
+        expect(page.locator('tr[data-queue="secured"]')).to_be_visible(timeout=15_000)
+        expect(form).to_be_hidden()
+    finally:
+        assert stop_process(api) == 0
