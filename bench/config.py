@@ -19,6 +19,8 @@ SYSTEMS = ("taskq", "pgqueuer", "procrastinate")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     admin_url: str = "postgresql://root@127.0.0.1:5432/postgres"
+    # Databases are <prefix><system>, created and dropped by the run.
+    db_prefix: str = "bench_"
     systems: tuple[str, ...] = SYSTEMS
     workloads: tuple[str, ...] = WORKLOADS
     rounds: int = 3
@@ -43,6 +45,9 @@ class Config:
     scale_n: int = 10_000
     scale_n_procrastinate: int = 1_000
     out: Path = RESULTS
+    # Before starting, wait up to this long for the 1-minute load average to fall below
+    # QUIET_LOAD (other work on a 2-core machine skews every figure).
+    wait_quiet_s: float = 0.0
     # Output files are <out>/<name>.json, .md and .png.
     name: str = "latest"
 
@@ -74,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         prog="python -m bench", description="taskq vs pgqueuer vs procrastinate, one run."
     )
     p.add_argument("--admin-url", default=d.admin_url, help="a superuser connection")
+    p.add_argument("--db-prefix", default=d.db_prefix)
     p.add_argument("--systems", type=_csv(SYSTEMS), default=d.systems)
     p.add_argument("--workloads", type=_csv(WORKLOADS), default=d.workloads)
     p.add_argument("--rounds", type=int, default=d.rounds)
@@ -93,6 +99,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--scale-n-procrastinate", type=int, default=d.scale_n_procrastinate)
     p.add_argument("--out", type=Path, default=d.out, help="results directory")
     p.add_argument("--name", default=d.name, help="file stem of the results")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=d.wait_quiet_s,
+        dest="wait_quiet_s",
+        metavar="SECONDS",
+        help="wait up to this long for the machine to be idle before starting",
+    )
     p.add_argument(
         "--quick",
         action="store_true",

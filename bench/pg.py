@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -36,9 +37,11 @@ class Server:
     def url(self, dbname: str) -> str:
         params: dict[str, Any] = conninfo_to_dict(self.admin_url)
         params["dbname"] = dbname
-        host = params.get("host", "127.0.0.1")
+        host = str(params.get("host", "127.0.0.1"))
         port = params.get("port", "5432")
         user = params.get("user", "root")
+        if host.startswith("/"):  # a socket directory (e.g. a throwaway test server)
+            return f"postgresql://{user}@/{dbname}?host={quote(host)}&port={port}"
         return f"postgresql://{user}@{host}:{port}/{dbname}"
 
     def conninfo(self, dbname: str) -> str:

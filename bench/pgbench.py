@@ -97,6 +97,7 @@ def run(
     seconds: float | None = None,
     transactions: int | None = None,
     options: str = "",
+    defines: Mapping[str, str] | None = None,
 ) -> PgbenchResult:
     """Run `script` with pgbench; per-transaction latencies come from its -l log."""
     with tempfile.TemporaryDirectory(prefix="taskq-pgbench-") as tmp:
@@ -118,6 +119,8 @@ def run(
             str(Path(tmp) / "log"),
         ]
         cmd += ["-T", str(int(seconds))] if seconds else ["-t", str(transactions)]
+        for name, value in (defines or {}).items():
+            cmd += ["-D", f"{name}={value}"]  # initial values of script variables
         # PGOPTIONS sets session settings (e.g. synchronous_commit) for every client.
         env = {**os.environ, "PGOPTIONS": options}
         out = subprocess.run([*cmd, url], capture_output=True, text=True, cwd=tmp, env=env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -160,12 +161,24 @@ def run_scale(cfg: Config, systems: list[System], col: Collector, say: Progress)
     return out
 
 
+QUIET_LOAD = 0.7
+
+
+def wait_quiet(limit_s: float, say: Progress) -> None:
+    deadline = time.monotonic() + limit_s
+    while (load := os.getloadavg()[0]) >= QUIET_LOAD and time.monotonic() < deadline:
+        say(f"load average {load:.2f}: waiting for the machine to be idle")
+        time.sleep(15)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     say = Progress()
+    if cfg.wait_quiet_s > 0:
+        wait_quiet(cfg.wait_quiet_s, say)
     server = pg.Server(cfg.admin_url)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    systems = [cls(server) for cls in ALL if cls.name in cfg.systems]
+    systems = [cls(server, cfg.db_prefix) for cls in ALL if cls.name in cfg.systems]
     taskq = next((s for s in systems if isinstance(s, Taskq)), None)
     results: dict[str, Any] = {
         "config": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(cfg).items()},

@@ -34,12 +34,12 @@ EnqueueOne = Callable[[int], int]
 
 class System(abc.ABC):
     name: str
-    dbname: str
     # The table the claim reads, for VACUUM/ANALYZE between rounds.
     tables: tuple[str, ...]
 
-    def __init__(self, server: pg.Server) -> None:
+    def __init__(self, server: pg.Server, db_prefix: str = "bench_") -> None:
         self.server = server
+        self.dbname = f"{db_prefix}{self.name}"
         self.url = server.url(self.dbname)
 
     # -- lifecycle
@@ -90,7 +90,6 @@ class System(abc.ABC):
 
 class Taskq(System):
     name = "taskq"
-    dbname = "bench_taskq"
     tables = ("taskq_tasks",)
 
     def _env(self) -> dict[str, str]:
@@ -182,7 +181,6 @@ class _AsyncSystem(System):
 
 class Pgqueuer(_AsyncSystem):
     name = "pgqueuer"
-    dbname = "bench_pgqueuer"
     tables = ("pgqueuer", "pgqueuer_log")
 
     async def _queries(self) -> Any:
@@ -266,7 +264,6 @@ class Pgqueuer(_AsyncSystem):
 
 class Procrastinate(_AsyncSystem):
     name = "procrastinate"
-    dbname = "bench_procrastinate"
     tables = ("procrastinate_jobs",)
 
     def _app(self) -> Any:

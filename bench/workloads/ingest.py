@@ -89,50 +89,38 @@ def run(
     system: Taskq, *, rounds: int, clients: int, seconds: float, batch_size: int, logs: Path
 ) -> IngestResult:
     env = system.worker_env()
-    with tempfile.TemporaryDirectory(prefix="taskq-wrk-") as tmp:
+    base_port, api_port = procs.free_port(), procs.free_port()
+    baseline_url = f"http://127.0.0.1:{base_port}"
+    api_url = f"http://127.0.0.1:{api_port}"
+    baseline_cmd = [sys.executable, "-m", "bench.http_baseline", "--bind", baseline_url[7:]]
+    api_cmd = [str(BIN / "taskq"), "api", "--bind", api_url[7:]]
+    out: list[IngestRound] = []
+    # Both servers stay up for the whole workload (idle, they cost only memory) so every
+    # round runs all four measurements back to back: a burst of other activity on the
+    # machine then lands on one round of each, not on all rounds of one.
+    with (
+        tempfile.TemporaryDirectory(prefix="taskq-wrk-") as tmp,
+        procs.running(baseline_cmd, env=env, log=logs / "ingest-baseline.log") as baseline,
+        procs.running(api_cmd, env=env, log=logs / "ingest-taskq.log") as api,
+    ):
         single_body = Path(tmp) / "single.json"
         single_body.write_text(json.dumps(TASK_BODY))
         batch_body = Path(tmp) / "batch.json"
         batch_body.write_text(json.dumps({"tasks": [TASK_BODY] * batch_size}))
-
-        baselines: list[HttpResult] = []
-        port = procs.free_port()
-        base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "bench.http_baseline", "--bind", f"127.0.0.1:{port}"]
-        with procs.running(cmd, env=env, log=logs / "ingest-baseline.log") as server:
-            procs.wait_until(lambda: procs.http_ok(f"{base}/live"), 30, "the baseline server")
-            for _ in range(rounds):
-                baselines.append(
-                    _wrk(f"{base}/tasks", single_body, clients, seconds, 1, server.pid)
-                )
-            baseline_rss = _worker_rss_mb(server.pid)
-
-        singles: list[HttpResult] = []
-        batches: list[HttpResult] = []
-        port = procs.free_port()
-        base = f"http://127.0.0.1:{port}"
-        cmd = [str(BIN / "taskq"), "api", "--bind", f"127.0.0.1:{port}"]
-        with procs.running(cmd, env=env, log=logs / "ingest-taskq.log") as server:
-            procs.wait_until(lambda: procs.http_ok(f"{base}/ready"), 30, "taskq api")
-            for _ in range(rounds):
-                system.reset()
-                singles.append(_wrk(f"{base}/tasks", single_body, clients, seconds, 1, server.pid))
-                system.reset()
-                url = f"{base}/tasks/batch"
-                batches.append(_wrk(url, batch_body, clients, seconds, batch_size, server.pid))
-            api_rss = _worker_rss_mb(server.pid)
-
-    inserts: list[HttpResult] = []
-    for _ in range(rounds):
-        system.reset()
-        res = pgbench.run(system.url, pgbench.insert_script(), clients=clients, seconds=seconds)
-        inserts.append(HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0, 0.0))
+        procs.wait_until(lambda: procs.http_ok(f"{baseline_url}/live"), 30, "the baseline")
+        procs.wait_until(lambda: procs.http_ok(f"{api_url}/ready"), 30, "taskq api")
+        for _ in range(rounds):
+            ceiling = _wrk(f"{baseline_url}/tasks", single_body, clients, seconds, 1, baseline.pid)
+            system.reset()
+            single = _wrk(f"{api_url}/tasks", single_body, clients, seconds, 1, api.pid)
+            system.reset()
+            url = f"{api_url}/tasks/batch"
+            batch = _wrk(url, batch_body, clients, seconds, batch_size, api.pid)
+            system.reset()
+            res = pgbench.run(system.url, pgbench.insert_script(), clients=clients, seconds=seconds)
+            insert = HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0, 0.0)
+            out.append(IngestRound(ceiling, single, batch, insert))
+        api_rss = _worker_rss_mb(api.pid)
+        baseline_rss = _worker_rss_mb(baseline.pid)
     system.reset()
-    return IngestResult(
-        rounds=[
-            IngestRound(b, s, m, i)
-            for b, s, m, i in zip(baselines, singles, batches, inserts, strict=True)
-        ],
-        api_worker_rss_mb=api_rss,
-        baseline_worker_rss_mb=baseline_rss,
-    )
+    return IngestResult(rounds=out, api_worker_rss_mb=api_rss, baseline_worker_rss_mb=baseline_rss)
