@@ -112,7 +112,8 @@ METRICS: tuple[MetricInfo, ...] = (
                f"Runnable queued tasks (run_at has come), read at scrape time; counted up "
                f"to {DEPTH_CAP}, so {DEPTH_CAP} means at least that many.", "api"),
     MetricInfo("taskq_queue_tasks", "gauge", ("queue",),
-               f"Queued tasks including those scheduled for later (up to {DEPTH_CAP}).",
+               f"Queued tasks, scheduled ones included (runnable and scheduled each "
+               f"counted up to {DEPTH_CAP}).",
                "api"),
     MetricInfo("taskq_queue_oldest_age_seconds", "gauge", ("queue",),
                "How long the oldest runnable task has been waiting (0 when none).", "api"),

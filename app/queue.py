@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -273,16 +273,31 @@ def retry(conn: AnyConnection, task_id: uuid.UUID) -> Task:
     )
 
 
-def prune(conn: AnyConnection, *, older_than_seconds: float, batch: int = 5000) -> int:
-    """Delete finished tasks older than the given age, in batches; returns how many."""
+def prune(
+    conn: AnyConnection,
+    *,
+    older_than_seconds: float,
+    batch: int = 5000,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Delete finished tasks older than the given age, in batches; returns how many.
+    `on_batch` hears how many each batch deleted (progress bars)."""
     total = 0
     while True:
         with translate_errors(), conn.cursor() as cur:
             cur.execute(sql.PRUNE_BATCH, {"older_than": older_than_seconds, "limit": batch})
             deleted = cur.rowcount
         total += deleted
+        if on_batch is not None:
+            on_batch(deleted)
         if deleted < batch:
             return total
+
+
+def count_prunable(conn: AnyConnection, *, older_than_seconds: float) -> int:
+    """How many finished tasks `prune` would delete (a count on the finished index)."""
+    rows = _rows(conn, sql.COUNT_PRUNABLE, {"older_than": older_than_seconds})
+    return int(rows[0]["n"])
 
 
 def counts(conn: AnyConnection) -> list[dict[str, Any]]:
@@ -302,10 +317,14 @@ def _stats_rows(
 def queue_stats(
     conn: AnyConnection, *, cap: int = 10_000, max_groups: int = 1_000, timeout_ms: int = 2_000
 ) -> list[dict[str, Any]]:
-    """Per queue with queued tasks: runnable and queued counts (each at most `cap`), and
-    the oldest runnable task's id, run_at and age in seconds (None/0 when none)."""
+    """Per queue with queued tasks: runnable and scheduled counts (each at most `cap`),
+    queued (their sum), and the oldest runnable task's id, run_at and age in seconds
+    (None/0 when none)."""
     params = {"cap": cap, "max_groups": max_groups}
-    return _stats_rows(conn, sql.QUEUE_STATS, params, timeout_ms)
+    rows = _stats_rows(conn, sql.QUEUE_STATS, params, timeout_ms)
+    for row in rows:
+        row["queued"] = row["runnable"] + row["scheduled"]
+    return rows
 
 
 def running_counts(conn: AnyConnection) -> dict[str, int]:

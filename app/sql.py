@@ -196,6 +196,14 @@ WITH doomed AS (
 DELETE FROM taskq_tasks t USING doomed d WHERE t.id = d.id
 """
 
+# How many finished tasks PRUNE_BATCH would delete (the CLI's progress bar): a count on
+# the finished index.
+COUNT_PRUNABLE: LiteralString = """
+SELECT count(*) AS n FROM taskq_tasks
+ WHERE status IN ('succeeded', 'failed', 'cancelled')
+   AND finished_at < now() - %(older_than)s * interval '1 second'
+"""
+
 # Task counts per queue and status (the stats view and the CLI's table).
 COUNT_BY_QUEUE: LiteralString = """
 SELECT queue, status, count(*) AS n FROM taskq_tasks GROUP BY queue, status ORDER BY queue, status
@@ -210,12 +218,13 @@ STATS_SESSION: LiteralString = """
 SELECT set_config('jit', 'off', true), set_config('statement_timeout', %(timeout_ms)s, true)
 """
 
-# Per queue: runnable tasks (run_at has come), all queued tasks, and the oldest runnable
-# task, read from the ready index alone (index-only scans; finished rows are not in it).
+# Per queue: runnable tasks (run_at has come), scheduled ones (run_at still ahead), and the
+# oldest runnable task, read from the ready index alone (index-only scans; finished rows
+# are not in it).
 # `grp` walks the index's distinct (queue, priority) groups with one index probe each
 # (a loose index scan), taking each group's first entry: its smallest run_at. Within a
-# group the runnable tasks are a prefix of the index order, so counting them is a range
-# scan that never touches tasks scheduled for later. Each count visits at most `cap`
+# group the runnable tasks are a prefix of the index order and the scheduled ones the
+# rest, so each count is a range scan of its own entries. Each count visits at most `cap`
 # index entries per queue: with a million queued rows a scrape still reads ~cap entries
 # per queue, and a count equal to `cap` means "at least cap". `max_groups` bounds the walk.
 QUEUE_STATS: LiteralString = """
@@ -239,7 +248,7 @@ WITH RECURSIVE grp(queue, priority, run_at, id) AS (
 ), groups AS MATERIALIZED (
     SELECT * FROM grp LIMIT %(max_groups)s
 )
-SELECT q.queue, r.n AS runnable, a.n AS queued, o.id AS oldest_id, o.run_at AS oldest_run_at,
+SELECT q.queue, r.n AS runnable, a.n AS scheduled, o.id AS oldest_id, o.run_at AS oldest_run_at,
        COALESCE(extract(epoch FROM now() - o.run_at), 0)::float8 AS oldest_age_seconds
   FROM (SELECT DISTINCT queue FROM groups) q
  CROSS JOIN LATERAL (
@@ -256,8 +265,8 @@ SELECT q.queue, r.n AS runnable, a.n AS queued, o.id AS oldest_id, o.run_at AS o
            SELECT 1 FROM groups g
             CROSS JOIN LATERAL (
                   SELECT 1 FROM taskq_tasks t
-                   WHERE t.status = 'queued' AND t.queue = g.queue
-                     AND t.priority = g.priority) x
+                   WHERE t.status = 'queued' AND t.queue = g.queue AND t.priority = g.priority
+                     AND t.run_at > now()) x
             WHERE g.queue = q.queue
             LIMIT %(cap)s) s) a
   LEFT JOIN LATERAL (

@@ -108,6 +108,7 @@ def test_stats_counts_queues_statuses_and_the_last_hour(
     assert SECRET not in result.text  # no payloads, no results
     assert body["totals"] == {
         "runnable": 2,
+        "scheduled": 1,
         "queued": 3,
         "running": 1,
         "succeeded": 2,  # the one from two hours ago is outside the window

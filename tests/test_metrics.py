@@ -188,7 +188,7 @@ def test_queue_stats_counts_runnable_and_finds_the_oldest(conn: psycopg.Connecti
     assert rows["c"]["oldest_id"] is None
     assert rows["c"]["oldest_age_seconds"] == 0
     capped = {r["queue"]: r for r in queue.queue_stats(conn, cap=3)}
-    assert (capped["a"]["runnable"], capped["a"]["queued"]) == (3, 3)
+    assert (capped["a"]["runnable"], capped["a"]["scheduled"], capped["a"]["queued"]) == (3, 2, 5)
 
 
 def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -232,7 +232,7 @@ def test_queue_stats_reads_only_the_ready_index_and_a_bounded_number_of_entries(
     groups = 3 * 4
     assert read <= 2 * 3 * cap + 4 * groups, read
     stats = queue.queue_stats(conn, cap=cap)
-    assert [(r["queue"], r["runnable"], r["queued"]) for r in stats] == [
+    assert [(r["queue"], r["runnable"], r["scheduled"]) for r in stats] == [
         ("q0", cap, cap),
         ("q1", cap, cap),
         ("q2", cap, cap),

@@ -44,7 +44,8 @@ class _Out(BaseModel):
 class QueueStats(_Out):
     queue: str
     runnable: int = Field(description="queued tasks whose run_at has come (up to the cap)")
-    queued: int = Field(description="all queued tasks, scheduled ones included (up to the cap)")
+    scheduled: int = Field(description="queued tasks whose run_at is ahead (up to the cap)")
+    queued: int = Field(description="runnable + scheduled")
     running: int
     succeeded: int = Field(description="finished in the throughput window")
     failed: int = Field(description="finished in the throughput window")
@@ -54,6 +55,7 @@ class QueueStats(_Out):
 
 class Totals(_Out):
     runnable: int
+    scheduled: int
     queued: int
     running: int
     succeeded: int
@@ -96,7 +98,7 @@ class Failure(_Out):
 
 class Stats(_Out):
     generated_at: datetime
-    cap: int = Field(description="queued and runnable counts stop at this number per queue")
+    cap: int = Field(description="runnable and scheduled counts stop at this number per queue")
     capped: bool = Field(description="some count reached the cap: it means at least that many")
     totals: Totals
     queues: list[QueueStats]
@@ -154,6 +156,7 @@ def collect(conn: Any) -> Stats:
             QueueStats(
                 queue=name,
                 runnable=int(r.get("runnable", 0)),
+                scheduled=int(r.get("scheduled", 0)),
                 queued=int(r.get("queued", 0)),
                 running=running.get(name, 0),
                 oldest_runnable_age_seconds=round(float(r.get("oldest_age_seconds", 0.0)), 3),
@@ -168,11 +171,11 @@ def collect(conn: Any) -> Stats:
     return Stats(
         generated_at=now,
         cap=STATS_CAP,
-        capped=any(q.queued >= STATS_CAP or q.runnable >= STATS_CAP for q in queues),
+        capped=any(q.scheduled >= STATS_CAP or q.runnable >= STATS_CAP for q in queues),
         totals=Totals(
             **{
                 field: sum(getattr(q, field) for q in queues)
-                for field in ("runnable", "queued", "running", *FINISHED)
+                for field in ("runnable", "scheduled", "queued", "running", *FINISHED)
             }
         ),
         queues=queues,
