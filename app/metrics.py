@@ -167,6 +167,17 @@ class _Metrics:
 
 _metrics: _Metrics | None = None
 _create_lock = threading.Lock()
+# (metric, label values) -> child: skips prometheus-client's label checks and lock on the
+# hot paths (a claim, a finish, a request); label values are bounded names.
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def _m() -> _Metrics:
@@ -192,7 +203,7 @@ def tasks_enqueued(tasks: Iterable[Task]) -> None:
     m = _m()
     for task in tasks:
         if task.created:
-            m.enqueued.labels(task.queue, task.kind).inc()
+            _child(m.enqueued, task.queue, task.kind).inc()
 
 
 def tasks_claimed(tasks: Iterable[Task]) -> None:
@@ -201,11 +212,11 @@ def tasks_claimed(tasks: Iterable[Task]) -> None:
     for task in tasks:
         if task.started_at is not None:
             wait = (task.started_at - task.run_at).total_seconds()
-            m.queue_wait.labels(task.queue, task.kind).observe(max(0.0, wait))
+            _child(m.queue_wait, task.queue, task.kind).observe(max(0.0, wait))
 
 
 def task_ran(queue: str, kind: str, seconds: float) -> None:
-    _m().run_time.labels(queue, kind).observe(seconds)
+    _child(_m().run_time, queue, kind).observe(seconds)
 
 
 def tasks_finished(applied: Iterable[dict[str, Any]], lost: int = 0) -> None:
@@ -215,7 +226,7 @@ def tasks_finished(applied: Iterable[dict[str, Any]], lost: int = 0) -> None:
     for row in applied:
         counter = by_status.get(row["status"])
         if counter is not None:
-            counter.labels(row["queue"], row["kind"]).inc()
+            _child(counter, row["queue"], row["kind"]).inc()
     if lost:
         m.lease_lost.inc(lost)
 
@@ -224,15 +235,15 @@ def tasks_recovered(rows: Iterable[dict[str, Any]]) -> None:
     """Count tasks recovered from expired leases (rows of RECOVER_EXPIRED)."""
     m = _m()
     for row in rows:
-        m.recovered.labels(row["queue"], row["kind"]).inc()
+        _child(m.recovered, row["queue"], row["kind"]).inc()
         if row["status"] == "failed":
-            m.failed.labels(row["queue"], row["kind"]).inc()
+            _child(m.failed, row["queue"], row["kind"]).inc()
 
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
     m = _m()
-    m.http_requests.labels(method, route, str(status)).inc()
-    m.http_duration.labels(method, route).observe(seconds)
+    _child(m.http_requests, method, route, str(status)).inc()
+    _child(m.http_duration, method, route).observe(seconds)
 
 
 # ------------------------------------------------------------------ process state

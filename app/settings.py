@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     retention_days: float = Field(7.0, gt=0, le=3650)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # One access line per API request at INFO; false moves them to DEBUG (high request
+    # rates, or a proxy that logs requests already).
+    log_requests: bool = True
 
     @field_validator("worker_queues", "handler_modules", "api_tokens", mode="before")
     @classmethod

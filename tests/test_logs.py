@@ -126,3 +126,70 @@ def test_worker_logs_name_the_task_without_its_payload(
     raised = [r for r in records if r.get("task_id") == str(bad.id) and r["level"] == "warning"]
     assert raised, records
     assert raised[0]["kind"] == "fail"
+
+
+# ---------------------------------------------------------------- API requests
+
+
+@pytest.fixture
+def api_client(make_settings: Any) -> Iterator[Any]:
+    import falcon.testing
+
+    from app import db
+    from app.api import Deps, create_app
+
+    made: list[Any] = []
+
+    def make(**overrides: Any) -> Any:
+        settings = make_settings(**overrides)
+        pool = db.create_pool(settings, name="test")
+        made.append(pool)
+        return falcon.testing.TestClient(
+            create_app(settings, Deps(pool=pool, registry=fresh_registry()))
+        )
+
+    yield make
+    for pool in made:
+        pool.close()
+
+
+def test_request_ids_are_kept_or_made_and_returned(api_client: Any) -> None:
+    client = api_client()
+    given = client.simulate_get("/live", headers={"X-Request-ID": "trace-01:abc/7"})
+    assert given.headers["x-request-id"] == "trace-01:abc/7"
+    for bad in ("has spaces", "x" * 129, 'quote"', "ünïcode"):
+        result = client.simulate_get("/live", headers={"X-Request-ID": bad})
+        made = result.headers["x-request-id"]
+        assert made != bad
+        assert len(made) == 32
+    assert client.simulate_get("/nowhere").headers["x-request-id"]  # on errors too
+
+
+def test_one_access_line_per_request_with_the_request_and_task(
+    api_client: Any, captured: io.StringIO
+) -> None:
+    client = api_client()
+    _configure(captured, log_format="json", log_level="INFO")
+    created = client.simulate_post(
+        "/tasks",
+        json={"payload": {"card": SECRET}},
+        headers={"X-Request-ID": "req-7", "Authorization": f"Bearer {SECRET}"},
+    ).json
+    client.simulate_get(f"/tasks/{created['id']}?cursor={SECRET}")
+    client.simulate_get("/live")  # probes: DEBUG only
+    lines = [r for r in _json_lines(captured) if r["logger"] == "taskq.access"]
+    assert [(r["method"], r["route"], r["status"]) for r in lines] == [
+        ("POST", "/tasks", 201),
+        ("GET", "/tasks/{task_id}", 200),
+    ]
+    assert lines[0]["request_id"] == "req-7"
+    assert lines[0]["task_id"] == created["id"] == lines[1]["task_id"]
+    assert all(isinstance(r["duration_ms"], float) for r in lines)
+    assert SECRET not in captured.getvalue()  # no payload, header or query string
+
+
+def test_request_lines_move_to_debug_when_asked(api_client: Any, captured: io.StringIO) -> None:
+    client = api_client(log_requests=False)
+    _configure(captured, log_format="json", log_level="INFO")
+    client.simulate_post("/tasks", json={})
+    assert [r for r in _json_lines(captured) if r["logger"] == "taskq.access"] == []

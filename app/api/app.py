@@ -45,7 +45,8 @@ def create_app(
     deps = deps or Deps.from_settings(settings)
     auth = BearerAuth.from_settings(settings)
     # The observer comes first so that refused requests get a request id and a log line.
-    middleware: list[Any] = [RequestObserver(), *([auth] if auth else [])]
+    observer = RequestObserver(log_requests=settings.log_requests)
+    middleware: list[Any] = [observer, *([auth] if auth else [])]
     app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)

@@ -5,7 +5,8 @@
   back on the response and attached to every log record of the request (app/logs.py).
 - One access log line per request on `taskq.access`: method, path, route, status,
   duration, and the task id when the route names one. Never the query string, headers or
-  body. Probe and scrape requests (/live, /ready, /metrics) log at DEBUG.
+  body. Probe and scrape requests (/live, /ready, /metrics) log at DEBUG, and every
+  request does with TASKQ_LOG_REQUESTS=false.
 - taskq_http_requests_total and taskq_http_request_duration_seconds by route template
   (bounded label values, never raw paths), and pool gauges refreshed at most once a
   second per process (app/metrics.py).
@@ -32,6 +33,9 @@ access_log = logging.getLogger("taskq.access")
 
 
 class RequestObserver:
+    def __init__(self, *, log_requests: bool = True) -> None:
+        self._level = logging.INFO if log_requests else logging.DEBUG
+
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         given = req.get_header(REQUEST_ID_HEADER)
         request_id = given if given and _VALID_ID.fullmatch(given) else logs.new_request_id()
@@ -67,6 +71,9 @@ class RequestObserver:
         try:
             metrics.http_request(req.method, route, status, seconds)
             metrics.refresh(min_interval=1.0)
+            level = logging.DEBUG if req.path in _QUIET else self._level
+            if not access_log.isEnabledFor(level):
+                return
             fields: dict[str, object] = {
                 "method": req.method,
                 "path": req.path,
@@ -79,7 +86,6 @@ class RequestObserver:
                 task_id = resp.media.get("id")
             if task_id is not None:
                 fields["task_id"] = task_id
-            level = logging.DEBUG if req.path in _QUIET else logging.INFO
             access_log.log(
                 level,
                 "%s %s %d %.1f ms",
