@@ -286,6 +286,14 @@ def _inflight(worker: Any) -> int:
     return len(getattr(worker, "_inflight", ()))
 
 
+def _free(worker: Any) -> int:
+    """The worker's own count of free slots when it keeps one, else slots - in flight."""
+    own = getattr(worker, "_free_slots", None)
+    if callable(own):
+        return max(0, int(own()))
+    return max(0, int(worker.concurrency) - _inflight(worker))
+
+
 def refresh(min_interval: float = 0.0) -> None:
     """Copy pool and worker state into gauges (at most once per `min_interval` seconds)."""
     global _last_refresh
@@ -311,12 +319,16 @@ def refresh(min_interval: float = 0.0) -> None:
     by_queues: dict[str, list[int]] = {}
     for worker in workers:
         key = ",".join(worker.queues)
-        slots, inflight = by_queues.setdefault(key, [0, 0])
-        by_queues[key] = [slots + worker.concurrency, inflight + _inflight(worker)]
-    for key, (slots, inflight) in by_queues.items():
+        slots, inflight, free = by_queues.setdefault(key, [0, 0, 0])
+        by_queues[key] = [
+            slots + worker.concurrency,
+            inflight + _inflight(worker),
+            free + _free(worker),
+        ]
+    for key, (slots, inflight, free) in by_queues.items():
         m.slots.labels(key).set(slots)
         m.inflight.labels(key).set(inflight)
-        m.free_slots.labels(key).set(max(0, slots - inflight))
+        m.free_slots.labels(key).set(free)
 
 
 # ------------------------------------------------------------------ scrape-time queue stats
