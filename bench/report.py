@@ -200,6 +200,12 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
             f"{m.get('load_at_end', {}).get('loadavg', '?')} (anything else running on the "
             "machine skews every figure; ratios within one run are the comparable ones).\n"
         )
+        if results.get("load"):
+            add(
+                "1-minute load average before/after each workload: "
+                + ", ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in results["load"].items())
+                + ".\n"
+            )
         add(f"![benchmark chart]({png})\n")
 
     systems = [k for k in ("taskq", "pgqueuer", "procrastinate") if k in f["drain_jobs_per_s"]]

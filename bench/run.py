@@ -194,16 +194,22 @@ def main(argv: list[str] | None = None) -> int:
             s.setup()
         say("databases created and schemas installed")
         with collector() as col:
-            if "drain" in cfg.workloads:
-                results["drain"] = run_drain(cfg, systems, col, say)
-            if "latency" in cfg.workloads:
-                results["latency"] = run_latency(cfg, systems, col, say)
-            if "ingest" in cfg.workloads and taskq is not None:
-                results["ingest"] = run_ingest(cfg, taskq, say)
-            if "ceiling" in cfg.workloads and taskq is not None:
-                results["ceiling"] = run_ceiling(cfg, taskq, say)
-            if "scale" in cfg.workloads:
-                results["scale"] = run_scale(cfg, systems, col, say)
+            steps: dict[str, Callable[[], Any]] = {
+                "drain": lambda: run_drain(cfg, systems, col, say),
+                "latency": lambda: run_latency(cfg, systems, col, say),
+                "scale": lambda: run_scale(cfg, systems, col, say),
+            }
+            if taskq is not None:
+                steps["ingest"] = lambda: run_ingest(cfg, taskq, say)
+                steps["ceiling"] = lambda: run_ceiling(cfg, taskq, say)
+            results["load"] = {}
+            for name in ("drain", "latency", "ingest", "ceiling", "scale"):
+                if name in cfg.workloads and name in steps:
+                    before = machine.load()["loadavg"][0]
+                    results[name] = steps[name]()
+                    # The 1-minute load average around each workload: a value well above
+                    # what the benchmark itself adds (about 1-2) means other work ran.
+                    results["load"][name] = [before, machine.load()["loadavg"][0]]
     finally:
         for s in systems:
             s.teardown()
