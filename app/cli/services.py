@@ -97,7 +97,9 @@ def _run_dev_children(bind: str, env: dict[str, str], settings: Settings) -> int
             f"\ntaskq is running: API on http://{bind}, worker on {settings.worker_health_bind}\n"
             f"  curl -s -XPOST {bind}/tasks -H 'content-type: application/json' "
             f"""-d '{{"kind":"echo","payload":{{"input":"hello"}}}}'\n"""
-            f"  curl -s {bind}/tasks/<id>\nCtrl-C stops everything.\n",
+            f"  curl -s {bind}/tasks/<id>\n"
+            f"Dashboard: http://{bind}/dashboard   Metrics: http://{bind}/metrics\n"
+            "Ctrl-C stops everything.\n",
             flush=True,
         )
         while not stopping and all(child.poll() is None for child in children.values()):
