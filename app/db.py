@@ -66,10 +66,19 @@ def redact(url: str) -> str:
     return make_conninfo(**params)
 
 
-def _configure(settings: Settings, reachability: _Reachability | None = None) -> Any:
+def _configure(
+    settings: Settings,
+    reachability: _Reachability | None = None,
+    *,
+    synchronous_commit: bool = True,
+) -> Any:
     def configure(conn: psycopg.Connection[Any]) -> None:
         if settings.db_statement_timeout_ms:
             conn.execute(f"SET statement_timeout = {int(settings.db_statement_timeout_ms)}")
+        if not synchronous_commit:
+            # Worker-side transitions only (see TASKQ_WORKER_SYNCHRONOUS_COMMIT): a database
+            # crash may undo the last few, and leases then re-run those tasks.
+            conn.execute("SET synchronous_commit = off")
         if reachability is not None and reachability.down:
             reachability.down = False
             log.info("database reachable again")
@@ -104,6 +113,7 @@ def create_pool(
     min_size: int | None = None,
     max_size: int | None = None,
     open_wait: bool = False,
+    synchronous_commit: bool = True,
 ) -> psycopg_pool.ConnectionPool[Connection]:
     """A pool of autocommit connections returning dict rows.
 
@@ -123,7 +133,7 @@ def create_pool(
         max_size=settings.db_pool_max if max_size is None else max_size,
         timeout=settings.db_pool_timeout,
         kwargs={"autocommit": True, "row_factory": dict_row},
-        configure=_configure(settings, reachability),
+        configure=_configure(settings, reachability, synchronous_commit=synchronous_commit),
         check=_still_usable,
         # A failed connection attempt is retried once, then given up (and reported to
         # reconnect_failed); the next request for a connection starts a fresh attempt.
@@ -139,16 +149,51 @@ def create_pool(
     return pool
 
 
-def connect(settings: Settings, *, name: str) -> Connection:
-    """A single dedicated autocommit connection (listener, CLI)."""
+def connect(settings: Settings, *, name: str, synchronous_commit: bool = True) -> Connection:
+    """A single dedicated autocommit connection (listener, CLI, worker hot paths)."""
     with translate_errors():
         conn = psycopg.connect(
             conninfo(settings, application_name=f"taskq-{name}"),
             autocommit=True,
             row_factory=dict_row,
         )
-    _configure(settings)(conn)
+        _configure(settings, synchronous_commit=synchronous_commit)(conn)
     return conn
+
+
+class Dedicated:
+    """One connection owned by one thread, reopened on demand after a failure.
+
+    The worker's claim loop and completer each talk to PostgreSQL thousands of times a
+    second; a pool checkout costs more CPU than the statement itself, and a thread that
+    never shares its connection does not need one.
+    """
+
+    def __init__(self, settings: Settings, *, name: str, synchronous_commit: bool = True) -> None:
+        self._settings = settings
+        self._name = name
+        self._synchronous_commit = synchronous_commit
+        self._conn: Connection | None = None
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Connection]:
+        """The live connection; a database failure closes it and raises DatabaseUnavailable."""
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(
+                self._settings, name=self._name, synchronous_commit=self._synchronous_commit
+            )
+        try:
+            with translate_errors():
+                yield self._conn
+        except DatabaseUnavailable:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
 
 @contextlib.contextmanager

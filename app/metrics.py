@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; see the module docstring
     from prometheus_client.metrics_core import Metric
 
     from app.models import Task
+    from app.queue import Claimed
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def tasks_enqueued(tasks: Iterable[Task]) -> None:
             _child(m.enqueued, task.queue, task.kind).inc()
 
 
-def tasks_claimed(tasks: Iterable[Task]) -> None:
+def tasks_claimed(tasks: Iterable[Claimed]) -> None:
     """Observe how long each claimed task waited after becoming runnable."""
     m = _m()
     for task in tasks:

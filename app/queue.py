@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.pq import ExecStatus
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from app import metrics, sql
@@ -36,6 +37,31 @@ class Lease:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Claimed:
+    """A task as a worker needs it after claiming: what to run and the lease it holds.
+
+    Leaner than Task on purpose: a claim returns only these columns, which is measurably
+    cheaper to transfer and decode at thousands of claims per second.
+    """
+
+    id: uuid.UUID
+    queue: str
+    kind: str
+    payload: dict[str, Any]
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    started_at: datetime
+    lease_expires_at: datetime
+    worker_id: str
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.id, self.attempts)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Finish:
     """The outcome of one attempt, to be recorded by `finish`."""
 
@@ -49,7 +75,10 @@ class Finish:
 def _rows(conn: AnyConnection, query: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
     with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
-        return cur.fetchall() if cur.description else []
+        # pgresult, not cur.description: the latter builds a Column object per column
+        # on every call, which shows up in profiles of the hot paths.
+        result = cur.pgresult
+        return cur.fetchall() if result and result.status == ExecStatus.TUPLES_OK else []
 
 
 def _spec(kind_or_spec: str | TaskSpec, payload: dict[str, Any] | None, **options: Any) -> TaskSpec:
@@ -156,12 +185,14 @@ def _enqueue_chunk(
 
 def claim(
     conn: AnyConnection, *, queues: Sequence[str], limit: int, worker_id: str, lease: float
-) -> list[Task]:
+) -> list[Claimed]:
     """Move up to `limit` runnable tasks to running under this worker's lease."""
     if limit <= 0:
         return []
     params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease": lease}
-    tasks = [Task.from_row(r) for r in _rows(conn, sql.CLAIM, params)]
+    with translate_errors(), conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(sql.CLAIM, params)
+        tasks = [Claimed(*row) for row in cur.fetchall()]
     # UPDATE ... RETURNING has no order; hand tasks out in claim order.
     tasks.sort(key=lambda t: (-t.priority, t.run_at, t.id))
     metrics.tasks_claimed(tasks)

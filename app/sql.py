@@ -67,7 +67,8 @@ UPDATE taskq_tasks t
        updated_at = now()
   FROM ready
  WHERE t.id = ready.id AND t.status = 'queued'
-RETURNING t.*
+RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.run_at, t.attempts, t.max_attempts,
+          t.started_at, t.lease_expires_at, t.worker_id
 """
 
 # Extend the leases of tasks this worker still owns; rows not returned were lost.

@@ -36,7 +36,6 @@ from app.errors import DatabaseUnavailable, InvalidInput, NonRetryableError, Unk
 from app.handlers import Registry, TaskContext, default_registry
 from app.health import HealthServer, health_app
 from app.listener import Listener
-from app.models import Task
 from app.settings import Settings, parse_bind
 
 log = logging.getLogger(__name__)
@@ -77,11 +76,23 @@ class Worker:
         self._lock = threading.Lock()
         self._inflight: dict[uuid.UUID, q.Lease] = {}  # claimed and not yet recorded
         self._outcome_pending: set[uuid.UUID] = set()  # handler done, record not yet written
-        self._todo: stdqueue.SimpleQueue[Task | None] = stdqueue.SimpleQueue()
+        # A slot frees when its handler returns, not when the outcome is written: the
+        # completer's round trip then overlaps the next claim instead of lengthening every
+        # cycle. Unwritten outcomes are capped so a slow database applies back-pressure.
+        self._running = 0
+        self._max_unrecorded = max(4 * self.concurrency, 256)
+        self._todo: stdqueue.SimpleQueue[q.Claimed | None] = stdqueue.SimpleQueue()
         self._outbox: stdqueue.SimpleQueue[object] = stdqueue.SimpleQueue()
         self.counts = {"claimed": 0, "succeeded": 0, "retried": 0, "failed": 0, "lost": 0}
         self.recovered = 0
-        self._pool = db.create_pool(settings, name="worker", min_size=1, max_size=4)
+        # The claim loop and the completer each own a connection; lease maintenance,
+        # probes and shutdown share a small pool.
+        durable = settings.worker_synchronous_commit
+        self._claim_db = db.Dedicated(settings, name="worker-claim", synchronous_commit=durable)
+        self._finish_db = db.Dedicated(settings, name="worker-finish", synchronous_commit=durable)
+        self._pool = db.create_pool(
+            settings, name="worker", min_size=1, max_size=3, synchronous_commit=durable
+        )
         self.listener = Listener(settings, self.queues, self._wake.set, self._halt)
         host, port = parse_bind(settings.worker_health_bind)
         self.health = HealthServer(
@@ -160,8 +171,16 @@ class Worker:
         for _ in range(self.concurrency):
             self._todo.put(None)
         self.health.stop()
+        self._claim_db.close()
+        self._finish_db.close()
         self._pool.close(timeout=1.0)
         log.info("worker %s stopped: %s", self.worker_id, self.counts)
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            if len(self._outcome_pending) >= self._max_unrecorded:
+                return 0  # the completer is behind: let it catch up first
+            return self.concurrency - self._running
 
     def _busy(self) -> bool:
         with self._lock:
@@ -179,12 +198,11 @@ class Worker:
         failures = 0
         while not self.stopping.is_set():
             self._wake.clear()
-            with self._lock:
-                free = self.concurrency - len(self._inflight)
-            claimed: list[Task] = []
+            free = self._free_slots()
+            claimed: list[q.Claimed] = []
             if free > 0:
                 try:
-                    with db.pooled(self._pool) as conn:
+                    with self._claim_db.use() as conn:
                         claimed = q.claim(
                             conn,
                             queues=self.queues,
@@ -202,6 +220,7 @@ class Worker:
                 with self._lock:
                     for task in claimed:
                         self._inflight[task.id] = q.Lease(task.id, task.attempts)
+                    self._running += len(claimed)
                 self.counts["claimed"] += len(claimed)
                 for task in claimed:
                     self._todo.put(task)
@@ -217,7 +236,7 @@ class Worker:
         while (task := self._todo.get()) is not None:
             self._outbox.put(self._execute(task))
 
-    def _execute(self, task: Task) -> q.Finish:
+    def _execute(self, task: q.Claimed) -> q.Finish:
         lease = q.Lease(task.id, task.attempts)
         ctx = TaskContext(
             task.id, task.kind, task.queue, task.attempts, task.max_attempts, self.stopping
@@ -236,9 +255,13 @@ class Worker:
             )
         with self._lock:
             self._outcome_pending.add(task.id)
+            self._running -= 1
+            idle = self._running == 0
+        if idle or not self._wake.is_set():
+            self._wake.set()  # a slot is free: the claim loop may take more
         return outcome
 
-    def _attempt(self, task: Task, lease: q.Lease, ctx: TaskContext) -> q.Finish:
+    def _attempt(self, task: q.Claimed, lease: q.Lease, ctx: TaskContext) -> q.Finish:
         try:
             handler = self.registry.get(task.kind)
         except UnknownKind:
@@ -300,7 +323,7 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                with db.pooled(self._pool) as conn:
+                with self._finish_db.use() as conn:
                     applied, rejected = q.finish(conn, batch, worker_id=self.worker_id)
                 break
             except InvalidInput:
@@ -332,9 +355,7 @@ class Worker:
             for item in batch:
                 self._inflight.pop(item.lease.id, None)
                 self._outcome_pending.discard(item.lease.id)
-            free = self.concurrency - len(self._inflight)
-        if free * 2 >= self.concurrency or free == self.concurrency:
-            self._wake.set()
+        self._wake.set()  # back-pressure may have lifted; burst mode may be done
 
     # ----------------------------------------------------------------- leases
     def _maintain_loop(self) -> None:
