@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: bench-deps bench-quick
+.PHONY: bench-deps bench-quick bench-profile
 
 $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
@@ -23,3 +23,7 @@ bench: bench-deps
 # Tiny sizes, one round: checks that the harness runs end to end (about 30 s).
 bench-quick: bench-deps
 	$(BIN)/python -m bench --quick --name quick $(BENCH_ARGS)
+
+# py-spy and EXPLAIN views of where taskq spends its time; see bench/PROFILE-NOTES.md.
+bench-profile: bench-deps
+	$(BIN)/python -m bench.profile
