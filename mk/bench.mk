@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: bench-deps bench-quick bench-profile
+.PHONY: bench-deps bench-quick bench-profile bench-docs
 
 $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
@@ -27,3 +27,7 @@ bench-quick: bench-deps
 # py-spy and EXPLAIN views of where taskq spends its time; see bench/PROFILE-NOTES.md.
 bench-profile: bench-deps
 	$(BIN)/python -m bench.profile
+
+# Copy the latest run's tables and chart into docs/benchmarks.md.
+bench-docs:
+	$(BIN)/python -m bench.docs
