@@ -7,21 +7,12 @@ version nobody pinned), kubernetes-validate, hadolint, shellcheck, yamllint.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-GITOPS = REPO / "gitops"
-OVERLAYS = ("dev", "prod")
-# The oldest Kubernetes minor the manifests must work on (kind-demo.sh and
-# docs/deploy.md use the same); the API's preStop `sleep` handler needs >= 1.30.
-K8S_VERSION = "1.34.0"
+from tests.gitops.gitops_support import OVERLAYS, REPO, parse_contract, render, run
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,50 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "image: builds the container image with podman and runs it against the local "
         "PostgreSQL (slow; skipped with a reason where podman is not installed)",
     )
-
-
-def venv_tool(name: str) -> str:
-    """A console script installed next to the running interpreter."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        pytest.fail(
-            f"{name} is not installed in {path.parent}: it comes with the pip dev dependencies"
-        )
-    return str(path)
-
-
-def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
-
-
-def render(path: str | Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize` a directory; fail the test with kustomize's message."""
-    out = run([venv_tool("kubectl"), "kustomize", str(REPO / path)])
-    if out.returncode != 0:
-        pytest.fail(f"kustomize {path} failed:\n{out.stderr}")
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
-
-
-def parse_contract(text: str) -> dict[str, Any]:
-    """The facts of docs/contract.md the manifests depend on."""
-    query = re.search(r"Queue depth[^`]*`([^`]+)`", text)
-    # A bullet and its indented continuation lines.
-    api = re.search(r"^- API on (\d+): (.*\n(?:  .*\n)*)", text, re.MULTILINE)
-    worker = re.search(r"^- Worker on (\d+): (.*\n(?:  .*\n)*)", text, re.MULTILINE)
-    table = re.search(r"^- Table `(\w+)`", text, re.MULTILINE)
-    if not (query and api and worker and table):
-        pytest.fail("docs/contract.md no longer states the queue-depth query, ports or table")
-
-    def get_paths(line: str) -> set[str]:
-        return set(re.findall(r"`GET (/[^` ]*)`", line))
-
-    return {
-        "queue_depth_query": query.group(1),
-        "api_port": int(api.group(1)),
-        "worker_port": int(worker.group(1)),
-        "paths": {"api": get_paths(api.group(2)), "worker": get_paths(worker.group(2))},
-        "table": table.group(1),
-    }
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run
 from gitops_policies import find, pod_template
+
+from tests.gitops.gitops_support import REPO, run
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1500)]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run, venv_tool
+
+from tests.gitops.gitops_support import REPO, run, venv_tool
 
 SCRIPTS = sorted(p for p in (REPO / "scripts").glob("*.sh"))
 
@@ -121,7 +122,7 @@ def test_bump_image_refuses(env: str, tag: str, repo_copy: Path) -> None:
 
 def test_kind_demo_targets_the_validated_kubernetes_version() -> None:
     """The demo cluster runs the Kubernetes minor the manifests are validated against."""
-    from conftest import K8S_VERSION
+    from tests.gitops.gitops_support import K8S_VERSION
 
     text = (REPO / "scripts" / "kind-demo.sh").read_text()
     minor = ".".join(K8S_VERSION.split(".")[:2])

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import OVERLAYS, REPO
 from gitops_policies import CHECKS, Context
+
+from tests.gitops.gitops_support import OVERLAYS, REPO
 
 
 def context(env: str, contract: dict[str, Any]) -> Context:

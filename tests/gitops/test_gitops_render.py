@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import GITOPS, K8S_VERSION, OVERLAYS, REPO, run, venv_tool
+
+from tests.gitops.gitops_support import GITOPS, K8S_VERSION, OVERLAYS, REPO, run, venv_tool
 
 CRD_GROUPS = {"argoproj.io", "keda.sh", "external-secrets.io"}
 
