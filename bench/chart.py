@@ -41,8 +41,9 @@ def draw(results: dict[str, Any], path: Path) -> None:
     values = [drain[k] for k in labels]
     colors = [COLORS[k] for k in labels]
     if f.get("ceiling"):
+        headline_mode = f["ceiling"][0]["synchronous_commit"]
         for c in f["ceiling"]:
-            if c["synchronous_commit"]:
+            if c["synchronous_commit"] == headline_mode:
                 labels.append(f"DB ceiling\nbatch {c['batch']}")
                 values.append(c["jobs_per_s"])
                 colors.append("#7f7f7f")

@@ -44,6 +44,7 @@ class Config:
     scale_rows: int = 200_000
     scale_n: int = 10_000
     scale_n_procrastinate: int = 1_000
+    scale_rounds: int = 2
     out: Path = RESULTS
     # Before starting, wait up to this long for the 1-minute load average to fall below
     # QUIET_LOAD (other work on a 2-core machine skews every figure).
@@ -97,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--scale-rows", type=int, default=d.scale_rows)
     p.add_argument("--scale-n", type=int, default=d.scale_n)
     p.add_argument("--scale-n-procrastinate", type=int, default=d.scale_n_procrastinate)
+    p.add_argument("--scale-rounds", type=int, default=d.scale_rounds)
     p.add_argument("--out", type=Path, default=d.out, help="results directory")
     p.add_argument("--name", default=d.name, help="file stem of the results")
     p.add_argument(
@@ -127,5 +129,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
             scale_rows=2_000,
             scale_n=300,
             scale_n_procrastinate=100,
+            scale_rounds=1,
         )
     return cfg

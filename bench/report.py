@@ -228,6 +228,10 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
         add("")
     if f.get("ceiling"):
         add("## Database ceiling (pgbench, taskq's CLAIM + FINISH, no Python)\n")
+        add(
+            "The first row uses the commit mode of taskq's worker sessions and is the "
+            "ceiling the drain is compared with.\n"
+        )
         add("| claim batch | synchronous_commit | jobs/s | cycle ms |")
         add("| ---: | --- | ---: | ---: |")
         for c in f["ceiling"]:
