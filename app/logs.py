@@ -32,7 +32,9 @@ _SECRET_FIELDS = frozenset(
 )
 
 _request_id: ContextVar[str | None] = ContextVar("taskq_request_id", default=None)
-_task_fields: ContextVar[dict[str, Any] | None] = ContextVar("taskq_task_fields", default=None)
+_TaskFields = tuple[object, str, str, int]  # task_id, queue, kind, attempt
+_TASK_KEYS = ("task_id", "queue", "kind", "attempt")
+_task_fields: ContextVar[_TaskFields | None] = ContextVar("taskq_task_fields", default=None)
 
 
 def new_request_id() -> str:
@@ -65,13 +67,21 @@ def current_request_id() -> str | None:
 @contextlib.contextmanager
 def task_context(task_id: object, queue: str, kind: str, attempt: int) -> Iterator[None]:
     """Every record logged inside (by the worker or the handler) names the task attempt."""
-    token = _task_fields.set(
-        {"task_id": str(task_id), "queue": queue, "kind": kind, "attempt": attempt}
-    )
+    token = bind_task(task_id, queue, kind, attempt)
     try:
         yield
     finally:
-        _task_fields.reset(token)
+        unbind_task(token)
+
+
+def bind_task(task_id: object, queue: str, kind: str, attempt: int) -> Token[_TaskFields | None]:
+    """Like task_context, without the context manager's overhead (the worker's hot path).
+    The id is turned into text only when a record is actually logged."""
+    return _task_fields.set((task_id, queue, kind, attempt))
+
+
+def unbind_task(token: Token[_TaskFields | None]) -> None:
+    _task_fields.reset(token)
 
 
 class ContextFilter(logging.Filter):
@@ -83,9 +93,9 @@ class ContextFilter(logging.Filter):
             record.request_id = request_id
         fields = _task_fields.get()
         if fields:
-            for key, value in fields.items():
+            for key, value in zip(_TASK_KEYS, fields, strict=True):
                 if not hasattr(record, key):
-                    setattr(record, key, value)
+                    setattr(record, key, str(value) if key == "task_id" else value)
         return True
 
 

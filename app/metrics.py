@@ -22,6 +22,7 @@ names (validated, bounded) and HTTP route templates.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import glob
 import logging
@@ -207,27 +208,67 @@ def tasks_enqueued(tasks: Iterable[Task]) -> None:
             _child(m.enqueued, task.queue, task.kind).inc()
 
 
+def observe_many(child: Any, values: Sequence[float]) -> None:
+    """`child.observe(v)` for every value, as one update per touched bucket.
+
+    A worker observes thousands of values a second, mostly into the same few buckets;
+    prometheus-client's observe takes a lock and walks the bucket list for each one.
+    Falls back to plain observe if the histogram's layout is not the one relied on here
+    (tests/test_metrics.py checks that both give the same exposition).
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            child.observe(value)
+        return
+    counts: dict[int, int] = {}
+    for value in values:
+        index = bisect.bisect_left(bounds, value)  # first bound >= value, as observe()
+        counts[index] = counts.get(index, 0) + 1
+    total.inc(sum(values))
+    for index, n in counts.items():
+        buckets[index].inc(n)
+
+
+def _grouped(items: Iterable[tuple[tuple[str, ...], float]]) -> dict[tuple[str, ...], list[float]]:
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for labels, value in items:
+        groups.setdefault(labels, []).append(value)
+    return groups
+
+
 def tasks_claimed(tasks: Iterable[Claimed]) -> None:
     """Observe how long each claimed task waited after becoming runnable."""
     m = _m()
-    for task in tasks:
-        if task.started_at is not None:
-            wait = (task.started_at - task.run_at).total_seconds()
-            _child(m.queue_wait, task.queue, task.kind).observe(max(0.0, wait))
+    for labels, waits in _grouped(((t.queue, t.kind), t.waited) for t in tasks).items():
+        observe_many(_child(m.queue_wait, *labels), waits)
+
+
+def tasks_ran(runs: Iterable[tuple[str, str, float]]) -> None:
+    """Observe handler run times: (queue, kind, seconds) per finished attempt."""
+    m = _m()
+    for labels, seconds in _grouped(((q, k), s) for q, k, s in runs).items():
+        observe_many(_child(m.run_time, *labels), seconds)
 
 
 def task_ran(queue: str, kind: str, seconds: float) -> None:
-    _child(_m().run_time, queue, kind).observe(seconds)
+    tasks_ran([(queue, kind, seconds)])
 
 
 def tasks_finished(applied: Iterable[dict[str, Any]], lost: int = 0) -> None:
     """Count recorded outcomes: rows of app/sql.py FINISH (status, queue, kind)."""
     m = _m()
     by_status = {"succeeded": m.succeeded, "failed": m.failed, "queued": m.retried}
+    counts: dict[tuple[str, str, str], int] = {}
     for row in applied:
-        counter = by_status.get(row["status"])
+        key = (row["status"], row["queue"], row["kind"])
+        counts[key] = counts.get(key, 0) + 1
+    for (status, queue, kind), n in counts.items():
+        counter = by_status.get(status)
         if counter is not None:
-            _child(counter, row["queue"], row["kind"]).inc()
+            _child(counter, queue, kind).inc(n)
     if lost:
         m.lease_lost.inc(lost)
 

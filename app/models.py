@@ -22,14 +22,14 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 
-# Mirrors the CHECK constraints in db/migrations/0001: names safe in URLs, logs and shells.
+# Mirrors the CHECK constraints in db/migrations/0003: names safe in URLs, logs and shells.
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 MAX_DELAY_SECONDS = 10 * 365 * 86_400
 MAX_PAYLOAD_DEPTH = 64
 
 
 def check_queue_name(value: str) -> str:
-    if not 1 <= len(value) <= 64 or not _NAME.match(value):
+    if not 1 <= len(value) <= 64 or not _NAME.fullmatch(value):
         raise ValueError("queue names are 1-64 characters of letters, digits and _ . : -")
     return value
 

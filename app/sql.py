@@ -41,8 +41,10 @@ SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s
 # Claim up to `limit` runnable tasks from the worker's queues, in priority, run_at, id
 # order. One LATERAL probe per queue keeps every probe on the ready index (an ANY() over
 # the leading column would force a sort of every ready row); SKIP LOCKED lets concurrent
-# workers pass each other instead of queueing on row locks; the outer status check makes
-# the queued -> running transition conditional even if the row changed meanwhile.
+# workers pass each other instead of queueing on row locks; the status check in the
+# UPDATE makes the queued -> running transition conditional even if the row changed
+# meanwhile. Only what a worker needs comes back, already in claim order (UPDATE ...
+# RETURNING has none of its own), with the time the task waited after becoming runnable.
 CLAIM: LiteralString = """
 WITH ready AS (
     SELECT c.id
@@ -57,18 +59,22 @@ WITH ready AS (
            ) AS c
      ORDER BY c.priority DESC, c.run_at, c.id
      LIMIT %(limit)s
+), claimed AS (
+    UPDATE taskq_tasks t
+       SET status = 'running',
+           attempts = t.attempts + 1,
+           worker_id = %(worker_id)s,
+           lease_expires_at = now() + %(lease)s * interval '1 second',
+           started_at = now(),
+           updated_at = now()
+      FROM ready
+     WHERE t.id = ready.id AND t.status = 'queued'
+    RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at
 )
-UPDATE taskq_tasks t
-   SET status = 'running',
-       attempts = t.attempts + 1,
-       worker_id = %(worker_id)s,
-       lease_expires_at = now() + %(lease)s * interval '1 second',
-       started_at = now(),
-       updated_at = now()
-  FROM ready
- WHERE t.id = ready.id AND t.status = 'queued'
-RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.run_at, t.attempts, t.max_attempts,
-          t.started_at, t.lease_expires_at, t.worker_id
+SELECT id, queue, kind, payload::text, attempts, max_attempts,
+       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited
+  FROM claimed
+ ORDER BY priority DESC, run_at, id
 """
 
 # Extend the leases of tasks this worker still owns; rows not returned were lost.
@@ -84,19 +90,28 @@ RETURNING t.id
 # Record outcomes for many tasks at once. Fencing: a row changes only if this worker still
 # owns that attempt, so a worker that lost its lease cannot overwrite the new owner's
 # result. `retry` becomes queued with a backoff, or failed when attempts are used up.
+# The outcomes arrive as one JSON array of [id, attempt, outcome, result, error, delay]
+# rows: a single text parameter is far cheaper to send than six typed arrays, and a
+# result is already JSON.
 FINISH: LiteralString = """
 WITH o AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(outcomes)s::text[],
-                         %(results)s::text[], %(errors)s::text[], %(delays)s::float8[])
-           AS o(id, attempt, outcome, result, error, delay)
+    SELECT (e->>0)::uuid AS id, (e->>1)::int AS attempt, e->>2 AS outcome,
+           NULLIF(e->3, 'null'::jsonb) AS result, e->>4 AS error, (e->>5)::float8 AS delay
+      FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
 ), decided AS (
     SELECT t.id,
            CASE WHEN o.outcome = 'retry' AND t.attempts < t.max_attempts THEN 'queued'
                 WHEN o.outcome = 'retry' THEN 'failed'
                 ELSE o.outcome END AS status,
-           o.result::jsonb AS result, o.error, o.delay
-      FROM o JOIN taskq_tasks t ON t.id = o.id AND t.attempts = o.attempt
-     WHERE t.worker_id = %(worker_id)s AND t.status = 'running'
+           o.result, o.error, o.delay
+      FROM o CROSS JOIN LATERAL (
+            -- One primary-key probe per outcome: the lookup names only the id (LIMIT 1
+            -- keeps it a probe), and the fencing conditions are checked on the row found.
+            -- Given them here, the planner may scan every running task's lease entry per
+            -- outcome instead.
+            SELECT t.id, t.attempts, t.max_attempts, t.worker_id, t.status
+              FROM taskq_tasks t WHERE t.id = o.id LIMIT 1) AS t
+     WHERE t.attempts = o.attempt AND t.worker_id = %(worker_id)s AND t.status = 'running'
 )
 UPDATE taskq_tasks t
    SET status = d.status,

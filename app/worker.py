@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _FLUSH_MAX = 1000
 _STOP = object()
+# Handler results as stored: compact, and NaN/Infinity refused (jsonb cannot hold them).
+_RESULT_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_Done = tuple[q.Finish, q.Claimed, float]  # an outcome, its task, the handler's seconds
 
 
 def backoff_delay(attempt: int, settings: Settings) -> float:
@@ -74,7 +77,7 @@ class Worker:
         self._halt = threading.Event()  # background threads end
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._inflight: dict[uuid.UUID, q.Lease] = {}  # claimed and not yet recorded
+        self._inflight: dict[uuid.UUID, q.Claimed] = {}  # claimed and not yet recorded
         self._outcome_pending: set[uuid.UUID] = set()  # handler done, record not yet written
         # A slot frees when its handler returns, not when the outcome is written: the
         # completer's round trip then overlaps the next claim instead of lengthening every
@@ -82,7 +85,8 @@ class Worker:
         self._running = 0
         self._max_unrecorded = max(4 * self.concurrency, 256)
         self._todo: stdqueue.SimpleQueue[q.Claimed | None] = stdqueue.SimpleQueue()
-        self._outbox: stdqueue.SimpleQueue[object] = stdqueue.SimpleQueue()
+        # Outcomes for the completer: (outcome, task, handler seconds), or _STOP.
+        self._outbox: stdqueue.SimpleQueue[_Done | object] = stdqueue.SimpleQueue()
         self.counts = {"claimed": 0, "succeeded": 0, "retried": 0, "failed": 0, "lost": 0}
         self.recovered = 0
         # The claim loop and the completer each own a connection; lease maintenance,
@@ -156,7 +160,9 @@ class Worker:
         completer.join(timeout=max(1.0, deadline - time.monotonic()))
         with self._lock:
             unfinished = [
-                lease for tid, lease in self._inflight.items() if tid not in self._outcome_pending
+                task.lease
+                for tid, task in self._inflight.items()
+                if tid not in self._outcome_pending
             ]
         if unfinished:
             try:
@@ -219,7 +225,7 @@ class Worker:
                     continue
                 with self._lock:
                     for task in claimed:
-                        self._inflight[task.id] = q.Lease(task.id, task.attempts)
+                        self._inflight[task.id] = task
                     self._running += len(claimed)
                 self.counts["claimed"] += len(claimed)
                 for task in claimed:
@@ -233,41 +239,45 @@ class Worker:
 
     # ----------------------------------------------------------------- running
     def _run_loop(self) -> None:
+        debug = log.isEnabledFor(logging.DEBUG)
         while (task := self._todo.get()) is not None:
-            self._outbox.put(self._execute(task))
+            token = logs.bind_task(task.id, task.queue, task.kind, task.attempts)
+            try:
+                started = time.monotonic()
+                outcome = self._attempt(task)
+                elapsed = time.monotonic() - started
+                if debug:
+                    log.debug(
+                        "task %s %s in %.1f ms",
+                        task.id,
+                        outcome.outcome,
+                        elapsed * 1000,
+                        extra={"outcome": outcome.outcome, "duration_ms": round(elapsed * 1000, 3)},
+                    )
+            finally:
+                logs.unbind_task(token)
+            with self._lock:
+                self._outcome_pending.add(task.id)
+                self._running -= 1
+                idle = self._running == 0
+            if idle or not self._wake.is_set():
+                self._wake.set()  # a slot is free: the claim loop may take more
+            self._outbox.put((outcome, task, elapsed))
 
-    def _execute(self, task: q.Claimed) -> q.Finish:
+    def _attempt(self, task: q.Claimed) -> q.Finish:
         lease = q.Lease(task.id, task.attempts)
-        ctx = TaskContext(
-            task.id, task.kind, task.queue, task.attempts, task.max_attempts, self.stopping
-        )
-        with logs.task_context(task.id, task.queue, task.kind, task.attempts):
-            started = time.monotonic()
-            outcome = self._attempt(task, lease, ctx)
-            elapsed = time.monotonic() - started
-            metrics.task_ran(task.queue, task.kind, elapsed)
-            log.debug(
-                "task %s %s in %.1f ms",
-                task.id,
-                outcome.outcome,
-                elapsed * 1000,
-                extra={"outcome": outcome.outcome, "duration_ms": round(elapsed * 1000, 3)},
-            )
-        with self._lock:
-            self._outcome_pending.add(task.id)
-            self._running -= 1
-            idle = self._running == 0
-        if idle or not self._wake.is_set():
-            self._wake.set()  # a slot is free: the claim loop may take more
-        return outcome
-
-    def _attempt(self, task: q.Claimed, lease: q.Lease, ctx: TaskContext) -> q.Finish:
         try:
             handler = self.registry.get(task.kind)
         except UnknownKind:
             return q.Finish(lease, "failed", error=f"no handler for kind {task.kind!r}")
         try:
-            result = handler(task.payload, ctx)
+            if handler.takes_context:
+                ctx = TaskContext(
+                    task.id, task.kind, task.queue, task.attempts, task.max_attempts, self.stopping
+                )
+                result = handler.fn(task.payload, ctx)
+            else:
+                result = handler.fn(task.payload)
         except NonRetryableError as exc:
             return q.Finish(lease, "failed", error=_describe(exc))
         except Exception as exc:  # any handler error is a retryable failure by contract
@@ -294,7 +304,7 @@ class Worker:
                 retry_delay=backoff_delay(task.attempts, self.settings),
             )
         try:
-            encoded = json.dumps(result, allow_nan=False, separators=(",", ":"))
+            encoded = _RESULT_ENCODER.encode(result)
         except (TypeError, ValueError) as exc:  # a handler bug: retrying cannot help
             return q.Finish(lease, "failed", error=f"result is not JSON: {exc}")
         if "\\u0000" in encoded:
@@ -307,17 +317,21 @@ class Worker:
             first = self._outbox.get()
             if first is _STOP:
                 return
-            batch = [first]
+            batch: list[_Done] = [first]  # type: ignore[list-item]
+            stop = False
             while len(batch) < _FLUSH_MAX:
                 try:
                     item = self._outbox.get_nowait()
                 except stdqueue.Empty:
                     break
                 if item is _STOP:
-                    self._record(batch)  # type: ignore[arg-type]
-                    return
-                batch.append(item)
-            self._record(batch)  # type: ignore[arg-type]
+                    stop = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            metrics.tasks_ran([(task.queue, task.kind, seconds) for _, task, seconds in batch])
+            self._record([outcome for outcome, _, _ in batch])
+            if stop:
+                return
 
     def _record(self, batch: list[q.Finish]) -> None:
         delay = 0.05
@@ -374,17 +388,29 @@ class Worker:
                 log.warning("lease maintenance failed: %s", exc.message)
 
     def _heartbeat(self) -> None:
+        # Tasks whose outcome is already on its way to the database need no renewal.
         with self._lock:
-            leases = list(self._inflight.values())
+            leases = [
+                task.lease
+                for tid, task in self._inflight.items()
+                if tid not in self._outcome_pending
+            ]
         if not leases:
             return
         with db.pooled(self._pool) as conn:
             owned = q.heartbeat(
                 conn, leases, worker_id=self.worker_id, lease=self.settings.lease_seconds
             )
-        for lease in leases:
-            if lease.id not in owned:
-                log.warning("task %s attempt %d: lease lost while running", lease.id, lease.attempt)
+        with self._lock:  # recorded meanwhile is not lost
+            lost = [
+                lease
+                for lease in leases
+                if lease.id not in owned
+                and lease.id in self._inflight
+                and lease.id not in self._outcome_pending
+            ]
+        for lease in lost:
+            log.warning("task %s attempt %d: lease lost while running", lease.id, lease.attempt)
 
     def _sweep(self) -> None:
         with db.pooled(self._pool) as conn:

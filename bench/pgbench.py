@@ -56,26 +56,18 @@ def claim_finish_script(batch: int) -> str:
         sql.CLAIM,
         {"queues": "'{default}'", "limit": str(batch), "worker_id": "'pgbench'", "lease": "30"},
     )
-    n = "ARRAY[:n::int]"
-    finish = substitute(
-        sql.FINISH,
-        {
-            "ids": ":ids",
-            "attempts": ":attempts",
-            "outcomes": f"array_fill('succeeded'::text, {n})",
-            "results": f"array_fill('null'::text, {n})",
-            "errors": f"array_fill(NULL::text, {n})",
-            "delays": f"array_fill(0::float8, {n})",
-            "worker_id": "'pgbench'",
-        },
-    )
-    # pgbench cannot carry a result set into the next statement, so the claimed ids and
-    # attempts travel as array literals through \gset variables.
+    finish = substitute(sql.FINISH, {"outcomes": ":outcomes", "worker_id": "'pgbench'"})
+    # pgbench cannot carry a result set into the next statement, so the claimed tasks
+    # travel to FINISH as its JSON parameter through a \gset variable (a bound parameter
+    # in prepared mode): CLAIM's final SELECT, over its `claimed` CTE, is replaced by one
+    # that builds FINISH's [id, attempt, outcome, result, error, delay] rows.
+    head, _, tail = claim.rpartition("\nSELECT ")
+    if not head or "FROM claimed" not in tail:
+        raise ValueError("sql.CLAIM no longer ends with a SELECT over its claimed CTE")
     return (
-        f"WITH claimed AS (\n{claim}\n)\n"
-        "SELECT coalesce(array_agg(id), '{}')::text AS ids,\n"
-        "       coalesce(array_agg(attempts), '{}')::text AS attempts,\n"
-        "       count(*) AS n\n"
+        f"{head}\n"
+        "SELECT coalesce(jsonb_agg(jsonb_build_array(id, attempts, 'succeeded', 'null'::jsonb,\n"
+        "                                            NULL, 0)), '[]')::text AS outcomes\n"
         "  FROM claimed\n\\gset\n"
         f"{finish};\n"
     )

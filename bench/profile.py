@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from app import queue as q
 from app import sql
 from bench import pg, procs
 from bench.config import RESULTS
@@ -106,7 +107,6 @@ def profile_rhythm(system: Taskq, n: int, concurrency: int) -> str:
     """Batch sizes and durations of every claim and finish in an in-process drain."""
     import os
 
-    from app import queue as q
     from app.settings import load_settings
     from app.worker import Worker
 
@@ -194,25 +194,15 @@ def explain(system: Taskq, rows: int) -> str:
     system.analyze(vacuum=True)
     out = [f"### EXPLAIN (ANALYZE, BUFFERS) with {rows:,} queued tasks\n"]
     with psycopg.connect(system.url) as conn:
-        described = conn.execute("SELECT * FROM taskq_tasks LIMIT 0").description or []
-        cols = [c.name for c in described]
         for limit in (16, 100):
             params = {"queues": ["default"], "limit": limit, "worker_id": "x", "lease": 30}
             plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql.CLAIM, params).fetchall()
             out += [f"CLAIM, limit {limit}:\n", "```", *(r[0] for r in plan), "```\n"]
-            claimed = conn.execute(sql.CLAIM, params).fetchall()
-            ids = [r[cols.index("id")] for r in claimed]
-            finish = {
-                "ids": ids,
-                "attempts": [r[cols.index("attempts")] for r in claimed],
-                "outcomes": ["succeeded"] * len(ids),
-                "results": ["null"] * len(ids),
-                "errors": [None] * len(ids),
-                "delays": [0.0] * len(ids),
-                "worker_id": "x",
-            }
+            claimed = q.claim(conn, queues=["default"], limit=limit, worker_id="x", lease=30)
+            outcomes = [q.Finish(t.lease, "succeeded", result_json="null") for t in claimed]
+            finish = {"outcomes": q.outcomes_json(outcomes), "worker_id": "x"}
             plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql.FINISH, finish).fetchall()
-            out += [f"FINISH of those {len(ids)}:\n", "```", *(r[0] for r in plan), "```\n"]
+            out += [f"FINISH of those {len(claimed)}:\n", "```", *(r[0] for r in plan), "```\n"]
             conn.rollback()
     return "\n".join(out)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -83,3 +84,27 @@ def test_wait_gives_up_after_its_deadline() -> None:
 def test_the_wheel_carries_the_migrations() -> None:
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     assert '"db/migrations" = "app/migrations"' in pyproject
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["default", "a", "q" * 64, "emails.high:eu-1_x", "", "q" * 65, "bad queue", "default\n", "é"],
+)
+def test_name_checks_accept_exactly_what_the_api_accepts(conn: Any, name: str) -> None:
+    """The database's queue and kind checks (0003) agree with TaskSpec's validation."""
+    from pydantic import ValidationError
+
+    from app.models import TaskSpec
+
+    try:
+        TaskSpec(queue=name, kind=name if len(name) <= 128 else "echo")
+        api_accepts = True
+    except ValidationError:
+        api_accepts = False
+    try:
+        with conn.transaction():
+            conn.execute("INSERT INTO taskq_tasks (queue, kind) VALUES (%s, %s)", (name, name))
+        database_accepts = True
+    except psycopg.errors.CheckViolation:
+        database_accepts = False
+    assert database_accepts == api_accepts, name
