@@ -71,10 +71,14 @@ def _configure(
     reachability: _Reachability | None = None,
     *,
     synchronous_commit: bool = True,
+    notify_on_insert: bool = True,
 ) -> Any:
     def configure(conn: psycopg.Connection[Any]) -> None:
         if settings.db_statement_timeout_ms:
             conn.execute(f"SET statement_timeout = {int(settings.db_statement_timeout_ms)}")
+        if not notify_on_insert:
+            # This session wakes the workers itself after commit (app/notifier.py).
+            conn.execute("SET taskq.notify = off")
         if not synchronous_commit:
             # Worker-side transitions only (see TASKQ_WORKER_SYNCHRONOUS_COMMIT): a database
             # crash may undo the last few, and leases then re-run those tasks.
@@ -114,8 +118,12 @@ def create_pool(
     max_size: int | None = None,
     open_wait: bool = False,
     synchronous_commit: bool = True,
+    notify_on_insert: bool = True,
 ) -> psycopg_pool.ConnectionPool[Connection]:
     """A pool of autocommit connections returning dict rows.
+
+    `notify_on_insert=False`: the enqueue trigger does not notify for this pool's
+    sessions, whose owner sends the notifications itself (app/notifier.py).
 
     The pool is opened without waiting: a process that starts while PostgreSQL is down
     comes up, reports not-ready, and serves once the database returns.
@@ -133,7 +141,12 @@ def create_pool(
         max_size=settings.db_pool_max if max_size is None else max_size,
         timeout=settings.db_pool_timeout,
         kwargs={"autocommit": True, "row_factory": dict_row},
-        configure=_configure(settings, reachability, synchronous_commit=synchronous_commit),
+        configure=_configure(
+            settings,
+            reachability,
+            synchronous_commit=synchronous_commit,
+            notify_on_insert=notify_on_insert,
+        ),
         check=_still_usable,
         # A failed connection attempt is retried once, then given up (and reported to
         # reconnect_failed); the next request for a connection starts a fresh attempt.

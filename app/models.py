@@ -138,18 +138,38 @@ class Task:
         return self.status in FINISHED
 
     def to_json(self) -> dict[str, Any]:
-        """The public JSON shape used by the API and the CLI."""
-        out: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            if field.name == "created":
-                continue
-            value = getattr(self, field.name)
-            if isinstance(value, datetime):
-                value = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            elif isinstance(value, uuid.UUID):
-                value = str(value)
-            out[field.name] = value
-        return out
+        """The public JSON shape used by the API and the CLI (every field but `created`).
+
+        Spelled out field by field: it runs for every response, and a loop over
+        dataclasses.fields() with type checks costs several times as much.
+        """
+        return {
+            "id": str(self.id),
+            "queue": self.queue,
+            "kind": self.kind,
+            "payload": self.payload,
+            "status": self.status,
+            "priority": self.priority,
+            "run_at": _iso(self.run_at),
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "lease_expires_at": _iso(self.lease_expires_at),
+            "worker_id": self.worker_id,
+            "last_error": self.last_error,
+            "result": self.result,
+            "idempotency_key": self.idempotency_key,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    """UTC, ISO 8601 with a Z: `2026-01-01T12:00:00.123456Z`."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def new_task_id() -> uuid.UUID:

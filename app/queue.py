@@ -113,9 +113,33 @@ def enqueue(
     idempotency_key. The returned task's `created` is False for an idempotent repeat.
     """
     spec = _spec(kind_or_spec, payload, **options)
-    rows = _rows(conn, sql.INSERT_TASK, _insert_params(spec, default_max_attempts))
-    if rows:
-        task = Task.from_row(rows[0])
+    params = _insert_params(spec, default_max_attempts)
+    with translate_errors(), conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(sql.INSERT_TASK, params)
+        inserted = cur.fetchone()
+    if inserted is not None:
+        task_id, run_at, created_at = inserted
+        task = Task(
+            id=task_id,
+            queue=spec.queue,
+            kind=spec.kind,
+            payload=spec.payload,
+            status="queued",
+            priority=spec.priority,
+            run_at=run_at,
+            attempts=0,
+            max_attempts=params["max_attempts"],
+            lease_expires_at=None,
+            worker_id=None,
+            last_error=None,
+            result=None,
+            idempotency_key=spec.idempotency_key,
+            created_at=created_at,
+            started_at=None,
+            finished_at=None,
+            updated_at=created_at,
+            created=True,
+        )
         metrics.tasks_enqueued([task])
         return task
     # The key exists. Read it in a fresh statement so a row committed by a concurrent
@@ -269,10 +293,12 @@ def recover_expired(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str,
     return rows
 
 
-def notify(conn: AnyConnection, queues: Iterable[str]) -> None:
+def notify(conn: AnyConnection, queues: Iterable[str], *, durable: bool = True) -> None:
+    """Wake the workers of these queues (at commit). `durable=False`: as a transaction of
+    its own that does not wait for the WAL flush (autocommit connections only)."""
     names = sorted(set(queues))
     if names:
-        _rows(conn, sql.NOTIFY_QUEUES, {"queues": names})
+        _rows(conn, sql.NOTIFY_QUEUES if durable else sql.NOTIFY_QUEUES_NOWAIT, {"queues": names})
 
 
 def get(conn: AnyConnection, task_id: uuid.UUID) -> Task:

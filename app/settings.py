@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     api_batch_max: int = Field(1000, ge=1, le=10_000)
     api_page_max: int = Field(500, ge=1, le=10_000)
+    # Each API process wakes the workers at most this often (app/notifier.py); the first
+    # task after a quiet spell is announced at once.
+    api_notify_interval: float = Field(0.005, ge=0, le=1, description="s")
     # Bearer tokens (authentication is off when neither is set). SecretStr keeps them out
     # of reprs, tracebacks and validation messages.
     api_tokens: Annotated[list[SecretStr], NoDecode] = []

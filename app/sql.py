@@ -9,14 +9,15 @@ from __future__ import annotations
 from typing import LiteralString
 
 # Enqueue one task; on an idempotency-key clash return nothing (the caller then reads the
-# existing row). `created` distinguishes a fresh insert for the 201/200 decision.
+# existing row). Only the columns the database chose come back: the caller knows the
+# rest, and not sending the payload back keeps the API's busiest statement lean.
 INSERT_TASK: LiteralString = """
 INSERT INTO taskq_tasks (queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
 VALUES (%(queue)s, %(kind)s, %(payload)s, %(priority)s,
         COALESCE(%(run_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
         %(max_attempts)s, %(idempotency_key)s)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING *, true AS created
+RETURNING id, run_at, created_at
 """
 
 # Enqueue many tasks in one statement (ids chosen by the caller so results map back to
@@ -166,6 +167,14 @@ RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts
 # Wake workers of the given queues (used after updates, which the insert trigger misses).
 NOTIFY_QUEUES: LiteralString = """
 SELECT pg_notify('taskq', q) FROM unnest(%(queues)s::text[]) AS q
+"""
+
+# The same as a transaction of its own that does not wait for the WAL flush: NOTIFY holds
+# a database-wide lock until its commit returns, and a notification is never durable
+# anyway. Only for a connection with no transaction open (app/notifier.py checks).
+NOTIFY_QUEUES_NOWAIT: LiteralString = """
+SELECT set_config('synchronous_commit', 'off', true), pg_notify('taskq', q)
+  FROM unnest(%(queues)s::text[]) AS q
 """
 
 # Read one task.

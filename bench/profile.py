@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         steps: tuple[tuple[str, Callable[[], str]], ...] = (
             ("worker CPU", lambda: profile_drain(system, args.drain_n)),
             ("claim/finish rhythm, concurrency 16", lambda: profile_rhythm(system, 20_000, 16)),
+            ("claim/finish rhythm, concurrency 32", lambda: profile_rhythm(system, 20_000, 32)),
             ("claim/finish rhythm, concurrency 64", lambda: profile_rhythm(system, 20_000, 64)),
             ("API workers", lambda: profile_api(system, args.api_seconds)),
             ("EXPLAIN", lambda: explain(system, 60_000)),

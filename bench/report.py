@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.config import DEFAULT_CONCURRENCY
+
 MB_LIMIT = 80.0
 
 
@@ -80,6 +82,16 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
     drain_t = _get(fig, "drain_jobs_per_s", "taskq")
     ceiling_headline = fig["ceiling"][0]["jobs_per_s"] if fig.get("ceiling") else None
+    # The same commit mode, in claims as large as the worker's own (its concurrency).
+    ceiling_same_batch = next(
+        (
+            c["jobs_per_s"]
+            for c in fig.get("ceiling", [])[1:]
+            if c["batch"] == DEFAULT_CONCURRENCY
+            and c["synchronous_commit"] == fig["ceiling"][0]["synchronous_commit"]
+        ),
+        None,
+    )
     lat_t = _get(fig, "latency_ms", "taskq")
     lat_p = _get(fig, "latency_ms", "pgqueuer")
     scale_t = _get(fig, "scale_jobs_per_s", "taskq") or {}
@@ -88,6 +100,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "drain_vs_pgqueuer": _ratio(drain_t, _get(fig, "drain_jobs_per_s", "pgqueuer")),
         "drain_vs_procrastinate": _ratio(drain_t, _get(fig, "drain_jobs_per_s", "procrastinate")),
         "drain_vs_db_ceiling": _ratio(drain_t, ceiling_headline),
+        "drain_vs_db_ceiling_same_batch": _ratio(drain_t, ceiling_same_batch),
         "latency_p50_vs_pgqueuer": _ratio(_get(lat_t, "p50"), _get(lat_p, "p50")),
         "latency_p99_vs_pgqueuer": _ratio(_get(lat_t, "p99"), _get(lat_p, "p99")),
         "ingest_vs_http_ceiling": _ratio(
@@ -274,7 +287,7 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
         if f.get("claim"):
             add("")
             add(
-                "taskq claim (LIMIT 16), EXPLAIN ANALYZE median: "
+                f"taskq claim (LIMIT {DEFAULT_CONCURRENCY}), EXPLAIN ANALYZE median: "
                 + "; ".join(
                     f"{k} {v['median_ms']:.2f} ms on {v['index']}" for k, v in f["claim"].items()
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -131,6 +132,8 @@ def test_public_json_shape() -> None:
     assert out["id"] == "00000000-0000-0000-0000-000000000001"
     assert out["run_at"] == "2026-01-02T03:04:05.678000Z"
     assert "created" not in out
+    # to_json spells the fields out: a field added to Task must be added there too.
+    assert set(out) == {f.name for f in dataclasses.fields(Task)} - {"created"}
     assert set(out) == {
         "id",
         "queue",

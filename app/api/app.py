@@ -23,6 +23,7 @@ from app.api.tasks import (
 )
 from app.handlers import Registry, default_registry
 from app.health import LiveResource, MetricsResource, ReadyResource
+from app.notifier import Notifier
 from app.settings import Settings
 
 
@@ -32,11 +33,18 @@ class Deps:
 
     pool: Any
     registry: Registry = dataclasses.field(default_factory=lambda: default_registry)
+    # Set when the pool's sessions leave waking the workers to the API (app/notifier.py);
+    # None means the enqueue trigger notifies at commit, as for any other session.
+    notifier: Notifier | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Deps:
         default_registry.load_modules(settings.handler_modules)
-        return cls(pool=db.create_pool(settings, name="api"), registry=default_registry)
+        return cls(
+            pool=db.create_pool(settings, name="api", notify_on_insert=False),
+            registry=default_registry,
+            notifier=Notifier(settings),
+        )
 
 
 def create_app(
@@ -51,7 +59,7 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
 
-    shared = (settings, deps.pool, deps.registry)
+    shared = (settings, deps.pool, deps.registry, deps.notifier)
     app.add_route("/tasks", TasksResource(*shared))
     app.add_route("/tasks/batch", BatchResource(*shared))
     app.add_route("/tasks/{task_id}", TaskResource(*shared))

@@ -13,17 +13,27 @@ from app.api.errors import ApiError
 from app.db import pooled
 from app.errors import InvalidInput, TaskNotFound
 from app.handlers import Registry
-from app.models import STATUSES, BatchSpec, TaskSpec, check_queue_name, parse_task_id
+from app.models import STATUSES, BatchSpec, Task, TaskSpec, check_queue_name, parse_task_id
+from app.notifier import Notifier
 from app.settings import Settings
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class _Base:
-    def __init__(self, settings: Settings, pool: Any, registry: Registry) -> None:
+    def __init__(
+        self, settings: Settings, pool: Any, registry: Registry, notifier: Notifier | None = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.registry = registry
+        self.notifier = notifier
+
+    def _announce(self, conn: Any, tasks: list[Task]) -> None:
+        """Wake the workers of new runnable tasks, once committed (see app/notifier.py)."""
+        if self.notifier is not None:
+            queues = {t.queue for t in tasks if t.created and t.run_at <= t.created_at}
+            self.notifier.announce(queues, conn)
 
     def _check_kind(self, spec: TaskSpec, field: str = "kind") -> None:
         if spec.kind not in self.registry:
@@ -49,6 +59,7 @@ class TasksResource(_Base):
             task = queue.enqueue(
                 conn, spec, default_max_attempts=self.settings.default_max_attempts
             )
+            self._announce(conn, [task])
         resp.status = falcon.HTTP_201 if task.created else falcon.HTTP_200
         resp.location = f"/tasks/{task.id}"
         resp.media = task.to_json()
@@ -122,10 +133,12 @@ class BatchResource(_Base):
             )
         for index, spec in enumerate(batch.tasks):
             self._check_kind(spec, field=f"tasks[{index}].kind")
-        with pooled(self.pool) as conn, conn.transaction():
-            tasks = queue.enqueue_many(
-                conn, batch.tasks, default_max_attempts=self.settings.default_max_attempts
-            )
+        with pooled(self.pool) as conn:
+            with conn.transaction():
+                tasks = queue.enqueue_many(
+                    conn, batch.tasks, default_max_attempts=self.settings.default_max_attempts
+                )
+            self._announce(conn, tasks)
         resp.status = falcon.HTTP_201 if any(t.created for t in tasks) else falcon.HTTP_200
         resp.media = {"tasks": [t.to_json() for t in tasks]}
 

@@ -3,7 +3,8 @@
 Three figures per round, all at the same client concurrency:
 - the HTTP ceiling of the same stack (bench/http_baseline.py: no database),
 - taskq's API (`taskq api`, default settings: 4 sync gunicorn workers), single and batch,
-- pgbench running the API's INSERT_TASK statement: the database's ceiling for ingest.
+- pgbench running the API's INSERT_TASK statement, in the API's session mode (no NOTIFY
+  from the trigger): the database's ceiling for ingest.
 
 wrk runs with one thread: the load generator, the servers and PostgreSQL share 2 cores,
 and one epoll thread keeps 16 connections busy at a fraction of one core.
@@ -117,7 +118,15 @@ def run(
             url = f"{api_url}/tasks/batch"
             batch = _wrk(url, batch_body, clients, seconds, batch_size, api.pid)
             system.reset()
-            res = pgbench.run(system.url, pgbench.insert_script(), clients=clients, seconds=seconds)
+            # In the API's own session mode: its inserts leave waking the workers to
+            # app/notifier.py, so the trigger does not notify (db/migrations/0004).
+            res = pgbench.run(
+                system.url,
+                pgbench.insert_script(),
+                clients=clients,
+                seconds=seconds,
+                options="-c taskq.notify=off",
+            )
             insert = HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0, 0.0)
             out.append(IngestRound(ceiling, single, batch, insert))
         api_rss = _worker_rss_mb(api.pid)

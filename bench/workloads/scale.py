@@ -21,13 +21,14 @@ import psycopg
 
 from app import sql
 from bench import procs
+from bench.config import DEFAULT_CONCURRENCY
 from bench.probe import Collector
 from bench.systems import System, Taskq
 
 CONDITIONS = ("empty", "queued", "finished")
 MARGIN = 2_000
 CLAIM_SAMPLES = 15
-CLAIM_LIMIT = 16  # taskq's default concurrency: what an idle worker claims at once
+CLAIM_LIMIT = DEFAULT_CONCURRENCY  # what an idle worker claims at once
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
