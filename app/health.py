@@ -6,7 +6,9 @@ asks every few seconds, and threading keeps a slow probe from blocking another.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import socketserver
 import threading
 from collections.abc import Callable, Sequence
@@ -83,5 +85,10 @@ class HealthServer:
         log.info("health server listening on port %d", self.port)
 
     def stop(self) -> None:
+        # serve_forever notices a shutdown only between polls (every 0.5 s): shutting the
+        # listening socket down wakes its select() now, so a stopping worker (burst mode,
+        # SIGTERM) exits at once instead of up to half a second later.
+        with contextlib.suppress(OSError):
+            self._server.socket.shutdown(socket.SHUT_RDWR)
         self._server.shutdown()
         self._server.server_close()

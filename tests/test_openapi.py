@@ -273,3 +273,58 @@ def test_operations_marked_open_are_exactly_the_ones_authentication_leaves_open(
         else:
             assert result.status_code == 401, path
             checker.check(method, concrete, result)
+
+
+# ---------------------------------------------------------------- parameters in the code
+
+_READERS = {"get_param", "get_header", "get_param_as_int", "get_param_as_bool"}
+_RESPONDERS = {"GET": "on_get", "POST": "on_post", "PUT": "on_put", "DELETE": "on_delete"}
+
+
+def _names_read(resource: object, responder: str) -> set[str]:
+    """Query parameters and headers a responder reads (its own code, and the methods of
+    its resource it calls), as literal names or module constants: what must be documented."""
+    import ast
+    import inspect
+    import sys
+    import textwrap
+
+    cls = type(resource)
+    module = sys.modules[cls.__module__]
+    seen: set[str] = set()
+    names: set[str] = set()
+    todo = [responder]
+    while todo:
+        method = todo.pop()
+        if method in seen or not hasattr(cls, method):
+            continue
+        seen.add(method)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(cls, method))))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            target = node.func
+            if isinstance(target.value, ast.Name) and target.value.id == "self":
+                todo.append(target.attr)
+            elif target.attr in _READERS and node.args:
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    names.add(arg.value)
+                elif isinstance(arg, ast.Name):
+                    names.add(getattr(module, arg.id))
+    return names
+
+
+def test_every_parameter_the_code_reads_is_documented(app: falcon.App[Any, Any]) -> None:
+    checked = 0
+    for (method, path), op in openapi.OPERATIONS.items():
+        # The router's find() (the interface of every Falcon router) gives the resource.
+        found = app._router.find(re.sub(r"\{\w+\}", "x", path))
+        assert found is not None, path
+        read = _names_read(found[0], _RESPONDERS[method])
+        documented = {p for p in op.parameters if p not in re.findall(r"\{(\w+)\}", path)}
+        assert read == documented, (
+            f"{method} {path}: reads {sorted(read)}, documents {sorted(documented)}"
+        )
+        checked += bool(read)
+    assert checked >= 2  # GET /tasks's filters and POST /tasks's Idempotency-Key at least
