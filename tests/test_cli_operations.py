@@ -21,7 +21,7 @@ import pytest
 from app import cli, logs
 from app import queue as q
 from app.api.stats import Stats
-from tests.helpers import REPO, TEST_SETTINGS, free_port, taskq_env
+from tests.helpers import REPO, TEST_SETTINGS, free_port, taskq_env, wait_until
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -249,23 +249,35 @@ def test_status_wait_follows_the_task_then_prints_it(
 ) -> None:
     task = q.enqueue(conn, "echo", {})
 
-    def finish_later() -> None:
-        time.sleep(0.8)
-        with psycopg.connect(database_url, autocommit=True) as other:
-            other.execute(
-                "UPDATE taskq_tasks SET status = 'succeeded', attempts = 1, finished_at = now(),"
-                " result = '{\"ok\": true}' WHERE id = %s",
-                (task.id,),
-            )
+    def cli_has_read_the_task() -> bool:
+        # The CLI's connection is idle after reading the task: it has seen it queued and
+        # prints that line before it reads again.
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'taskq-cli'"
+            "   AND state = 'idle' AND position('FROM taskq_tasks WHERE id' IN query) > 0"
+        ).fetchone()
+        return bool(row and row["n"])
 
-    finisher = threading.Thread(target=finish_later)
-    finisher.start()
+    ran: list[tuple[int, str, str]] = []
+    cli_thread = threading.Thread(
+        target=lambda: ran.append(
+            run_main(
+                database_url, "status", str(task.id), "--wait", "--timeout", "20", "--progress"
+            )
+        )
+    )
+    cli_thread.start()
     try:
-        code, out, err = run_main(
-            database_url, "status", str(task.id), "--wait", "--timeout", "20", "--progress"
+        wait_until(cli_has_read_the_task, timeout=15, what="the CLI to read the queued task")
+        conn.execute(
+            "UPDATE taskq_tasks SET status = 'succeeded', attempts = 1, finished_at = now(),"
+            " result = '{\"ok\": true}' WHERE id = %s",
+            (task.id,),
         )
     finally:
-        finisher.join(10)
+        cli_thread.join(30)
+    ((code, out, err),) = ran
     assert code == 0
     assert json.loads(out)["status"] == "succeeded"  # stdout: the task, for scripts
     assert f"task {task.id}: queued, attempt 0/5" in err  # stderr: what a person watches

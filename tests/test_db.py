@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -43,6 +44,31 @@ def test_pool_times_out_cleanly_when_the_database_is_down() -> None:
         with pytest.raises(DatabaseUnavailable), db.pooled(pool):
             pass
         assert db.ping(pool, timeout=0.2) is False
+    finally:
+        pool.close()
+
+
+def test_an_exhausted_pool_times_out_then_serves_again(make_settings: Any) -> None:
+    timeout = 0.5
+    settings = make_settings(db_pool_timeout=timeout)
+    pool = db.create_pool(settings, name="one", min_size=1, max_size=1, open_wait=True)
+    try:
+        with db.pooled(pool) as held:  # the pool's only connection is checked out
+            held.execute("SELECT 1")
+            started = time.monotonic()
+            with (
+                pytest.raises(DatabaseUnavailable, match="no connection within timeout"),
+                db.pooled(pool),
+            ):
+                pass
+            waited = time.monotonic() - started
+            assert timeout * 0.9 <= waited < timeout + 2  # the pool timeout, not forever
+            assert db.ping(pool, timeout=0.2) is False  # the probe says so too
+        # Returned: the same pool serves again, with no reconnect in between.
+        with db.pooled(pool) as again:
+            assert again.execute("SELECT 42 AS x").fetchone() == {"x": 42}
+        assert db.ping(pool) is True
+        assert pool.get_stats()["pool_max"] == 1
     finally:
         pool.close()
 

@@ -80,11 +80,35 @@ def test_enqueue_notifies_once_per_queue_at_commit(database_url: str) -> None:
 
 
 def test_enqueue_many_keeps_input_order_and_is_one_statement(conn: Conn) -> None:
+    # A statement-level trigger records every INSERT statement on the table with the
+    # number of rows it inserted: one entry per statement, however many rows it holds.
+    conn.execute("CREATE TABLE insert_statements (seq serial PRIMARY KEY, n_rows int)")
+    conn.execute(
+        """
+        CREATE FUNCTION count_insert_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO insert_statements (n_rows) SELECT count(*) FROM inserted_rows;
+            RETURN NULL;
+        END $$
+        """
+    )
+    conn.execute(
+        "CREATE TRIGGER count_insert_statement AFTER INSERT ON taskq_tasks"
+        " REFERENCING NEW TABLE AS inserted_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION count_insert_statement()"
+    )
     specs = [TaskSpec(payload={"n": i}, priority=i % 3) for i in range(2500)]
     tasks = q.enqueue_many(conn, specs, chunk_size=1000)
     assert [t.payload["n"] for t in tasks] == list(range(2500))
     assert all(t.created for t in tasks)
     assert conn.execute("SELECT count(*) AS n FROM taskq_tasks").fetchone()["n"] == 2500  # type: ignore[index]
+    statements = conn.execute("SELECT n_rows FROM insert_statements ORDER BY seq").fetchall()
+    assert [row["n_rows"] for row in statements] == [1000, 1000, 500]  # one per chunk
+
+    conn.execute("TRUNCATE insert_statements")
+    q.enqueue_many(conn, [TaskSpec(payload={"n": i}) for i in range(300)])  # default chunk
+    statements = conn.execute("SELECT n_rows FROM insert_statements").fetchall()
+    assert [row["n_rows"] for row in statements] == [300]
 
 
 def test_scheduling_options(conn: Conn) -> None:

@@ -138,11 +138,29 @@ def test_runs_in_priority_order_and_only_its_queues(make_settings: Any, conn: Co
     assert q.get(conn, other.id).status == "queued"
 
 
+def _caught_up_and_idle(conn: Conn) -> bool:
+    """The worker's claim connection has finished a claim that started after its listener
+    was listening, and sits idle: the catch-up claim the listener asks for after LISTEN is
+    done, and the claim loop waits for the next wake-up (seen in pg_stat_activity)."""
+    row = conn.execute(
+        "SELECT claim.state = 'idle'"
+        "       AND position('WITH ready AS' IN claim.query) > 0"
+        "       AND claim.query_start > listener.state_change AS idle"
+        "  FROM pg_stat_activity claim, pg_stat_activity listener"
+        " WHERE claim.datname = current_database() AND listener.datname = current_database()"
+        "   AND claim.application_name = 'taskq-worker-claim'"
+        "   AND listener.application_name = 'taskq-listener'"
+        "   AND listener.query = 'LISTEN taskq' AND listener.state = 'idle'"
+    ).fetchone()
+    return bool(row and row["idle"])
+
+
 def test_notification_wakes_the_worker_without_polling(make_settings: Any, conn: Conn) -> None:
     settings = make_settings(poll_interval=60.0)  # polling cannot explain a fast pickup
     with running_worker(settings) as worker:
         wait_until(worker.listener.connected.is_set, what="listener")
-        time.sleep(0.3)  # let the initial catch-up claim finish so the worker is idle
+        # Idle first: a task enqueued now can only be picked up through its notification.
+        wait_until(lambda: _caught_up_and_idle(conn), what="the catch-up claim to finish")
         task = q.enqueue(conn, "echo")
         wait_until(_finished(conn, task), timeout=5, what="a notified task")
 
@@ -248,17 +266,76 @@ def test_stop_releases_tasks_that_outlast_the_shutdown_timeout(
     assert back.run_at <= datetime.now(UTC) + timedelta(seconds=1)
 
 
-def test_health_endpoints(settings: Settings) -> None:
-    def get(path: str) -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{worker.health.port}{path}") as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as err:
-            return err.code, json.load(err)
+def _probe(worker: Worker, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.health.port}{path}") as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
 
+
+def test_health_endpoints(settings: Settings) -> None:
     with running_worker(settings) as worker:
         wait_until(worker.listener.connected.is_set, what="listener")
-        assert get("/live") == (200, {"status": "live"})
-        status, body = get("/ready")
+        assert _probe(worker, "/live") == (200, {"status": "live"})
+        status, body = _probe(worker, "/ready")
         assert status == 200
         assert body["checks"] == {"database": True, "listener": True, "accepting": True}
+
+
+def test_ready_is_503_while_the_listener_is_disconnected(
+    settings: Settings, conn: Conn, server_url: str
+) -> None:
+    def allow_connections(allow: bool) -> None:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                f'ALTER DATABASE "{conn.info.dbname}" ALLOW_CONNECTIONS {str(allow).lower()}'
+            )
+
+    with running_worker(settings) as worker:
+        wait_until(lambda: _probe(worker, "/ready")[0] == 200, what="the worker to be ready")
+        # New connections to this database are refused while the listener is down, so
+        # the window in which it reconnects stays open until the test closes it.
+        allow_connections(False)
+        try:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+                " WHERE application_name = 'taskq-listener' AND datname = current_database()"
+            ).fetchone()
+            assert killed is not None
+            assert killed["n"] == 1
+            _, body = wait_until(
+                lambda: (r := _probe(worker, "/ready"))[0] == 503 and r,
+                what="/ready to report the lost listener",
+            )
+            assert body["status"] == "not ready"
+            assert body["checks"]["listener"] is False
+            assert body["checks"]["accepting"] is True
+            assert _probe(worker, "/live") == (200, {"status": "live"})
+        finally:
+            allow_connections(True)
+        _, body = wait_until(
+            lambda: (r := _probe(worker, "/ready"))[0] == 200 and r,
+            what="/ready after the listener reconnected",
+        )
+        assert body["checks"] == {"database": True, "listener": True, "accepting": True}
+        assert worker.listener.reconnects >= 2
+
+
+def test_ready_is_503_while_the_worker_drains(settings: Settings, conn: Conn) -> None:
+    release = threading.Event()
+    registry = fresh_registry()
+    registry.register("blocked", lambda payload: release.wait(10) and "done")
+    with running_worker(settings, registry) as worker:
+        wait_until(lambda: _probe(worker, "/ready")[0] == 200, what="the worker to be ready")
+        task = q.enqueue(conn, "blocked")
+        wait_until(lambda: q.get(conn, task.id).status == "running", what="claim")
+        worker.stop()  # what SIGTERM and SIGINT do: stop claiming, drain in-flight tasks
+        try:
+            status, body = _probe(worker, "/ready")
+            assert status == 503
+            assert body["checks"] == {"database": True, "listener": True, "accepting": False}
+            assert _probe(worker, "/live")[0] == 200
+        finally:
+            release.set()
+    assert q.get(conn, task.id).status == "succeeded"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 
 from app import queue as q
 from app.models import TaskSpec
-from tests.helpers import spawn_taskq, stop_process, taskq_env, wait_until
+from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env, wait_until
 
 pytestmark = pytest.mark.slow
 Conn = psycopg.Connection[dict[str, Any]]
@@ -40,13 +43,24 @@ def _status_counts(conn: Conn) -> dict[str, int]:
     return {row["status"]: row["n"] for row in q.counts(conn)}
 
 
-def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def _worker(env: dict[str, str], *args: str, health_port: int = 0) -> subprocess.Popen[str]:
     return spawn_taskq(
-        ["worker", "--health-port", "0", *args],
+        ["worker", "--health-port", str(health_port), *args],
         env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def _ready(port: int) -> tuple[int, dict[str, bool]] | None:
+    """The worker's /ready: (status, checks), or None while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+            return resp.status, json.load(resp)["checks"]
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)["checks"]
+    except OSError:
+        return None
 
 
 def test_several_processes_run_each_task_exactly_once(
@@ -75,15 +89,16 @@ def test_several_processes_run_each_task_exactly_once(
     assert attempts == [{"attempts": 1}]
 
 
-def test_sigterm_finishes_in_flight_tasks_and_exits_zero(
-    database_url: str, conn: Conn, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_finishes_in_flight_tasks_and_exits_zero(
+    database_url: str, conn: Conn, tmp_path: Path, signum: signal.Signals
 ) -> None:
     env = _env(database_url, tmp_path / "runs.log", shutdown_timeout=10)
     worker = _worker(env, "--concurrency", "4")
     try:
         tasks = q.enqueue_many(conn, [TaskSpec(kind="sleep", payload={"seconds": 1.5})] * 2)
         wait_until(lambda: _status_counts(conn).get("running") == 2, what="both to run")
-        worker.send_signal(signal.SIGTERM)
+        worker.send_signal(signum)
         assert worker.wait(timeout=15) == 0
     finally:
         stop_process(worker)
@@ -108,15 +123,31 @@ def test_sigterm_puts_back_what_outlasts_the_shutdown_timeout(
     assert (back.status, back.attempts) == ("queued", 0)
 
 
-def test_a_second_signal_exits_at_once(database_url: str, conn: Conn, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGTERM)],
+    ids=["SIGTERM-then-SIGINT", "SIGINT-then-SIGTERM"],
+)
+def test_a_second_signal_exits_at_once(
+    database_url: str, conn: Conn, tmp_path: Path, first: signal.Signals, second: signal.Signals
+) -> None:
     env = _env(database_url, tmp_path / "runs.log", shutdown_timeout=60)
-    worker = _worker(env)
+    port = free_port()
+    worker = _worker(env, health_port=port)
     try:
         task = q.enqueue(conn, "sleep", {"seconds": 60})
         wait_until(lambda: q.get(conn, task.id).status == "running", what="claim")
-        worker.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # the first signal must be handled before the second arrives
-        worker.send_signal(signal.SIGINT)
+        ready = {"database": True, "listener": True, "accepting": True}
+        wait_until(lambda: _ready(port) == (200, ready), what="the worker to be ready")
+        worker.send_signal(first)
+        # The first signal has been handled once the worker stops accepting work: it
+        # drains, and /ready says so.
+        wait_until(
+            lambda: _ready(port) == (503, {**ready, "accepting": False}),
+            what="the worker to start draining",
+        )
+        assert worker.poll() is None  # draining: the 60 s task holds it
+        worker.send_signal(second)
         assert worker.wait(timeout=5) != 0
     finally:
         stop_process(worker)
