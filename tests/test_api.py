@@ -15,6 +15,7 @@ import falcon.testing
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
 
 from app import db
 from app import queue as q
@@ -452,6 +453,51 @@ def test_an_unexpected_exception_is_a_500_without_a_traceback(settings: Settings
     assert "RuntimeError" not in result.text
     assert "File " not in result.text
     assert error["code"] == "internal_error"
+
+
+def test_an_unexpected_database_error_is_logged_without_the_row_it_quotes(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "card-4111-1111-1111-1111"
+    raised: list[BaseException] = []
+
+    class BadInsert:
+        """A resource with a bug: it writes a row the table's CHECK constraint refuses."""
+
+        def __init__(self, pool: Any) -> None:
+            self._pool = pool
+
+        def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+            try:
+                with db.pooled(self._pool) as conn:
+                    conn.execute(
+                        "INSERT INTO taskq_tasks (id, kind, payload, status)"
+                        " VALUES (gen_random_uuid(), 'echo', %s, 'no-such-status')",
+                        (Jsonb({"card": secret}),),
+                    )
+            except Exception as exc:
+                raised.append(exc)
+                raise
+
+    client, pool, app = _client(settings)
+    try:
+        app.add_route("/bad-insert", BadInsert(pool))
+        with caplog.at_level("DEBUG"):
+            result = client.simulate_post("/bad-insert")
+    finally:
+        pool.close()
+    assert_error(result, 500)
+    assert secret not in result.text
+    (exc,) = raised
+    assert isinstance(exc, psycopg.errors.CheckViolation)
+    assert "Failing row contains" in str(exc)  # what a plain log.exception would have logged
+    assert secret in str(exc)
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    assert record.exc_info is None
+    assert "psycopg.errors.CheckViolation" in record.getMessage()
+    assert "on_post" in record.getMessage()  # the frames are kept
+    assert secret not in caplog.text
+    assert "Failing row" not in caplog.text
 
 
 # ------------------------------------------------------------------ batch

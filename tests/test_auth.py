@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,46 @@ def test_token_set_compares_every_token() -> None:
     assert not tokens.accepts(TOKEN[:-1])
     assert not tokens.accepts("")
     assert not tokens.accepts("\udcff" * 20)  # undecodable bytes from a header
+
+
+def _attribute_values(obj: object, seen: set[int] | None = None) -> Iterator[object]:
+    """Every value reachable from `obj` through attributes and containers."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    yield obj
+    children: Iterable[object] = ()
+    if isinstance(obj, dict):
+        children = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, list | tuple | set | frozenset):
+        children = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        children = vars(obj).values()
+    for child in children:
+        yield from _attribute_values(child, seen)
+
+
+def test_the_middleware_keeps_only_digests_of_the_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth_module, "RELOAD_CHECK_SECONDS", 0.0)
+    secret = tmp_path / "tokens"
+    secret.write_text(f"{OTHER}\n")
+    auth = BearerAuth.from_settings(load_settings(api_tokens=TOKEN, api_tokens_file=str(secret)))
+    assert auth is not None
+    assert auth._current().accepts(TOKEN)
+    assert auth._current().accepts(OTHER)
+    secret.write_text(f"{OTHER}\n# rotated\n")  # and after a reload
+    later = time.time() + 5
+    os.utime(secret, (later, later))
+    assert auth._current().accepts(TOKEN)
+    values = list(_attribute_values(auth))
+    assert any(isinstance(v, TokenSet) for v in values)  # the walk reached the token set
+    for token in (TOKEN, OTHER):
+        for value in values:
+            assert not (isinstance(value, str) and token in value), "a token in plaintext"
+            assert not (isinstance(value, bytes) and token.encode() in value), "a token as bytes"
 
 
 @pytest.mark.parametrize(

@@ -47,8 +47,8 @@ def _digest(token: str) -> bytes:
 class TokenSet:
     """The accepted tokens, kept only as SHA-256 digests."""
 
-    def __init__(self, tokens: Iterable[str]) -> None:
-        self._digests = [_digest(t) for t in tokens]
+    def __init__(self, tokens: Iterable[str] = (), *, digests: Iterable[bytes] = ()) -> None:
+        self._digests = [*digests, *(_digest(t) for t in tokens)]
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -65,12 +65,14 @@ class BearerAuth:
     """Falcon middleware: requests other than the probes need `Authorization: Bearer <token>`."""
 
     def __init__(self, tokens: Iterable[str], tokens_file: Path | None = None) -> None:
-        self._static = [t for t in tokens if t]
+        # Digests only, also of the tokens from the settings (merged with the file's on
+        # every reload): no token is kept in plaintext after start-up.
+        self._static_digests = [_digest(t) for t in tokens if t]
         self._file = tokens_file
         self._file_stamp: tuple[float, int] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
-        self._tokens = TokenSet(self._static)
+        self._tokens = TokenSet(digests=self._static_digests)
         if tokens_file is not None:
             self._reload(force=True)
 
@@ -99,10 +101,10 @@ class BearerAuth:
                 type(exc).__name__,
             )
             return
-        if not from_file and not self._static:
+        if not from_file and not self._static_digests:
             log.warning("TASKQ_API_TOKENS_FILE holds no token; keeping the previous tokens")
             return
-        self._tokens = TokenSet(self._static + from_file)
+        self._tokens = TokenSet(from_file, digests=self._static_digests)
         if self._file_stamp is not None:
             log.info("API tokens reloaded: %d token(s)", len(self._tokens))
         self._file_stamp = stamp

@@ -4,13 +4,16 @@
                "details": [{"field": "...", "message": "..."}]}}
 
 `field` and `details` appear only when they say something. No stack trace ever reaches a
-client: unexpected exceptions are logged with their traceback and answered with a 500
-that names the request, nothing more.
+client: unexpected exceptions are logged with their type and traceback frames and answered
+with a 500 that names the request, nothing more. Their messages are withheld from the log:
+a database error's text quotes the row it refused ("Failing row contains (...)"), payload
+included.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 import falcon
@@ -113,10 +116,42 @@ def handle_unexpected(
 ) -> None:
     if isinstance(error, falcon.HTTPError):  # Falcon's own errors keep their status
         raise error
-    log.exception("unhandled error on %s %s", req.method, req.path)
+    log.error(
+        "unhandled error on %s %s: %s (message withheld)\n%s",
+        req.method,
+        req.path,
+        _qualified_name(error),
+        _frames_only(error),
+    )
     raise ApiError(
         falcon.HTTP_500, "internal error; the server log has the details", code="internal_error"
     )
+
+
+def _qualified_name(error: BaseException) -> str:
+    cls = type(error)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _frames_only(error: BaseException) -> str:
+    """The traceback of `error` and of the exceptions it was raised from or while handling,
+    as frames and exception types: no exception's message, which may quote user data."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{frames}{_qualified_name(current)}")
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif current.__suppress_context__:
+            current = None
+        else:
+            current = current.__context__
+    return "\n\nwhich was raised from or while handling:\n\n".join(parts)
 
 
 def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
