@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from app.cli.services import names_a_database
+from app.settings import load_settings
 from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env, wait_until
 
 pytestmark = pytest.mark.slow
@@ -150,17 +153,47 @@ def _interrupt_and_check(proc: Any, log: Path) -> None:
     )
 
 
-def test_dev_against_database_url(database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "TASKQ_DATABASE_URL"])
+def test_dev_against_database_url(database_url: str, tmp_path: Path, variable: str) -> None:
+    """Either name of the setting points `taskq dev` at that database: no embedded server."""
+    env = taskq_env(database_url)
+    env[variable] = env.pop("DATABASE_URL")
+    data_dir = tmp_path / "pgdata"
     log = tmp_path / "dev.log"
-    with dev_process(taskq_env(database_url), log) as (proc, url):
+    with dev_process(env, log, "--data-dir", str(data_dir)) as (proc, url):
         done = _submit_and_wait(url)
         assert done["status"] == "succeeded", done
         assert done["result"] == {"input": "hello"}
+        assert not _postgres_for(data_dir)
         _interrupt_and_check(proc, log)
+    assert not data_dir.exists(), "taskq dev started an embedded PostgreSQL"
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT status FROM taskq_tasks WHERE id = %s", (done["id"],))
+        assert row.fetchone() == ("succeeded",)  # the task went to the configured database
     output = log.read_text()
     assert "curl" in output
     assert url.removeprefix("http://") in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, False),
+        ({"DATABASE_URL": ""}, False),
+        ({"DATABASE_URL": "postgresql://db.example/taskq"}, True),
+        ({"TASKQ_DATABASE_URL": "postgresql://db.example/taskq"}, True),
+        ({"DATABASE_URL": "host=127.0.0.1 dbname=taskq"}, True),
+    ],
+)
+def test_dev_decides_embedded_or_not_from_the_loaded_settings(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], expected: bool
+) -> None:
+    for key in ("DATABASE_URL", "TASKQ_DATABASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    assert names_a_database(load_settings()) is expected
 
 
 def test_dev_with_embedded_postgres(tmp_path: Path) -> None:

@@ -48,10 +48,16 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def names_a_database(settings: Settings) -> bool:
+    """Whether DATABASE_URL (or its alias TASKQ_DATABASE_URL) was set to a database, as
+    opposed to the built-in default that `taskq dev` replaces with an embedded server."""
+    return "database_url" in settings.model_fields_set and bool(settings.database_url)
+
+
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     env = dict(os.environ)
     server = None
-    if not os.environ.get("DATABASE_URL"):
+    if not names_a_database(settings):
         from app import embedded
 
         try:
