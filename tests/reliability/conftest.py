@@ -120,7 +120,11 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    pytest.skip("running as root with no unprivileged account for a private PostgreSQL")
+    reason = "running as root with no unprivileged account for a private PostgreSQL"
+    if os.environ.get("CI"):
+        # In CI a skipped database-fault scenario would pass unnoticed: fail instead.
+        pytest.fail(f"{reason} (CI is set: add a postgres or nobody account)")
+    pytest.skip(reason)
 
 
 class PrivatePostgres:

@@ -7,6 +7,8 @@ Scenarios that stop PostgreSQL use `private_pg`, never the shared server.
 from __future__ import annotations
 
 import collections
+import os
+import pwd
 import threading
 import time
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.helpers import wait_until
+from tests.reliability import conftest
 from tests.reliability.conftest import Metrics, PrivatePostgres
 from tests.reliability.harness import Processes, get_status, request
 from tests.reliability.load import Load, Outcome, ReadyProbe
@@ -379,3 +382,22 @@ def test_connections_exhausted_then_freed(
         ready_while_exhausted=ready,
         first_201_seconds_after_slots_freed=round(recovered, 2),
     )
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("", pytest.skip.Exception), ("1", pytest.fail.Exception)]
+)
+def test_without_an_account_for_postgres_ci_fails_instead_of_skipping(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    """As root with neither a postgres nor a nobody account, the scenarios above cannot
+    run: a developer's machine skips them; CI (the CI variable set) must not pass that way."""
+
+    def no_such_account(name: str) -> pwd.struct_passwd:
+        raise KeyError(name)
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pwd, "getpwnam", no_such_account)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no unprivileged account"):
+        conftest._unprivileged_user()
