@@ -126,3 +126,36 @@ def test_an_unreachable_database_fails_fast_after_the_first_attempt() -> None:
         assert time.monotonic() - started < db.UNREACHABLE_WAIT + 0.5
     finally:
         pool.close()
+
+
+def test_enqueue_sessions_commit_durably_whatever_the_server_default(
+    settings: Settings, database_url: str
+) -> None:
+    """A database default of synchronous_commit=off must not make accepted tasks volatile;
+    the worker's own sessions keep the asynchronous commit they ask for."""
+    dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = off')
+    durable = db.create_pool(settings, name="durable", open_wait=True)
+    worker_side = db.create_pool(settings, name="async", open_wait=True, synchronous_commit=False)
+    try:
+        for pool, expected in ((durable, "on"), (worker_side, "off")):
+            with db.pooled(pool) as conn:
+                assert conn.execute("SHOW synchronous_commit").fetchone() == {
+                    "synchronous_commit": expected
+                }
+        with db.connect(settings, name="cli") as conn:
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+            assert row == {"synchronous_commit": "on"}
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = remote_apply')
+        stricter = db.create_pool(settings, name="strict", open_wait=True)
+        try:
+            with db.pooled(stricter) as conn:  # a stricter setting is left alone
+                row = conn.execute("SHOW synchronous_commit").fetchone()
+                assert row == {"synchronous_commit": "remote_apply"}
+        finally:
+            stricter.close()
+    finally:
+        durable.close()
+        worker_side.close()
