@@ -46,6 +46,8 @@ SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s
 # UPDATE makes the queued -> running transition conditional even if the row changed
 # meanwhile. Only what a worker needs comes back, already in claim order (UPDATE ...
 # RETURNING has none of its own), with the time the task waited after becoming runnable.
+# With several queues, each probe locks up to `limit` rows and only the best `limit` of
+# them are claimed; the others are unlocked when the statement commits, a moment later.
 CLAIM: LiteralString = """
 WITH ready AS (
     SELECT c.id

@@ -83,6 +83,7 @@ class Worker:
         # completer's round trip then overlaps the next claim instead of lengthening every
         # cycle. Unwritten outcomes are capped so a slow database applies back-pressure.
         self._running = 0
+        self._closing = False  # set once the drain deadline has passed
         self._max_unrecorded = max(4 * self.concurrency, 256)
         self._todo: stdqueue.SimpleQueue[q.Claimed | None] = stdqueue.SimpleQueue()
         # Outcomes for the completer: (outcome, task, handler seconds), or _STOP.
@@ -158,6 +159,9 @@ class Worker:
             self._wake.clear()
         self._outbox.put(_STOP)
         completer.join(timeout=max(1.0, deadline - time.monotonic()))
+        # Runners no longer start what is still waiting locally; it is released below.
+        self._closing = True
+        self._record_leftovers()
         with self._lock:
             unfinished = [
                 task.lease
@@ -181,6 +185,20 @@ class Worker:
         self._finish_db.close()
         self._pool.close(timeout=1.0)
         log.info("worker %s stopped: %s", self.worker_id, self.counts)
+
+    def _record_leftovers(self) -> None:
+        """Record outcomes that reached the outbox after the completer stopped: without
+        this they would be neither recorded nor released, and wait out their lease."""
+        batch: list[q.Finish] = []
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except stdqueue.Empty:
+                break
+            if item is not _STOP:
+                batch.append(item[0])  # type: ignore[index]
+        if batch:
+            self._record(batch)
 
     def _free_slots(self) -> int:
         with self._lock:
@@ -241,6 +259,8 @@ class Worker:
     def _run_loop(self) -> None:
         debug = log.isEnabledFor(logging.DEBUG)
         while (task := self._todo.get()) is not None:
+            if self._closing:
+                continue  # shutting down: the task is released, not started
             token = logs.bind_task(task.id, task.queue, task.kind, task.attempts)
             try:
                 started = time.monotonic()
@@ -350,7 +370,7 @@ class Worker:
                     self._record([one])
                 return
             except DatabaseUnavailable:
-                if self._halt.is_set():
+                if self._halt.is_set() or self._closing:
                     return  # give up: leases expire and the tasks run again elsewhere
                 self._halt.wait(delay)
                 delay = min(delay * 2, 2.0)
