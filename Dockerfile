@@ -39,9 +39,23 @@ LABEL org.opencontainers.image.title="taskq" \
 # A numeric, non-root user: Kubernetes' runAsNonRoot can only verify a numeric
 # UID. No home directory is needed; HOME points at /tmp, the one writable path
 # (an emptyDir under readOnlyRootFilesystem).
+#
+# The base image's own pip, setuptools and wheel (and the wheels ensurepip or
+# Debian's venv would reinstall them from) are build tools: the processes run
+# from /opt/taskq, a venv without them that never sees the base's
+# site-packages, so they are removed before anything else is added.
 RUN groupadd --gid 10001 taskq \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
-            --shell /usr/sbin/nologin taskq
+            --shell /usr/sbin/nologin taskq \
+ && for site in $(python3 -c 'import site; print(*site.getsitepackages())'); do \
+      rm -rf "$site"/pip "$site"/pip-*.dist-info \
+             "$site"/setuptools "$site"/setuptools-*.dist-info \
+             "$site"/pkg_resources "$site"/_distutils_hack \
+             "$site"/distutils-precedence.pth \
+             "$site"/wheel "$site"/wheel-*.dist-info; \
+    done \
+ && rm -rf /usr/local/bin/pip /usr/local/bin/pip3* /usr/local/bin/wheel \
+           /usr/local/lib/python3*/ensurepip/_bundled /usr/share/python-wheels
 
 COPY --from=build /opt/taskq /opt/taskq
 

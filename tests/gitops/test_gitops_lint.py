@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -54,8 +55,29 @@ def test_dockerfile_contract() -> None:
     assert text.count("FROM ") == 2, "builder + runtime stages"
     final_stage = text.rsplit("FROM ", 1)[1]
     assert "COPY --from=build /opt/taskq /opt/taskq" in final_stage
-    runs = [line for line in final_stage.splitlines() if line.startswith("RUN")]
-    assert not [r for r in runs if "pip" in r or "apt-get" in r], "no installs in the final stage"
+    # The final stage may remove things (the base image's pip), never install any.
+    assert final_stage_installs(text) == [], "no installs in the final stage"
+
+
+INSTALLS = re.compile(
+    r"\b(?:pip3?|apt-get|apt|apk|dnf|yum)(?:\s+-\S+)*\s+install\b"
+    r"|-m\s+ensurepip\b|\bdpkg\s+(?:-i|--install)\b"
+)
+
+
+def final_stage_installs(dockerfile: str) -> list[str]:
+    """RUN instructions of the last stage that install packages."""
+    final_stage = dockerfile.rsplit("FROM ", 1)[1]
+    # One string per instruction: continuation lines joined, comment lines dropped.
+    instructions = re.sub(r"\\\n(?:\s*#[^\n]*\n)*", " ", final_stage).splitlines()
+    return [i for i in instructions if i.startswith("RUN ") and INSTALLS.search(i)]
+
+
+def test_final_stage_installs_are_found_across_continuation_lines() -> None:
+    text = "FROM a AS build\nFROM b\nRUN set -eu \\\n    # tools\n && apt-get -y install curl\n"
+    assert len(final_stage_installs(text)) == 1
+    assert final_stage_installs("FROM b\nRUN /opt/v/bin/python -m pip install x\n")
+    assert not final_stage_installs("FROM b\nRUN rm -rf /usr/local/bin/pip /usr/lib/pip-x\n")
 
 
 def overlay_image(root: Path, env: str) -> str:
