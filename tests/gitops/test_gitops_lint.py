@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -11,7 +12,44 @@ import yaml
 
 from tests.gitops.gitops_support import REPO, run, venv_tool
 
-SCRIPTS = sorted(p for p in (REPO / "scripts").glob("*.sh"))
+
+def shell_of(path: Path) -> str | None:
+    """The interpreter a #! line names (through env), or None."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(200).decode(errors="replace")
+    except OSError:  # a socket, a dangling link
+        return None
+    if not first.startswith("#!"):
+        return None
+    words = first[2:].split()
+    if words and Path(words[0]).name == "env":
+        words = [w for w in words[1:] if not w.startswith("-")]
+    return Path(words[0]).name if words else None
+
+
+SHELLS = {"sh", "bash", "dash", "ksh"}
+# Not the repository's own files: tool caches, installs, build output (.gitignore).
+UNTRACKED_DIRS = {
+    *(".git", ".venv", ".tools", "node_modules", "build", "dist", "test-artifacts"),
+    *("__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"),
+}
+
+
+def shell_scripts(root: Path) -> list[Path]:
+    """Every shell script under root: *.sh, and files whose #! line names a shell (the
+    CI's .ci/run and .ci/in-debian have no suffix)."""
+    found = []
+    for parent, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in UNTRACKED_DIRS and not d.startswith(".pgdata")]
+        for name in files:
+            p = Path(parent) / name
+            if p.is_file() and (p.suffix == ".sh" or shell_of(p) in SHELLS):
+                found.append(p)
+    return sorted(found)
+
+
+SCRIPTS = shell_scripts(REPO)
 
 
 def test_hadolint_dockerfile() -> None:
@@ -34,6 +72,8 @@ def test_shellcheck(script: Path) -> None:
 def test_scripts_exist() -> None:
     names = {p.name for p in SCRIPTS}
     assert {"bump-image.sh", "podman-setup.sh", "build-base-image.sh", "kind-demo.sh"} <= names
+    # Found by their #! line: shellchecked although they have no .sh suffix.
+    assert {".ci/run", ".ci/in-debian"} <= {str(p.relative_to(REPO)) for p in SCRIPTS}
 
 
 def test_yamllint() -> None:
