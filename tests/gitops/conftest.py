@@ -7,12 +7,22 @@ version nobody pinned), kubernetes-validate, hadolint, shellcheck, yamllint.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gitops_policies import Context
 
-from tests.gitops.gitops_support import OVERLAYS, REPO, parse_contract, render, run
+from tests.gitops.gitops_support import (
+    OVERLAYS,
+    REPO,
+    gunicorn_graceful_timeout,
+    parse_contract,
+    render,
+    run,
+    served_routes,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +36,32 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def contract() -> dict[str, Any]:
     return parse_contract((REPO / "docs" / "contract.md").read_text())
+
+
+@pytest.fixture(scope="session")
+def routes() -> dict[str, frozenset[str]]:
+    """GET paths the API and the worker's health server really serve."""
+    return served_routes()
+
+
+@pytest.fixture(scope="session")
+def policy_context(
+    contract: dict[str, Any], routes: dict[str, frozenset[str]]
+) -> Callable[[str], Context]:
+    """The Context the policy checks get for an overlay: the contract, plus the facts
+    read from the application (its routes, gunicorn's graceful timeout)."""
+    graceful = gunicorn_graceful_timeout()
+
+    def make(env: str) -> Context:
+        return Context(
+            env=env,
+            namespace=f"taskq-{env}",
+            contract=contract,
+            routes=routes,
+            api_graceful_timeout=graceful,
+        )
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ test_policy_negative.py prove each one fails on a deliberately broken copy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +44,11 @@ CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "Persi
 class Context:
     env: str  # dev | prod
     namespace: str  # taskq-dev | taskq-prod
-    contract: dict[str, Any]  # parsed docs/contract.md (see conftest.parse_contract)
+    contract: dict[str, Any]  # parsed docs/contract.md (see gitops_support.parse_contract)
+    # What the code serves and how it stops, read from the application itself
+    # (gitops_support.served_routes and gunicorn_graceful_timeout):
+    routes: Mapping[str, frozenset[str]]  # component (api, worker) -> paths answering GET
+    api_graceful_timeout: float  # gunicorn's graceful_timeout in app/server.py, s
 
 
 # ---------------------------------------------------------------- helpers
@@ -333,6 +337,10 @@ def check_secrets(objs: list[Obj], ctx: Context) -> list[str]:
             errors.append(f"prod must not carry Secrets in Git: {sorted(secrets)}")
         if "taskq-db" not in externals:
             errors.append("prod: an ExternalSecret must produce taskq-db")
+        elif externals["taskq-db"]["spec"]["target"].get("creationPolicy") != "Orphan":
+            # Owner (the default) makes the Secret a child of the ExternalSecret: deleting
+            # that would take the database's password with it, while the volume stays.
+            errors.append("prod: ExternalSecret taskq-db must not own the Secret (Orphan)")
     elif "taskq-db" not in secrets and "taskq-db" not in externals:
         errors.append(f"{ctx.env}: no Secret taskq-db")
     provided: dict[str, set[str]] = {
@@ -493,6 +501,11 @@ def check_probes(objs: list[Obj], ctx: Context) -> list[str]:
                 errors.append(
                     f"{comp}: {probe} path {got_path} is not an endpoint of the {comp} (contract)"
                 )
+            if got_path not in ctx.routes.get(comp, frozenset()):
+                errors.append(
+                    f"{comp}: {probe} path {got_path} is not a GET route the {comp} serves "
+                    f"(the app serves {sorted(ctx.routes.get(comp, ()))})"
+                )
             if got_port != bound:
                 errors.append(f"{comp}: {probe} port {got_port} != bound port {bound}")
         if not any(int(p["containerPort"]) == bound for p in c.get("ports", [])):
@@ -519,8 +532,15 @@ def check_api(objs: list[Obj], ctx: Context) -> list[str]:
         delay = int(pre["exec"]["command"][-1])
     if not delay:
         errors.append("api needs a preStop delay so endpoints drain before shutdown")
-    elif pod.get("terminationGracePeriodSeconds", 30) <= delay:
-        errors.append("api terminationGracePeriodSeconds must exceed the preStop delay")
+    else:
+        # The kubelet counts the grace period from the start of preStop; gunicorn gets
+        # SIGTERM after it and gives its workers graceful_timeout to finish requests.
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if grace <= delay + ctx.api_graceful_timeout:
+            errors.append(
+                f"api terminationGracePeriodSeconds {grace} must exceed the preStop delay "
+                f"{delay}s + gunicorn's graceful_timeout {ctx.api_graceful_timeout:g}s"
+            )
     return errors
 
 

@@ -66,3 +66,48 @@ def parse_contract(text: str) -> dict[str, Any]:
         "paths": {"api": get_paths(api.group(2)), "worker": get_paths(worker.group(2))},
         "table": table.group(1),
     }
+
+
+# ------------------------------------------------- facts read from the application
+
+
+class _NoPool:
+    """Stands in for the API's connection pool: building the app and listing its routes
+    opens no connection (and a scrape-time `get_stats()` on this object simply fails)."""
+
+
+def get_routes(app: Any) -> frozenset[str]:
+    """The paths a Falcon app answers GET on (falcon.inspect; internal responders, such as
+    the 405 for an unrouted method, do not count)."""
+    from falcon import inspect
+
+    return frozenset(
+        route.path
+        for route in inspect.inspect_routes(app)
+        if any(m.method == "GET" and not m.internal for m in route.methods)
+    )
+
+
+def served_routes() -> dict[str, frozenset[str]]:
+    """GET paths of the API's Falcon app (`app.api.create_app`) and of the worker's health
+    app (`app.health.health_app`, which the worker serves on TASKQ_WORKER_HEALTH_BIND)."""
+    from app.api import Deps, create_app
+    from app.health import health_app
+    from app.settings import Settings
+
+    api = create_app(Settings(), Deps(pool=_NoPool()))
+    worker = health_app(lambda: {})
+    return {"api": get_routes(api), "worker": get_routes(worker)}
+
+
+def gunicorn_graceful_timeout() -> float:
+    """graceful_timeout as app/server.py configures gunicorn: read from the config object
+    its GunicornServer builds. The metrics directory it would prepare is left alone (that
+    step belongs to a real server start and changes the environment)."""
+    from app import metrics, server
+    from app.settings import Settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics, "prepare_multiprocess_dir", lambda: "/nonexistent")
+        srv = server.GunicornServer(Settings(), bind="127.0.0.1:0", workers=1)
+    return float(srv.cfg.graceful_timeout)

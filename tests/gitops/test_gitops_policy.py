@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,14 +14,12 @@ from gitops_policies import CHECKS, Context
 from tests.gitops.gitops_support import OVERLAYS, REPO
 
 
-def context(env: str, contract: dict[str, Any]) -> Context:
-    return Context(env=env, namespace=f"taskq-{env}", contract=contract)
-
-
 @pytest.mark.parametrize("check", sorted(CHECKS))
 @pytest.mark.parametrize("env", OVERLAYS)
-def test_policy(env: str, check: str, rendered: dict[str, Any], contract: dict[str, Any]) -> None:
-    assert CHECKS[check](rendered[env], context(env, contract)) == []
+def test_policy(
+    env: str, check: str, rendered: dict[str, Any], policy_context: Callable[[str], Context]
+) -> None:
+    assert CHECKS[check](rendered[env], policy_context(env)) == []
 
 
 def test_contract_is_parsed(contract: dict[str, Any]) -> None:
@@ -27,6 +28,22 @@ def test_contract_is_parsed(contract: dict[str, Any]) -> None:
     assert {"/live", "/ready"} <= contract["paths"]["api"]
     assert {"/live", "/ready"} <= contract["paths"]["worker"]
     assert contract["table"] in contract["queue_depth_query"]
+
+
+def test_routes_are_read_from_the_apps(routes: dict[str, frozenset[str]]) -> None:
+    """The probe check compares with what create_app and health_app route, not a copy."""
+    assert routes["worker"] == {"/live", "/ready", "/metrics"}
+    assert {"/live", "/ready", "/metrics", "/tasks", "/tasks/{task_id}"} <= routes["api"]
+
+
+def test_contract_lists_exactly_the_get_routes_the_apps_serve(
+    contract: dict[str, Any], routes: dict[str, frozenset[str]]
+) -> None:
+    def shape(paths: frozenset[str] | set[str]) -> set[str]:
+        return {re.sub(r"\{[^}]*\}", "{}", p) for p in paths}  # /tasks/{id} = /tasks/{task_id}
+
+    for comp in ("api", "worker"):
+        assert shape(contract["paths"][comp]) == shape(routes[comp]), comp
 
 
 # ------------------------------------------------------------------ Argo CD
@@ -40,18 +57,26 @@ def applications(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objs if o["kind"] == "Application"}
 
 
-def test_project_whitelists_exactly_what_is_rendered(
-    argocd_apps: list[Any], rendered: dict[str, Any]
-) -> None:
-    proj = project(argocd_apps, "taskq")["spec"]
+def whitelist_drift(
+    proj: dict[str, Any], rendered: dict[str, Any]
+) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(rendered kinds the project would refuse, whitelisted kinds nothing renders)."""
     allowed = {(w["group"], w["kind"]) for w in proj["namespaceResourceWhitelist"]}
     used = {
         (o["apiVersion"].split("/")[0] if "/" in o["apiVersion"] else "", o["kind"])
         for objs in rendered.values()
         for o in objs
     }
-    assert used - allowed == set(), "rendered kinds the project would refuse"
-    assert allowed - used == set(), "whitelisted kinds nothing uses (keep the project minimal)"
+    return used - allowed, allowed - used
+
+
+def test_project_whitelists_exactly_what_is_rendered(
+    argocd_apps: list[Any], rendered: dict[str, Any]
+) -> None:
+    proj = project(argocd_apps, "taskq")["spec"]
+    refused, unused = whitelist_drift(proj, rendered)
+    assert refused == set(), "rendered kinds the project would refuse"
+    assert unused == set(), "whitelisted kinds nothing uses (keep the project minimal)"
     assert all(
         w["kind"] == "Namespace" and w["group"] == "" for w in proj["clusterResourceWhitelist"]
     )
@@ -62,6 +87,17 @@ def test_project_whitelists_exactly_what_is_rendered(
         ("https://kubernetes.default.svc", "taskq-dev"),
         ("https://kubernetes.default.svc", "taskq-prod"),
     }
+
+
+def test_whitelist_drift_is_caught(argocd_apps: list[Any], rendered: dict[str, Any]) -> None:
+    proj = copy.deepcopy(project(argocd_apps, "taskq")["spec"])
+    with_ingress = {
+        **rendered,
+        "extra": [{"apiVersion": "networking.k8s.io/v1", "kind": "Ingress"}],
+    }
+    assert whitelist_drift(proj, with_ingress)[0] == {("networking.k8s.io", "Ingress")}
+    proj["namespaceResourceWhitelist"].append({"group": "batch", "kind": "CronJobX"})
+    assert whitelist_drift(proj, rendered)[1] == {("batch", "CronJobX")}
 
 
 def test_bootstrap_project_manages_only_argocd_objects(argocd_apps: list[Any]) -> None:
@@ -120,6 +156,36 @@ def test_root_application_is_app_of_apps(
     assert {a["spec"]["source"]["repoURL"] for a in children.values()} == {
         root["source"]["repoURL"]
     }
+
+
+def test_dev_application_applied_by_hand_is_the_one_the_root_makes(
+    argocd_apps: list[Any],
+) -> None:
+    """docs/deploy.md, "Dev only": the dev Application file with the repository URL put
+    in by sed, applied without the root Application, is what the root would sync."""
+    text = (REPO / "gitops/argocd/apps/application-taskq-dev.yaml").read_text()
+    placeholder = "REPLACED-FROM-APPPROJECT-TASKQ"
+    assert placeholder in text
+    url = project(argocd_apps, "taskq")["spec"]["sourceRepos"][0]
+    assert yaml.safe_load(text.replace(placeholder, url)) == applications(argocd_apps)["taskq-dev"]
+    deploy = (REPO / "docs/deploy.md").read_text()
+    assert f"s#{placeholder}#" in deploy
+    assert "kubectl apply -k gitops/argocd/projects" in deploy
+
+
+def test_worker_sizing_comment_names_the_configured_concurrency(rendered: dict[str, Any]) -> None:
+    """The worker's resources are explained for a number of handler threads; that number
+    is the ConfigMap's, not the one of an earlier default."""
+    text = (REPO / "gitops/apps/base/worker-deployment.yaml").read_text()
+    stated = re.findall(r"TASKQ_WORKER_CONCURRENCY \((\d+)", text)
+    configured = {
+        o["data"]["TASKQ_WORKER_CONCURRENCY"]
+        for objs in rendered.values()
+        for o in objs
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "taskq-config"
+    }
+    assert stated, "the resources comment names the concurrency it was sized for"
+    assert set(stated) == configured
 
 
 def test_overlays_do_not_share_namespaces_or_instance() -> None:

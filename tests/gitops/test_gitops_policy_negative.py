@@ -8,6 +8,7 @@ matching check to complain.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -47,14 +48,26 @@ def set_wave(objs: Objs, kind: str, name: str, wave: str) -> None:
     obj["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] = wave
 
 
-MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
-    # name: (check, env, mutation)
+def drop(objs: Objs, kind: str, name: str) -> None:
+    assert find(objs, kind, name) is not None
+    objs[:] = [o for o in objs if not (o["kind"] == kind and o["metadata"]["name"] == name)]
+
+
+def annotations(objs: Objs, kind: str, name: str) -> dict[str, str]:
+    obj = find(objs, kind, name)
+    assert obj is not None
+    return obj["metadata"]["annotations"]
+
+
+# name: (check, env, mutation, a fragment of the violation the check must report)
+MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], object], str]] = {
     "writable root fs": (
         "pod_security",
         "dev",
         lambda o: first_container(o, "Deployment", "taskq-api")["securityContext"].pop(
             "readOnlyRootFilesystem"
         ),
+        "readOnlyRootFilesystem must be true",
     ),
     "capability kept": (
         "pod_security",
@@ -62,6 +75,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: first_container(o, "CronJob", "taskq-prune")["securityContext"][
             "capabilities"
         ].update(drop=["NET_RAW"]),
+        "capabilities must drop ALL",
     ),
     "root pod": (
         "pod_security",
@@ -69,16 +83,19 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: spec_of(o, "StatefulSet", "taskq-postgresql")["template"]["spec"][
             "securityContext"
         ].update(runAsNonRoot=False),
+        "pod runAsNonRoot must be true",
     ),
     "no /tmp": (
         "pod_security",
         "dev",
         lambda o: first_container(o, "Job", "taskq-migrate").pop("volumeMounts"),
+        "needs a writable /tmp volume",
     ),
     "no limits": (
         "resources",
         "prod",
         lambda o: first_container(o, "Deployment", "taskq-worker")["resources"].pop("limits"),
+        "no limits.cpu",
     ),
     "latest": (
         "images",
@@ -86,6 +103,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: first_container(o, "StatefulSet", "taskq-postgresql").update(
             image="postgres:latest"
         ),
+        "must be pinned to a tag other than latest",
     ),
     "token mounted": (
         "service_accounts",
@@ -93,11 +111,13 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: spec_of(o, "Deployment", "taskq-api")["template"]["spec"].update(
             automountServiceAccountToken=True
         ),
+        "pod automountServiceAccountToken must be false",
     ),
     "password in url": (
         "secrets",
         "dev",
         lambda o: cm(o).update(DATABASE_URL="postgresql://taskq:pw@db/taskq"),
+        "DATABASE_URL in the ConfigMap carries a password",
     ),
     "literal password": (
         "secrets",
@@ -105,6 +125,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: first_container(o, "Deployment", "taskq-worker")["env"].append(
             {"name": "PGPASSWORD2", "value": "hunter2"}
         ),
+        "PGPASSWORD2 has a literal value",
     ),
     "secret in prod": (
         "secrets",
@@ -117,16 +138,19 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
                 "data": {"password": "eA=="},
             }
         ),
+        "prod must not carry Secrets in Git",
     ),
     "migrate before db": (
         "sync_waves",
         "dev",
         lambda o: set_wave(o, "StatefulSet", "taskq-postgresql", "-1"),
+        "must be before migrations",
     ),
     "api before migrate": (
         "sync_waves",
         "prod",
         lambda o: set_wave(o, "Deployment", "taskq-api", "-1"),
+        "must be before Deployment/taskq-api",
     ),
     "presync hook": (
         "migrate_hook",
@@ -134,11 +158,13 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: find(o, "Job", "taskq-migrate")["metadata"]["annotations"].update(  # type: ignore[index]
             {"argocd.argoproj.io/hook": "PreSync"}
         ),
+        "must be an Argo CD Sync hook",
     ),
     "hook ttl": (
         "migrate_hook",
         "prod",
         lambda o: spec_of(o, "Job", "taskq-migrate").update(ttlSecondsAfterFinished=60),
+        "must not set ttlSecondsAfterFinished",
     ),
     "readiness on /live": (
         "probes",
@@ -146,6 +172,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: first_container(o, "Deployment", "taskq-api")["readinessProbe"]["httpGet"].update(
             path="/live"
         ),
+        "readinessProbe path /live != /ready",
     ),
     "worker probe port": (
         "probes",
@@ -153,30 +180,45 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: first_container(o, "Deployment", "taskq-worker")["livenessProbe"][
             "httpGet"
         ].update(port=8080),
+        "livenessProbe port 8080 != bound port 8081",
     ),
-    "bind port drift": ("probes", "dev", lambda o: cm(o).update(TASKQ_API_BIND="0.0.0.0:9000")),
+    "bind port drift": (
+        "probes",
+        "dev",
+        lambda o: cm(o).update(TASKQ_API_BIND="0.0.0.0:9000"),
+        "ConfigMap binds port 9000, contract says 8080",
+    ),
     "maxUnavailable": (
         "api",
         "prod",
         lambda o: spec_of(o, "Deployment", "taskq-api")["strategy"]["rollingUpdate"].update(
             maxUnavailable=1
         ),
+        "must roll with maxUnavailable 0",
     ),
     "no preStop": (
         "api",
         "dev",
         lambda o: first_container(o, "Deployment", "taskq-api").pop("lifecycle"),
+        "needs a preStop delay",
     ),
     "one api in prod": (
         "api",
         "prod",
         lambda o: spec_of(o, "Deployment", "taskq-api").update(replicas=1),
+        "api replicas 1 != 2",
     ),
-    "short grace": ("worker", "dev", lambda o: cm(o).update(TASKQ_SHUTDOWN_TIMEOUT="45")),
+    "short grace": (
+        "worker",
+        "dev",
+        lambda o: cm(o).update(TASKQ_SHUTDOWN_TIMEOUT="45"),
+        "must exceed TASKQ_SHUTDOWN_TIMEOUT",
+    ),
     "replicas in git": (
         "worker",
         "prod",
         lambda o: spec_of(o, "Deployment", "taskq-worker").update(replicas=3),
+        "must be left to KEDA",
     ),
     "hardcoded concurrency": (
         "worker",
@@ -184,6 +226,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: first_container(o, "Deployment", "taskq-worker").update(
             args=["worker", "--concurrency", "4"]
         ),
+        "concurrency must come from the ConfigMap",
     ),
     "pdb selects nothing": (
         "pdbs",
@@ -191,6 +234,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: spec_of(o, "PodDisruptionBudget", "taskq-worker")["selector"][
             "matchLabels"
         ].update({"app.kubernetes.io/component": "wrk"}),
+        "PodDisruptionBudget/taskq-worker selects no pods",
     ),
     "service selects nothing": (
         "services",
@@ -198,32 +242,47 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: spec_of(o, "Service", "taskq-api")["selector"].update(
             {"app.kubernetes.io/component": "apl"}
         ),
+        "Service/taskq-api selects no pods",
     ),
     "service wrong port": (
         "services",
         "dev",
         lambda o: spec_of(o, "Service", "taskq-postgresql")["ports"][0].update(targetPort=5433),
+        "targetPort 5433 is no container port",
     ),
-    "no default deny": ("network_policies", "dev", lambda o: drop_np(o, "taskq-default-deny")),
+    "no default deny": (
+        "network_policies",
+        "dev",
+        lambda o: drop_np(o, "taskq-default-deny"),
+        "no default-deny NetworkPolicy",
+    ),
     "prune cut off": (
         "network_policies",
         "dev",
         lambda o: spec_of(o, "NetworkPolicy", "taskq-postgresql-ingress")["ingress"][0]["from"][0][
             "podSelector"
         ]["matchExpressions"][1].update(values=["api", "worker", "migrate"]),
+        "must admit exactly",
     ),
     "db open to all": (
         "network_policies",
         "prod",
         lambda o: spec_of(o, "NetworkPolicy", "taskq-postgresql-ingress")["ingress"][0].pop("from"),
+        "*anyone*",
     ),
-    "no dns": ("network_policies", "prod", lambda o: drop_np(o, "taskq-allow-dns")),
+    "no dns": (
+        "network_policies",
+        "prod",
+        lambda o: drop_np(o, "taskq-allow-dns"),
+        "resolve DNS",
+    ),
     "keda query drift": (
         "keda",
         "prod",
         lambda o: spec_of(o, "ScaledObject", "taskq-worker")["triggers"][0]["metadata"].update(
             query="SELECT count(*) FROM taskq_tasks"
         ),
+        "differs from the contract's queue-depth query",
     ),
     "keda wrong host": (
         "keda",
@@ -231,6 +290,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: spec_of(o, "ScaledObject", "taskq-worker")["triggers"][0]["metadata"].update(
             host="taskq-postgresql"
         ),
+        "is not the database Service's full name",
     ),
     "missing label": (
         "labels",
@@ -238,39 +298,211 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], None]]] = {
         lambda o: find(o, "Service", "taskq-api")["metadata"]["labels"].pop(  # type: ignore[index]
             "app.kubernetes.io/part-of"
         ),
+        "missing labels ['app.kubernetes.io/part-of']",
     ),
     "no pg_isready": (
         "postgresql",
         "dev",
         lambda o: first_container(o, "StatefulSet", "taskq-postgresql").pop("readinessProbe"),
+        "readinessProbe must exec pg_isready",
     ),
     "wrong namespace": (
         "namespace",
         "prod",
-        lambda o: find(o, "ConfigMap", "taskq-config")["metadata"].update(namespace="default"),  # type: ignore[index]
+        lambda o: find(o, "ConfigMap", "taskq-config")["metadata"].update(namespace="default"),  # type: ignore[index],
+        "namespace 'default'",
     ),
     "prune command": (
         "cronjob",
         "dev",
         lambda o: first_container(o, "CronJob", "taskq-prune").update(args=["worker"]),
+        "must run `taskq prune`",
+    ),
+    # ---- the migrations hook: every setting docs/deploy.md relies on
+    "hook deleted only on success": (
+        "migrate_hook",
+        "dev",
+        lambda o: annotations(o, "Job", "taskq-migrate").update(
+            {"argocd.argoproj.io/hook-delete-policy": "HookSucceeded"}
+        ),
+        "hook-delete-policy BeforeHookCreation",
+    ),
+    "generated hook name": (
+        "migrate_hook",
+        "prod",
+        lambda o: find(o, "Job", "taskq-migrate")["metadata"].update(  # type: ignore[index]
+            generateName="taskq-migrate-"
+        ),
+        "must have a fixed name",
+    ),
+    "no backoffLimit": (
+        "migrate_hook",
+        "dev",
+        lambda o: spec_of(o, "Job", "taskq-migrate").pop("backoffLimit"),
+        "positive backoffLimit",
+    ),
+    "no deadline": (
+        "migrate_hook",
+        "prod",
+        lambda o: spec_of(o, "Job", "taskq-migrate").pop("activeDeadlineSeconds"),
+        "needs activeDeadlineSeconds",
+    ),
+    "migrate without --wait": (
+        "migrate_hook",
+        "dev",
+        lambda o: first_container(o, "Job", "taskq-migrate").update(args=["migrate"]),
+        "must run `taskq migrate --wait N`",
+    ),
+    "hook in the Sync waves": (
+        "migrate_hook",
+        "dev",
+        lambda o: set_wave(o, "Job", "taskq-migrate", "0"),
+        "needs a negative sync-wave",
+    ),
+    "a second hook": (
+        "migrate_hook",
+        "prod",
+        lambda o: annotations(o, "CronJob", "taskq-prune").update(
+            {"argocd.argoproj.io/hook": "PostSync"}
+        ),
+        "CronJob/taskq-prune: unexpected hook PostSync",
+    ),
+    "secret after the database": (
+        "sync_waves",
+        "prod",
+        lambda o: set_wave(o, "ExternalSecret", "taskq-db", "-2"),
+        "must sync before PostgreSQL",
+    ),
+    # ---- PostgreSQL's storage and identity
+    "claims deleted with the StatefulSet": (
+        "postgresql",
+        "prod",
+        lambda o: spec_of(o, "StatefulSet", "taskq-postgresql")[
+            "persistentVolumeClaimRetentionPolicy"
+        ].update(whenDeleted="Delete"),
+        "claims must be retained",
+    ),
+    "no volumeClaimTemplate": (
+        "postgresql",
+        "dev",
+        lambda o: spec_of(o, "StatefulSet", "taskq-postgresql").pop("volumeClaimTemplates"),
+        "needs a volumeClaimTemplate",
+    ),
+    "governing Service not headless": (
+        "postgresql",
+        "dev",
+        lambda o: spec_of(o, "Service", "taskq-postgresql-headless").pop("clusterIP"),
+        "serviceName must name a headless Service",
+    ),
+    # ---- probes
+    "no startupProbe": (
+        "probes",
+        "prod",
+        lambda o: first_container(o, "Deployment", "taskq-api").pop("startupProbe"),
+        "api: startupProbe must be an httpGet probe",
+    ),
+    "probe on a path nothing serves": (
+        "probes",
+        "dev",
+        lambda o: first_container(o, "Deployment", "taskq-worker")["startupProbe"][
+            "httpGet"
+        ].update(path="/healthz"),
+        "startupProbe path /healthz is not a GET route the worker serves",
+    ),
+    # ---- the API's rollout and the disruption budgets
+    "grace below preStop + graceful timeout": (
+        "api",
+        "dev",
+        # 10 s preStop + gunicorn's 20 s: 30 s leaves no time for the workers to exit.
+        lambda o: spec_of(o, "Deployment", "taskq-api")["template"]["spec"].update(
+            terminationGracePeriodSeconds=30
+        ),
+        "gunicorn's graceful_timeout",
+    ),
+    "no API PodDisruptionBudget": (
+        "pdbs",
+        "prod",
+        lambda o: drop(o, "PodDisruptionBudget", "taskq-api"),
+        "no PodDisruptionBudget selects the api pods",
+    ),
+    # ---- ServiceAccounts
+    "ServiceAccount mounts its token": (
+        "service_accounts",
+        "prod",
+        lambda o: find(o, "ServiceAccount", "taskq-worker").update(  # type: ignore[union-attr]
+            automountServiceAccountToken=True
+        ),
+        "ServiceAccount/taskq-worker: automountServiceAccountToken must be false",
+    ),
+    "Secret owned by its ExternalSecret": (
+        "secrets",
+        "prod",
+        lambda o: spec_of(o, "ExternalSecret", "taskq-db")["target"].update(creationPolicy="Owner"),
+        "must not own the Secret",
+    ),
+    # ---- KEDA's credentials
+    "no TriggerAuthentication": (
+        "keda",
+        "prod",
+        lambda o: drop(o, "TriggerAuthentication", "taskq-postgresql"),
+        "must authenticate through a TriggerAuthentication of ours",
+    ),
+    "TriggerAuthentication without the password": (
+        "keda",
+        "prod",
+        lambda o: spec_of(o, "TriggerAuthentication", "taskq-postgresql")["secretTargetRef"][
+            0
+        ].update(parameter="userName"),
+        "must take the password from the Secret",
+    ),
+    "TriggerAuthentication reads a missing key": (
+        "secrets",
+        "prod",
+        lambda o: spec_of(o, "TriggerAuthentication", "taskq-postgresql")["secretTargetRef"][
+            0
+        ].update(key="pgpassword"),
+        "refers to taskq-db/pgpassword, which nothing provides",
     ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 def test_check_fails_on_broken_render(
-    name: str, rendered: dict[str, Any], contract: dict[str, Any]
+    name: str, rendered: dict[str, Any], policy_context: Callable[[str], Context]
 ) -> None:
-    check, env, mutate = MUTATIONS[name]
+    check, env, mutate, expected = MUTATIONS[name]
     objs = copy.deepcopy(rendered[env])
-    ctx = Context(env=env, namespace=f"taskq-{env}", contract=contract)
+    ctx = policy_context(env)
     assert CHECKS[check](objs, ctx) == [], "precondition: the real render passes"
     mutate(objs)
-    assert CHECKS[check](objs, ctx) != []
+    errors = CHECKS[check](objs, ctx)
+    assert any(expected in e for e in errors), errors
 
 
 def test_every_check_has_a_negative_case() -> None:
-    assert {c for c, _, _ in MUTATIONS.values()} == set(CHECKS)
+    assert {c for c, _, _, _ in MUTATIONS.values()} == set(CHECKS)
+
+
+@pytest.mark.parametrize("component", ["api", "worker"])
+def test_probe_on_a_route_the_app_stopped_serving(
+    component: str, rendered: dict[str, Any], policy_context: Callable[[str], Context]
+) -> None:
+    """The manifests stay the same, the app drops /live: the probe check must notice,
+    even though docs/contract.md still lists the path."""
+    ctx = policy_context("dev")
+    without_live = {**ctx.routes, component: ctx.routes[component] - {"/live"}}
+    errors = CHECKS["probes"](rendered["dev"], dataclasses.replace(ctx, routes=without_live))
+    assert f"{component}: livenessProbe path /live is not a GET route the {component} serves" in (
+        " ".join(errors)
+    ), errors
+
+
+def test_grace_period_follows_gunicorn_graceful_timeout(
+    rendered: dict[str, Any], policy_context: Callable[[str], Context]
+) -> None:
+    """A longer graceful_timeout in app/server.py fails the unchanged manifests."""
+    ctx = dataclasses.replace(policy_context("prod"), api_graceful_timeout=40)
+    assert any("graceful_timeout 40s" in e for e in CHECKS["api"](rendered["prod"], ctx))
 
 
 def test_selector_semantics() -> None:
