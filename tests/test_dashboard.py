@@ -20,7 +20,14 @@ import pytest
 from app import db
 from app.api import Deps, create_app, dashboard, stats
 from app.settings import Settings
-from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env, wait_until
+from tests.helpers import (
+    free_port,
+    skip_unless_ci,
+    spawn_taskq,
+    stop_process,
+    taskq_env,
+    wait_until,
+)
 from tests.worker_helpers import fresh_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,7 +252,7 @@ def _answers(port: int) -> bool:
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(
+        skip_unless_ci(
             "Debian's chromium is not installed (apt-get install chromium; .ci/run does it "
             "from .ci/apt-packages.txt)"
         )
