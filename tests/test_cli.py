@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -403,3 +404,16 @@ def test_the_console_script_runs_end_to_end(database_url: str, conn: Conn) -> No
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["payload"] == {"via": "subprocess"}
     assert _count(conn) == 1
+
+
+def test_a_busy_health_port_is_a_clear_error(database_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = taskq_env(database_url, worker_health_bind=f"127.0.0.1:{port}")
+        result = run_taskq(env, "worker", "--burst")
+    assert result.returncode == 2, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "TASKQ_WORKER_HEALTH_BIND" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from app import migrate
+from app.cli.parser import UsageError
 from app.settings import Settings, load_settings
 
 
@@ -28,13 +29,23 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from app.worker import Worker
 
     default_registry.load_modules(settings.handler_modules)
-    worker = Worker(
-        settings,
-        queues=args.queues,
-        concurrency=args.concurrency,
-        burst=args.burst,
-        health_port=args.health_port,
-    )
+    try:
+        worker = Worker(
+            settings,
+            queues=args.queues,
+            concurrency=args.concurrency,
+            burst=args.burst,
+            health_port=args.health_port,
+        )
+    except OSError as exc:  # the health server could not bind its address
+        where = settings.worker_health_bind
+        if args.health_port is not None:
+            where = f"{where.rsplit(':', 1)[0]}:{args.health_port}"
+        raise UsageError(
+            f"the health server cannot listen on {where}: {exc.strerror or exc}\n"
+            "  another worker on this host? give each one its own TASKQ_WORKER_HEALTH_BIND "
+            "(port 0 picks a free one)"
+        ) from None
     return worker.run()
 
 
