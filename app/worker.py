@@ -447,5 +447,7 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text[:4000]
+    """The error kept in last_error: type and message, in text PostgreSQL can store (a NUL
+    or a lone surrogate would make it refuse the whole batch of outcomes)."""
+    text = f"{type(exc).__name__}: {exc}"[:4000]
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")

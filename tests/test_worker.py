@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from app import queue as q
+from app.errors import NonRetryableError
 from app.handlers import TaskContext
 from app.models import Task, TaskSpec
 from app.settings import Settings
@@ -77,6 +78,8 @@ def test_fails_after_max_attempts(settings: Settings, conn: Conn) -> None:
         ("missing_kind", {}, "no handler for kind 'missing_kind'"),
         ("returns_set", {}, "result is not JSON"),
         ("returns_nul", {}, "result contains a NUL character"),
+        ("raises_nul", {}, "NonRetryableError: a\\x00b"),
+        ("raises_surrogate", {}, "NonRetryableError: a\\ud800b"),
     ],
 )
 def test_fails_at_once_without_retrying(
@@ -85,6 +88,16 @@ def test_fails_at_once_without_retrying(
     registry = fresh_registry()
     registry.register("returns_set", lambda payload: {1, 2})
     registry.register("returns_nul", lambda payload: "a\x00b")
+
+    def raises(text: str) -> Any:
+        def handler(payload: dict[str, Any]) -> None:
+            raise NonRetryableError(text)
+
+        return handler
+
+    # Error texts PostgreSQL could not store are kept escaped, not refused.
+    registry.register("raises_nul", raises("a\x00b"))
+    registry.register("raises_surrogate", raises("a\ud800b"))
     with running_worker(settings, registry):
         task = q.enqueue(conn, kind, payload)
         wait_until(_finished(conn, task, "failed"), what=f"{kind} to fail")
