@@ -86,9 +86,10 @@ def _configure(
         else:
             # An accepted task must be on disk whatever the server's default: raise `off`
             # to `on`, and leave a stricter setting (remote_write, remote_apply) alone.
-            row = conn.execute("SELECT current_setting('synchronous_commit') AS mode").fetchone()
-            if row is not None and _first_value(row) == "off":
-                conn.execute("SET synchronous_commit = on")
+            conn.execute(
+                "SELECT set_config('synchronous_commit', 'on', false)"
+                " WHERE current_setting('synchronous_commit') = 'off'"
+            )
         if reachability is not None and reachability.down:
             reachability.down = False
             log.info("database reachable again")
@@ -232,11 +233,6 @@ def translate_errors() -> Iterator[None]:
         raise
     except psycopg.InterfaceError as exc:
         raise DatabaseUnavailable("database unavailable: connection closed") from exc
-
-
-def _first_value(row: Any) -> Any:
-    """The first column of a row, whatever the connection's row factory."""
-    return next(iter(row.values())) if isinstance(row, dict) else row[0]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,8 +4,9 @@ clusters (TASKQ_LOG_FORMAT), at TASKQ_LOG_LEVEL.
 Context travels with the work: inside an API request every record carries the request
 id (`request_context`, set by app/api/observability.py from X-Request-ID), and inside a
 task attempt every record, the handler's own included, carries task_id, queue, kind and
-attempt (`task_context`, set by the worker). Fields given with `extra=` (durations,
-statuses) appear as JSON keys, or as key=value after the message in text.
+attempt (`bind_task` in the worker, or a `task_context` block). Fields given with
+`extra=` (durations, statuses) appear as JSON keys, or as key=value after the message in
+text.
 
 Log records never carry payloads, results or credentials; as a last line of defence the
 formatters replace fields with such names by "[redacted]".

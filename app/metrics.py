@@ -253,10 +253,6 @@ def tasks_ran(runs: Iterable[tuple[str, str, float]]) -> None:
         observe_many(_child(m.run_time, *labels), seconds)
 
 
-def task_ran(queue: str, kind: str, seconds: float) -> None:
-    tasks_ran([(queue, kind, seconds)])
-
-
 def tasks_finished(applied: Iterable[dict[str, Any]], lost: int = 0) -> None:
     """Count recorded outcomes: rows of app/sql.py FINISH (status, queue, kind)."""
     m = _m()

@@ -133,6 +133,40 @@ class Task:
     def from_row(cls, row: dict[str, Any]) -> Task:
         return cls(**row)
 
+    @classmethod
+    def inserted(
+        cls,
+        spec: TaskSpec,
+        *,
+        id: uuid.UUID,
+        run_at: datetime,
+        created_at: datetime,
+        max_attempts: int,
+    ) -> Task:
+        """The row an INSERT of `spec` just wrote, from the spec and what the database
+        chose: everything else of a new task is known without reading it back."""
+        return cls(
+            id=id,
+            queue=spec.queue,
+            kind=spec.kind,
+            payload=spec.payload,
+            status="queued",
+            priority=spec.priority,
+            run_at=run_at,
+            attempts=0,
+            max_attempts=max_attempts,
+            lease_expires_at=None,
+            worker_id=None,
+            last_error=None,
+            result=None,
+            idempotency_key=spec.idempotency_key,
+            created_at=created_at,
+            started_at=None,
+            finished_at=None,
+            updated_at=created_at,
+            created=True,
+        )
+
     @property
     def finished(self) -> bool:
         return self.status in FINISHED

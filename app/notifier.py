@@ -20,7 +20,6 @@ task is committed already.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Collection
@@ -32,8 +31,6 @@ from app import db
 from app import queue as q
 from app.errors import DatabaseUnavailable
 from app.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 class Notifier:
@@ -70,16 +67,13 @@ class Notifier:
                     self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
                     self._thread.start()
         if at_once:
-            self._send(conn, queues)
+            try:
+                q.notify(conn, queues, durable=False)
+                self.sent += 1
+            except DatabaseUnavailable:
+                self.failed += 1  # the workers' polling picks these tasks up
         elif not self._wake.is_set():
             self._wake.set()
-
-    def _send(self, conn: Any, queues: Collection[str]) -> None:
-        try:
-            q.notify(conn, queues, durable=False)
-            self.sent += 1
-        except DatabaseUnavailable:
-            self.failed += 1  # the workers' polling picks these tasks up
 
     def _run(self) -> None:
         while True:
@@ -95,7 +89,8 @@ class Notifier:
             if not queues:
                 continue
             try:
-                with self._conn.use() as conn:
-                    self._send(conn, queues)
+                with self._conn.use() as conn:  # closed and reopened after a failure
+                    q.notify(conn, queues, durable=False)
+                self.sent += 1
             except DatabaseUnavailable:
                 self.failed += 1

@@ -119,26 +119,12 @@ def enqueue(
         inserted = cur.fetchone()
     if inserted is not None:
         task_id, run_at, created_at = inserted
-        task = Task(
+        task = Task.inserted(
+            spec,
             id=task_id,
-            queue=spec.queue,
-            kind=spec.kind,
-            payload=spec.payload,
-            status="queued",
-            priority=spec.priority,
             run_at=run_at,
-            attempts=0,
-            max_attempts=params["max_attempts"],
-            lease_expires_at=None,
-            worker_id=None,
-            last_error=None,
-            result=None,
-            idempotency_key=spec.idempotency_key,
             created_at=created_at,
-            started_at=None,
-            finished_at=None,
-            updated_at=created_at,
-            created=True,
+            max_attempts=params["max_attempts"],
         )
         metrics.tasks_enqueued([task])
         return task

@@ -32,26 +32,12 @@ class BaselineTasks:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         spec = parse(TaskSpec, read_body(req, self.settings.api_max_body_bytes))
         now = datetime.now(UTC)
-        task = Task(
+        task = Task.inserted(  # the object POST /tasks builds after its INSERT
+            spec,
             id=new_task_id(),
-            queue=spec.queue,
-            kind=spec.kind,
-            payload=spec.payload,
-            status="queued",
-            priority=spec.priority,
             run_at=now,
-            attempts=0,
-            max_attempts=spec.max_attempts or self.settings.default_max_attempts,
-            lease_expires_at=None,
-            worker_id=None,
-            last_error=None,
-            result=None,
-            idempotency_key=spec.idempotency_key,
             created_at=now,
-            started_at=None,
-            finished_at=None,
-            updated_at=now,
-            created=True,
+            max_attempts=spec.max_attempts or self.settings.default_max_attempts,
         )
         resp.status = falcon.HTTP_201
         resp.location = f"/tasks/{task.id}"

@@ -461,3 +461,36 @@ def test_every_metric_is_listed_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text()
     missing = [info.name for info in metrics.METRICS if f"`{info.name}`" not in readme]
     assert missing == []
+
+
+def test_observe_many_matches_observe_value_by_value() -> None:
+    """The batched histogram update relies on prometheus-client's layout; it must give
+    exactly what observing each value does, edges of buckets included."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    values = [0.0, 0.001, 0.0010001, 0.004, 0.005, 0.3, 0.3, 7.0, 900.0, 10_000.0]
+
+    def exposition(batched: bool) -> str:
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", ["queue"], buckets=metrics.RUN_BUCKETS, registry=registry)
+        child = histogram.labels("q")
+        if batched:
+            metrics.observe_many(child, values)
+        else:
+            for value in values:
+                child.observe(value)
+        lines = generate_latest(registry).decode().splitlines()
+        return "\n".join(line for line in lines if "_created" not in line)
+
+    assert exposition(batched=True) == exposition(batched=False)
+
+    class Plain:  # a histogram child of another layout: plain observe() is used
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    plain = Plain()
+    metrics.observe_many(plain, values)
+    assert plain.seen == values

@@ -178,16 +178,21 @@ def test_notification_wakes_the_worker_without_polling(make_settings: Any, conn:
         wait_until(_finished(conn, task), timeout=5, what="a notified task")
 
 
+def _kill_listener(conn: Conn) -> None:
+    """Terminate the worker's LISTEN backend (exactly one in this test's database)."""
+    killed = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+        " WHERE application_name = 'taskq-listener' AND datname = current_database()"
+    ).fetchone()
+    assert killed is not None
+    assert killed["n"] == 1
+
+
 def test_listener_reconnects_after_its_connection_is_killed(make_settings: Any, conn: Conn) -> None:
     settings = make_settings(poll_interval=60.0)
     with running_worker(settings) as worker:
         wait_until(worker.listener.connected.is_set, what="listener")
-        killed = conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
-            " WHERE application_name = 'taskq-listener' AND datname = current_database()"
-        ).fetchone()
-        assert killed is not None
-        assert killed["n"] == 1
+        _kill_listener(conn)
         wait_until(lambda: worker.listener.reconnects >= 2, what="the listener to reconnect")
         wait_until(worker.listener.connected.is_set, what="listener")
         task = q.enqueue(conn, "echo")
@@ -311,12 +316,7 @@ def test_ready_is_503_while_the_listener_is_disconnected(
         # the window in which it reconnects stays open until the test closes it.
         allow_connections(False)
         try:
-            killed = conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
-                " WHERE application_name = 'taskq-listener' AND datname = current_database()"
-            ).fetchone()
-            assert killed is not None
-            assert killed["n"] == 1
+            _kill_listener(conn)
             _, body = wait_until(
                 lambda: (r := _probe(worker, "/ready"))[0] == 503 and r,
                 what="/ready to report the lost listener",

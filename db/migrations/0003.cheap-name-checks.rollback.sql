@@ -3,18 +3,13 @@
 DO $$
 BEGIN
     PERFORM set_config('lock_timeout', '10s', true);
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                    WHERE conname = 'taskq_tasks_queue_check'
-                      AND conrelid = 'taskq_tasks'::regclass) THEN
-        ALTER TABLE taskq_tasks ADD CONSTRAINT taskq_tasks_queue_check
-            CHECK (queue ~ '^[A-Za-z0-9_.:-]{1,64}$') NOT VALID;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                    WHERE conname = 'taskq_tasks_kind_check'
-                      AND conrelid = 'taskq_tasks'::regclass) THEN
-        ALTER TABLE taskq_tasks ADD CONSTRAINT taskq_tasks_kind_check
+    ALTER TABLE taskq_tasks
+        DROP CONSTRAINT IF EXISTS taskq_tasks_queue_check,
+        DROP CONSTRAINT IF EXISTS taskq_tasks_kind_check,
+        ADD CONSTRAINT taskq_tasks_queue_check
+            CHECK (queue ~ '^[A-Za-z0-9_.:-]{1,64}$') NOT VALID,
+        ADD CONSTRAINT taskq_tasks_kind_check
             CHECK (kind ~ '^[A-Za-z0-9_.:-]{1,128}$') NOT VALID;
-    END IF;
 END
 $$;
 
