@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from app.settings import Settings
+from taskq.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("drain", "latency", "ingest", "ceiling", "scale")

@@ -1,6 +1,6 @@
 """The HTTP ceiling of taskq's own stack: POST /tasks without the database.
 
-Same gunicorn settings (app.server.GunicornServer, TASKQ_API_WORKERS workers), same
+Same gunicorn settings (taskq.server.GunicornServer, TASKQ_API_WORKERS workers), same
 Falcon app options and error handling, same body reading and TaskSpec validation, and a
 response of the same shape (Task.to_json of a task built in memory). The only thing
 missing is the INSERT, so taskq's ingest rate divided by this one is the share of the
@@ -16,13 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import falcon
-
-from app.api import errors
-from app.api.body import parse, read_body
-from app.health import LiveResource
-from app.models import Task, TaskSpec, new_task_id
-from app.server import GunicornServer
-from app.settings import Settings, load_settings
+from taskq.api import errors
+from taskq.api.body import parse, read_body
+from taskq.health import LiveResource
+from taskq.models import Task, TaskSpec, new_task_id
+from taskq.server import GunicornServer
+from taskq.settings import Settings, load_settings
 
 
 class BaselineTasks:

@@ -1,6 +1,6 @@
-"""pgbench scripts built from taskq's own statements in app/sql.py, and pgbench runs.
+"""pgbench scripts built from taskq's own statements in app/taskq/sql.py, and pgbench runs.
 
-The statements are taken verbatim from app/sql.py at run time; only their bound
+The statements are taken verbatim from app/taskq/sql.py at run time; only their bound
 parameters (%(name)s) are replaced by pgbench variables or constants, so the ceiling moves
 whenever the SQL does. pgbench runs in prepared mode (-M prepared): psycopg prepares a
 statement server-side after it has run five times, so a long-running worker executes its
@@ -17,7 +17,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from app import sql
+from taskq import sql
+
 from bench.pg import tool
 from bench.workloads.latency import percentile
 

@@ -3,7 +3,7 @@
 Four views, written to bench/results/profile.tmp/ (profile.md plus py-spy's raw stacks):
 - the worker's Python CPU during a drain (py-spy, samples of the thread holding the GIL),
   grouped by what the innermost recognisable frame is doing;
-- the worker's claim/finish rhythm: an in-process Worker with app.queue.claim and finish
+- the worker's claim/finish rhythm: an in-process Worker with taskq.queue.claim and finish
   wrapped to record batch sizes and durations;
 - the API's gunicorn workers during POST /tasks under wrk (py-spy, all workers);
 - EXPLAIN (ANALYZE, BUFFERS) of the CLAIM and FINISH statements.
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from taskq import queue as q
+from taskq import sql
 
-from app import queue as q
-from app import sql
 from bench import pg, procs
 from bench.config import RESULTS
 from bench.pg import tool
@@ -40,15 +40,15 @@ OUT = RESULTS / "profile.tmp"
 # Categories for GIL samples: the innermost frame matching one of these names decides.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("start-up imports", ("_find_and_load",)),
-    ("metrics (prometheus_client)", ("app/metrics.py", "prometheus_client")),
-    ("per-task log context", ("task_context (app/logs.py",)),
+    ("metrics (prometheus_client)", ("app/taskq/metrics.py", "prometheus_client")),
+    ("per-task log context", ("task_context (app/taskq/logs.py",)),
     ("query parameter adaptation", ("PostgresQuery.convert", "PostgresQuery.dump")),
     (
         "row decoding (fetchall, dict_row, Task.from_row)",
         ("fetchall", "Task.from_row", "dict_row", "BaseCursor.description", "Column.__init__"),
     ),
     ("waiting on PostgreSQL", ("Connection.wait",)),
-    ("pool checkout/return", ("ConnectionPool.", "pooled (app/db.py")),
+    ("pool checkout/return", ("ConnectionPool.", "pooled (app/taskq/db.py")),
     ("JSON encode / response", ("dumps (json", "Task.to_json", "render_body", "JSONEncoder")),
     (
         "thread hand-offs",
@@ -107,8 +107,8 @@ def profile_rhythm(system: Taskq, n: int, concurrency: int) -> str:
     """Batch sizes and durations of every claim and finish in an in-process drain."""
     import os
 
-    from app.settings import load_settings
-    from app.worker import Worker
+    from taskq.settings import load_settings
+    from taskq.worker import Worker
 
     system.reset()
     system.bulk_enqueue(n)

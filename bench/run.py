@@ -124,7 +124,7 @@ def run_ingest(cfg: Config, taskq: Taskq, say: Progress) -> Any:
 
 def worker_commit_mode() -> bool:
     """Whether taskq's worker waits for WAL flushes on its own commits (its settings)."""
-    from app.settings import load_settings
+    from taskq.settings import load_settings
 
     return bool(getattr(load_settings(), "worker_synchronous_commit", True))
 

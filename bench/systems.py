@@ -1,7 +1,7 @@
 """The three queues under test, behind one interface.
 
 Each system lives in its own database on the same server and is driven through its own
-public entry points: taskq through `taskq submit`, `taskq worker` and `app.queue.enqueue`;
+public entry points: taskq through `taskq submit`, `taskq worker` and `taskq.queue.enqueue`;
 pgqueuer through `Queries.enqueue` and `QueueManager.run`; procrastinate through
 `batch_defer_async`/`defer_async` and `run_worker_async`. Fixture rows for the scale
 workload (a million queued or finished tasks) are written with plain SQL, because no
@@ -135,9 +135,9 @@ class Taskq(System):
 
     @contextlib.contextmanager
     def latency_client(self) -> Iterator[EnqueueOne]:
-        from app import db
-        from app import queue as q
-        from app.settings import load_settings
+        from taskq import db
+        from taskq import queue as q
+        from taskq.settings import load_settings
 
         settings = load_settings(database_url=self.url)
         with db.connect(settings, name="bench") as conn:

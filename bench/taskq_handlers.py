@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.handlers import handler
+from taskq.handlers import handler
+
 from bench.probe import Probe
 
 KIND = "bench"

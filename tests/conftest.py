@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+from taskq import migrate
+from taskq.settings import Settings, load_settings
 
-from app import migrate
-from app.settings import Settings, load_settings
 from tests.helpers import TEST_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent

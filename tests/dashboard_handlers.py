@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from app.errors import NonRetryableError
-from app.handlers import handler
+from taskq.errors import NonRetryableError
+from taskq.handlers import handler
 
 
 @handler("flaky")

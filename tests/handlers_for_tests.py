@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from app.handlers import TaskContext, handler
+from taskq.handlers import TaskContext, handler
 
 
 def _record(ctx: TaskContext) -> None:

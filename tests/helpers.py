@@ -68,9 +68,9 @@ def taskq_env(database_url: str, **settings: Any) -> dict[str, str]:
 
 
 def spawn_taskq(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
-    """Start `python -m app.cli ARGS` in its own process group."""
+    """Start `python -m taskq.cli ARGS` in its own process group."""
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "taskq.cli", *args],
         env=env,
         cwd=REPO,
         start_new_session=True,

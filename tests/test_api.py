@@ -1,4 +1,4 @@
-"""app/api in-process through Falcon's test client, against a real PostgreSQL."""
+"""app/taskq/api in-process through Falcon's test client, against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
+from taskq import db
+from taskq import queue as q
+from taskq.api import Deps, create_app
+from taskq.handlers import Registry, register_builtins
+from taskq.settings import Settings, load_settings
 
-from app import db
-from app import queue as q
-from app.api import Deps, create_app
-from app.handlers import Registry, register_builtins
-from app.settings import Settings, load_settings
 from tests.helpers import free_port
 
 Conn = psycopg.Connection[dict[str, Any]]

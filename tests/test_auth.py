@@ -1,4 +1,4 @@
-"""app/api/auth.py: optional bearer tokens, open probes, 401 in the one JSON error shape."""
+"""app/taskq/api/auth.py: optional bearer tokens, open probes, 401 in the one JSON error shape."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 
 import falcon.testing
 import pytest
+from taskq import db
+from taskq.api import Deps, create_app
+from taskq.api import auth as auth_module
+from taskq.api.auth import BearerAuth, TokenSet
+from taskq.settings import Settings, SettingsError, load_settings
 
-from app import db
-from app.api import Deps, create_app
-from app.api import auth as auth_module
-from app.api.auth import BearerAuth, TokenSet
-from app.settings import Settings, SettingsError, load_settings
 from tests.worker_helpers import fresh_registry
 
 TOKEN = "tok-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""The `taskq` command line: in-process through app.cli.main, and as real subprocesses."""
+"""The `taskq` command line: in-process through taskq.cli.main, and as real subprocesses."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+from taskq import cli, logs
+from taskq import queue as q
+from taskq.models import TaskSpec
 
-from app import cli, logs
-from app import queue as q
-from app.models import TaskSpec
 from tests.helpers import (
     REPO,
     TEST_SETTINGS,
@@ -85,7 +85,7 @@ def run_taskq(
     env: dict[str, str], *args: str, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "taskq.cli", *args],
         env=env,
         cwd=REPO,
         capture_output=True,

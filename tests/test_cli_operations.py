@@ -17,10 +17,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from taskq import cli, logs
+from taskq import queue as q
+from taskq.api.stats import Stats
 
-from app import cli, logs
-from app import queue as q
-from app.api.stats import Stats
 from tests.helpers import REPO, TEST_SETTINGS, free_port, taskq_env, wait_until
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -57,11 +57,11 @@ def _count(conn: Conn) -> int:
 
 
 def _in_a_terminal(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str]:
-    """Run `python -m app.cli ARGS` with stderr on a pseudo-terminal (stdout piped); returns
+    """Run `python -m taskq.cli ARGS` with stderr on a pseudo-terminal (stdout piped); returns
     (exit code, everything written to the terminal)."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "taskq.cli", *args],
         env={**env, "TERM": "xterm", "COLUMNS": "100"},
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -231,7 +231,7 @@ def test_progress_bars_on_a_terminal_and_never_in_a_pipe(
     assert "100% 3,000/3,000 tasks" in screen
     assert _count(conn) == 0
     piped = subprocess.run(
-        [sys.executable, "-m", "app.cli", "submit", "--file", str(path)],
+        [sys.executable, "-m", "taskq.cli", "submit", "--file", str(path)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -329,7 +329,7 @@ def test_connection_errors_name_the_setting_to_fix(
 
 
 def test_both_entry_points_run_the_cli() -> None:
-    for module in ("app.cli", "app"):
+    for module in ("taskq.cli", "taskq"):
         result = subprocess.run(
             [sys.executable, "-m", module, "stats", "--help"],
             cwd=REPO,
@@ -341,4 +341,4 @@ def test_both_entry_points_run_the_cli() -> None:
         assert result.returncode == 0, result.stderr
         assert "--json" in result.stdout
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'taskq = "app.cli:main"' in pyproject
+    assert 'taskq = "taskq.cli:main"' in pyproject

@@ -16,10 +16,10 @@ import falcon
 import falcon.testing
 import psycopg
 import pytest
+from taskq import db
+from taskq.api import Deps, create_app, dashboard, stats
+from taskq.settings import Settings
 
-from app import db
-from app.api import Deps, create_app, dashboard, stats
-from app.settings import Settings
 from tests.helpers import (
     free_port,
     skip_unless_ci,
@@ -181,7 +181,7 @@ def test_recent_failures_read_the_failed_index(conn: psycopg.Connection[Any]) ->
         " SELECT 'echo', 'succeeded', now() FROM generate_series(1, 20000)"
     )
     conn.execute("ANALYZE taskq_tasks")
-    from app import sql
+    from taskq import sql
 
     plan = json.dumps(
         conn.execute("EXPLAIN (FORMAT JSON) " + sql.RECENT_FAILURES, {"limit": 10}).fetchall()
@@ -214,13 +214,13 @@ def test_dashboard_page_has_a_strict_content_security_policy(
 
 
 def test_the_page_ships_inside_the_package() -> None:
-    """The wheel holds app/ whole (pyproject: packages = ["app"]); the page is read with
-    importlib.resources, so it is found wherever taskq is installed."""
+    """The wheel holds the taskq package whole (pyproject: packages = ["app/taskq"]); the
+    page is read with importlib.resources, so it is found wherever taskq is installed."""
     from importlib import resources
 
-    assert resources.files("app.api").joinpath("static", "dashboard.html").is_file()
+    assert resources.files("taskq.api").joinpath("static", "dashboard.html").is_file()
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'packages = ["app"]' in pyproject
+    assert 'packages = ["app/taskq"]' in pyproject
     ignored = (REPO / ".dockerignore").read_text() + (REPO / ".gitignore").read_text()
     assert "static" not in ignored
     assert "*.html" not in ignored

@@ -1,4 +1,4 @@
-"""app/db.py: pools that survive a database restart, and error translation."""
+"""app/taskq/db.py: pools that survive a database restart, and error translation."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from taskq import db
+from taskq.errors import DatabaseUnavailable, InvalidInput
+from taskq.settings import Settings, load_settings
 
-from app import db
-from app.errors import DatabaseUnavailable, InvalidInput
-from app.settings import Settings, load_settings
 from tests.helpers import free_port, wait_until
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from taskq.cli.services import names_a_database
+from taskq.settings import load_settings
 
-from app.cli.services import names_a_database
-from app.settings import load_settings
 from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env, wait_until
 
 pytestmark = pytest.mark.slow

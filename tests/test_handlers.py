@@ -1,4 +1,4 @@
-"""app/handlers.py: the registry, the built-in kinds, loading user modules."""
+"""app/taskq/handlers.py: the registry, the built-in kinds, loading user modules."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from app.errors import NonRetryableError, UnknownKind
-from app.handlers import Registry, TaskContext, default_registry, register_builtins
+from taskq.errors import NonRetryableError, UnknownKind
+from taskq.handlers import Registry, TaskContext, default_registry, register_builtins
 
 
 def _ctx(attempt: int = 1) -> TaskContext:
@@ -56,7 +55,7 @@ def test_load_modules_registers_user_handlers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "user_tasks_for_test.py").write_text(
-        "from app.handlers import handler\n\n"
+        "from taskq.handlers import handler\n\n"
         "@handler('greet')\n"
         "def greet(payload):\n"
         "    return f\"hello {payload['name']}\"\n"

@@ -1,4 +1,4 @@
-"""app/health.py: the worker's probe server."""
+"""app/taskq/health.py: the worker's probe server."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-
-from app.health import HealthServer, health_app
+from taskq.health import HealthServer, health_app
 
 
 def _get(port: int, path: str) -> tuple[int, dict[str, object]]:

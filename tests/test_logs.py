@@ -1,4 +1,4 @@
-"""app/logs.py: JSON and text formats, request and task context, nothing secret logged."""
+"""app/taskq/logs.py: JSON and text formats, request and task context, nothing secret logged."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from taskq import logs
+from taskq.settings import Settings, load_settings
 
-from app import logs
-from app.settings import Settings, load_settings
 from tests.helpers import wait_until
 from tests.worker_helpers import fresh_registry, running_worker
 
@@ -101,7 +101,7 @@ def test_worker_logs_name_the_task_without_its_payload(
     """Attempts log task id, queue, kind, attempt and duration; never the payload or the
     result. (At DEBUG the worker also logs a failing handler's traceback, whose message
     is the handler's own text.)"""
-    from app import queue
+    from taskq import queue
 
     settings: Settings = make_settings(log_format="json", log_level="DEBUG")
     logs.configure(settings)
@@ -134,9 +134,8 @@ def test_worker_logs_name_the_task_without_its_payload(
 @pytest.fixture
 def api_client(make_settings: Any) -> Iterator[Any]:
     import falcon.testing
-
-    from app import db
-    from app.api import Deps, create_app
+    from taskq import db
+    from taskq.api import Deps, create_app
 
     made: list[Any] = []
 

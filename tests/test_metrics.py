@@ -13,9 +13,9 @@ from typing import Any
 
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+from taskq import metrics, queue
+from taskq.settings import Settings
 
-from app import metrics, queue
-from app.settings import Settings
 from tests.helpers import wait_until
 from tests.worker_helpers import fresh_registry, running_worker
 
@@ -214,7 +214,7 @@ def test_queue_stats_reads_only_the_ready_index_and_a_bounded_number_of_entries(
         " SELECT 'q' || (i % 3), 'echo', 'succeeded', now() FROM generate_series(1, 20000) i"
     )
     conn.execute("VACUUM ANALYZE taskq_tasks")
-    from app import sql
+    from taskq import sql
 
     cap = 500
     with conn.transaction():
@@ -260,9 +260,8 @@ def test_metric_names_follow_prometheus_conventions() -> None:
 
 def test_api_metrics_in_process(make_settings: Any, conn: psycopg.Connection[Any]) -> None:
     import falcon.testing
-
-    from app import db
-    from app.api import Deps, create_app
+    from taskq import db
+    from taskq.api import Deps, create_app
 
     settings: Settings = make_settings()
     pool = db.create_pool(settings, name="test")

@@ -1,4 +1,4 @@
-"""app/models.py: what a task may contain, and the task's public shape."""
+"""app/taskq/models.py: what a task may contain, and the task's public shape."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-
-from app.models import Task, TaskSpec, check_json_value, new_task_id, parse_task_id
+from taskq.models import Task, TaskSpec, check_json_value, new_task_id, parse_task_id
 
 
 def test_defaults() -> None:

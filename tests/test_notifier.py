@@ -1,4 +1,4 @@
-"""app/notifier.py and the deferrable enqueue trigger (db/migrations/0004)."""
+"""app/taskq/notifier.py and the deferrable enqueue trigger (db/migrations/0004)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 import falcon.testing
 import psycopg
 import pytest
+from taskq import db
+from taskq import queue as q
+from taskq.api import Deps, create_app
+from taskq.handlers import Registry, register_builtins
+from taskq.models import TaskSpec
+from taskq.notifier import Notifier
+from taskq.settings import Settings
 
-from app import db
-from app import queue as q
-from app.api import Deps, create_app
-from app.handlers import Registry, register_builtins
-from app.models import TaskSpec
-from app.notifier import Notifier
-from app.settings import Settings
 from tests.helpers import wait_until
 
 SENTINEL = "test-sentinel"

@@ -21,10 +21,10 @@ import pytest
 from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from taskq import db
+from taskq.api import Deps, create_app, openapi
+from taskq.settings import Settings
 
-from app import db
-from app.api import Deps, create_app, openapi
-from app.settings import Settings
 from tests.helpers import free_port
 from tests.worker_helpers import fresh_registry
 
@@ -156,13 +156,13 @@ def test_the_route_checks_catch_drift(
 
 def test_schemas_come_from_the_models(app: falcon.App[Any, Any]) -> None:
     schemas = document(app)["components"]["schemas"]
-    from app.models import TaskSpec
+    from taskq.models import TaskSpec
 
     assert set(schemas["TaskSpec"]["properties"]) == set(TaskSpec.model_fields)
     assert schemas["TaskSpec"]["additionalProperties"] is False
     import dataclasses
 
-    from app.models import Task
+    from taskq.models import Task
 
     fields = {f.name for f in dataclasses.fields(Task)} - {"created"}
     assert set(schemas["Task"]["properties"]) == fields
@@ -258,7 +258,7 @@ def test_real_responses_match_the_document(
 def test_operations_marked_open_are_exactly_the_ones_authentication_leaves_open(
     make_app: Callable[..., falcon.App[Any, Any]],
 ) -> None:
-    from app.api.auth import OPEN_PATHS
+    from taskq.api.auth import OPEN_PATHS
 
     assert {path for (_, path), op in openapi.OPERATIONS.items() if op.open} == OPEN_PATHS
     token = "a-long-enough-test-token-0001"

@@ -1,4 +1,4 @@
-"""app/queue.py against a real PostgreSQL: enqueue, claim, leases, fencing, lifecycle."""
+"""app/taskq/queue.py against a real PostgreSQL: enqueue, claim, leases, fencing, lifecycle."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-
-from app import queue as q
-from app.errors import InvalidTransition, TaskNotFound
-from app.models import TaskSpec
+from taskq import queue as q
+from taskq.errors import InvalidTransition, TaskNotFound
+from taskq.models import TaskSpec
 
 Conn = psycopg.Connection[dict[str, Any]]
 W1, W2 = "worker-one", "worker-two"

@@ -1,10 +1,9 @@
-"""app/settings.py: environment parsing and clear start-up errors."""
+"""app/taskq/settings.py: environment parsing and clear start-up errors."""
 
 from __future__ import annotations
 
 import pytest
-
-from app.settings import SettingsError, load_settings, parse_bind
+from taskq.settings import SettingsError, load_settings, parse_bind
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +100,7 @@ def test_parse_bind_rejects(value: str) -> None:
 def test_every_setting_is_documented_in_the_readme() -> None:
     from pathlib import Path
 
-    from app.settings import Settings
+    from taskq.settings import Settings
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for name in Settings.model_fields:

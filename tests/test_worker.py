@@ -1,4 +1,4 @@
-"""app/worker.py in-process: running, retries, scheduling, leases, fencing, wake-ups."""
+"""app/taskq/worker.py in-process: running, retries, scheduling, leases, fencing, wake-ups."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from taskq import queue as q
+from taskq.errors import NonRetryableError
+from taskq.handlers import TaskContext
+from taskq.models import Task, TaskSpec
+from taskq.settings import Settings
+from taskq.worker import Worker, backoff_delay
 
-from app import queue as q
-from app.errors import NonRetryableError
-from app.handlers import TaskContext
-from app.models import Task, TaskSpec
-from app.settings import Settings
-from app.worker import Worker, backoff_delay
 from tests.helpers import wait_until
 from tests.worker_helpers import fresh_registry, running_worker
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from taskq import queue as q
+from taskq.models import TaskSpec
 
-from app import queue as q
-from app.models import TaskSpec
 from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env, wait_until
 
 pytestmark = pytest.mark.slow

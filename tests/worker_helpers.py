@@ -7,9 +7,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from app.handlers import Registry, register_builtins
-from app.settings import Settings
-from app.worker import Worker
+from taskq.handlers import Registry, register_builtins
+from taskq.settings import Settings
+from taskq.worker import Worker
 
 
 def fresh_registry() -> Registry:

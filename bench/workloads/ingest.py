@@ -119,7 +119,7 @@ def run(
             batch = _wrk(url, batch_body, clients, seconds, batch_size, api.pid)
             system.reset()
             # In the API's own session mode: its inserts leave waking the workers to
-            # app/notifier.py, so the trigger does not notify (db/migrations/0004).
+            # app/taskq/notifier.py, so the trigger does not notify (db/migrations/0004).
             res = pgbench.run(
                 system.url,
                 pgbench.insert_script(),

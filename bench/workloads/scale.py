@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from taskq import sql
 
-from app import sql
 from bench import procs
 from bench.config import DEFAULT_CONCURRENCY
 from bench.probe import Collector

@@ -3,7 +3,7 @@
 
 -- NOTIFY takes a database-wide lock at commit and keeps it until the commit is durable,
 -- so inserting transactions that notify commit one at a time. A session that sends its
--- notifications from elsewhere after committing (the API's, app/notifier.py) sets
+-- notifications from elsewhere after committing (the API's, app/taskq/notifier.py) sets
 -- taskq.notify = 'off' and the trigger stays quiet for it. Every other session, a user's
 -- own SQL included, is notified as before.
 CREATE OR REPLACE FUNCTION taskq_notify_enqueued() RETURNS trigger

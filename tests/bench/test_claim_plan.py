@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-
-from app import sql
+from taskq import sql
 
 ROWS = 50_000
 

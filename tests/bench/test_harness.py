@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from taskq import sql
 
-from app import sql
 from bench import pgbench, report
 from bench.workloads.latency import percentile
 
@@ -27,7 +27,7 @@ def test_substitute_keeps_statement_and_replaces_every_parameter() -> None:
     script = pgbench.claim_finish_script(16)
     assert "%(" not in script
     assert "LIMIT 16" in script
-    # The statement bodies are app/sql.py's, verbatim apart from the parameters.
+    # The statement bodies are app/taskq/sql.py's, verbatim apart from the parameters.
     assert "FOR UPDATE SKIP LOCKED" in script
     assert sql.FINISH.split("UPDATE taskq_tasks t", 1)[1].split("%(")[0].strip() in script
     assert "\\gset" in script

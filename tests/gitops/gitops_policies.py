@@ -48,7 +48,7 @@ class Context:
     # What the code serves and how it stops, read from the application itself
     # (gitops_support.served_routes and gunicorn_graceful_timeout):
     routes: Mapping[str, frozenset[str]]  # component (api, worker) -> paths answering GET
-    api_graceful_timeout: float  # gunicorn's graceful_timeout in app/server.py, s
+    api_graceful_timeout: float  # gunicorn's graceful_timeout in app/taskq/server.py, s
 
 
 # ---------------------------------------------------------------- helpers

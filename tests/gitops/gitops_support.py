@@ -89,11 +89,11 @@ def get_routes(app: Any) -> frozenset[str]:
 
 
 def served_routes() -> dict[str, frozenset[str]]:
-    """GET paths of the API's Falcon app (`app.api.create_app`) and of the worker's health
-    app (`app.health.health_app`, which the worker serves on TASKQ_WORKER_HEALTH_BIND)."""
-    from app.api import Deps, create_app
-    from app.health import health_app
-    from app.settings import Settings
+    """GET paths of the API's Falcon app (`taskq.api.create_app`) and of the worker's health
+    app (`taskq.health.health_app`, which the worker serves on TASKQ_WORKER_HEALTH_BIND)."""
+    from taskq.api import Deps, create_app
+    from taskq.health import health_app
+    from taskq.settings import Settings
 
     api = create_app(Settings(), Deps(pool=_NoPool()))
     worker = health_app(lambda: {})
@@ -101,11 +101,11 @@ def served_routes() -> dict[str, frozenset[str]]:
 
 
 def gunicorn_graceful_timeout() -> float:
-    """graceful_timeout as app/server.py configures gunicorn: read from the config object
+    """graceful_timeout as app/taskq/server.py configures gunicorn: read from the config object
     its GunicornServer builds. The metrics directory it would prepare is left alone (that
     step belongs to a real server start and changes the environment)."""
-    from app import metrics, server
-    from app.settings import Settings
+    from taskq import metrics, server
+    from taskq.settings import Settings
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(metrics, "prepare_multiprocess_dir", lambda: "/nonexistent")

@@ -500,7 +500,7 @@ def test_probe_on_a_route_the_app_stopped_serving(
 def test_grace_period_follows_gunicorn_graceful_timeout(
     rendered: dict[str, Any], policy_context: Callable[[str], Context]
 ) -> None:
-    """A longer graceful_timeout in app/server.py fails the unchanged manifests."""
+    """A longer graceful_timeout in app/taskq/server.py fails the unchanged manifests."""
     ctx = dataclasses.replace(policy_context("prod"), api_graceful_timeout=40)
     assert any("graceful_timeout 40s" in e for e in CHECKS["api"](rendered["prod"], ctx))
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from taskq import migrate
+from taskq.settings import load_settings
 
-from app import migrate
-from app.settings import load_settings
 from tests.helpers import free_port, wait_until
 from tests.reliability.harness import Processes, processes
 

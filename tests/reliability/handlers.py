@@ -6,7 +6,8 @@ import os
 import time
 from typing import Any
 
-from app.handlers import TaskContext, handler
+from taskq.handlers import TaskContext, handler
+
 from tests.handlers_for_tests import record
 
 

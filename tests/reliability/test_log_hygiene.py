@@ -134,7 +134,7 @@ def test_secrets_never_reach_logs_or_errors(
     # Invalid settings: the start-up error names the variable, never the value.
     bad_env = {**env, "DATABASE_URL": f"postgresql://root:{DB_PASSWORD}@127.0.0.1:notaport/x"}
     started = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker"],
+        [sys.executable, "-m", "taskq.cli", "worker"],
         env=bad_env,
         cwd=REPO,
         capture_output=True,
@@ -143,7 +143,7 @@ def test_secrets_never_reach_logs_or_errors(
     )
     assert started.returncode == 2
     short_token = subprocess.run(
-        [sys.executable, "-m", "app.cli", "api"],
+        [sys.executable, "-m", "taskq.cli", "api"],
         env={**env, "TASKQ_API_TOKENS": TOKEN[:10]},
         cwd=REPO,
         capture_output=True,

@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from taskq import queue as q
+from taskq.models import TaskSpec
 
-from app import queue as q
-from app.models import TaskSpec
 from tests.helpers import wait_until
 from tests.reliability.conftest import Metrics
 from tests.reliability.harness import Processes, get_status, records

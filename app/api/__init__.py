@@ -1,5 +1,0 @@
-"""The REST API (Falcon): `create_app(settings, deps)` builds it."""
-
-from app.api.app import Deps, create_app
-
-__all__ = ["Deps", "create_app"]

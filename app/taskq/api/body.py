@@ -1,0 +1,113 @@
+"""Reading request bodies: content type, size limit, strict JSON, and field errors.
+
+Bodies are parsed and validated in one pass by pydantic's JSON parser, which rejects
+invalid UTF-8, unpaired surrogates and absurd nesting as malformed JSON (400); a body
+that parses but has a wrong field is a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import falcon
+from pydantic import BaseModel, ValidationError
+
+from taskq.api.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_body(req: falcon.Request, max_bytes: int) -> bytes:
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            falcon.HTTP_415,
+            "send the body as application/json",
+            code="unsupported_media_type",
+            field="content-type",
+        )
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise _too_large(max_bytes)
+    try:
+        body = _read_at_most(_body_stream(req), max_bytes + 1)
+    except Exception:  # the server refused the body's framing (bad chunking) or lost the client
+        raise ApiError(
+            falcon.HTTP_400, "malformed request body framing", code="malformed_body"
+        ) from None
+    if len(body) > max_bytes:  # chunked bodies have no Content-Length to check up front
+        raise _too_large(max_bytes)
+    if not body.strip():
+        raise ApiError(
+            falcon.HTTP_400, "request body is empty; send a JSON object", code="malformed_json"
+        )
+    return body
+
+
+def _body_stream(req: falcon.Request) -> Any:
+    """The stream holding the body.
+
+    Falcon's bounded_stream trusts Content-Length alone and reads nothing without it, so a
+    chunked body (no Content-Length) would look empty. The server de-chunks such a body
+    and ends the raw stream where the body ends; read that, still at most the limit.
+    """
+    encoding = (req.get_header("Transfer-Encoding") or "").lower()
+    if req.content_length is None and "chunked" in encoding:
+        return req.stream
+    return req.bounded_stream
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes; a short read is not the end, an empty one is."""
+    parts: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        part = stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        falcon.HTTP_413, f"request body is larger than {max_bytes} bytes", code="payload_too_large"
+    )
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse(model: type[M], body: bytes) -> M:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_url=False, include_input=False)
+    for err in errors:
+        if err["type"] == "json_invalid":
+            message = err["msg"].replace("Invalid JSON: ", "")
+            return ApiError(falcon.HTTP_400, f"malformed JSON: {message}", code="malformed_json")
+    details = []
+    for err in errors:
+        path = field_path(err["loc"]) or "body"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        details.append({"field": path, "message": message})
+    first = details[0]
+    return ApiError(
+        falcon.HTTP_422,
+        f"{first['field']}: {first['message']}",
+        code="invalid_field",
+        field=first["field"],
+        details=details,
+    )

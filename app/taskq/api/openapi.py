@@ -1,0 +1,429 @@
+"""The OpenAPI 3.1 document at /openapi.json, generated from the app itself.
+
+Paths come from the Falcon router (`falcon.inspect`): only routes the app really serves
+appear, each with the operation written below. Schemas come from the models the code
+uses: TaskSpec and BatchSpec (what POST bodies are parsed with), the Task dataclass
+(what every task response is made from), the /stats models, and the one error shape
+of app/taskq/api/errors.py. `undocumented(app)` and `unserved(app)` name any route without an
+operation here, or an operation without a route; tests/test_openapi.py fails on either,
+and validates real responses against the document.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+import falcon.inspect
+from pydantic import TypeAdapter
+from pydantic.json_schema import models_json_schema
+
+from taskq import __version__
+from taskq.api import stats
+from taskq.models import STATUSES, BatchSpec, Task, TaskSpec
+from taskq.settings import Settings
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    description: str
+    schema: str | None = None  # a component name; None for non-JSON bodies
+    content_type: str = JSON
+    headers: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    summary: str
+    responses: dict[int, Response]
+    description: str = ""
+    request: str | None = None  # component name of a JSON body
+    parameters: tuple[str, ...] = ()  # names in PARAMETERS
+    tags: tuple[str, ...] = ("tasks",)
+    open: bool = False  # answered without a bearer token when authentication is on
+
+
+def _error(description: str, *headers: str) -> Response:
+    return Response(description, "Error", headers=headers)
+
+
+ERRORS = {
+    400: _error("malformed JSON or an empty body"),
+    401: _error("authentication is on and the bearer token is missing or not accepted"),
+    404: _error("no such task (malformed ids too)"),
+    409: _error("the task's status does not allow this"),
+    413: _error("body larger than TASKQ_API_MAX_BODY_BYTES"),
+    415: _error("body is not application/json"),
+    422: _error("a field is wrong; `field` names it"),
+    500: _error("unexpected error; the server log has the details (no trace is sent)"),
+    503: _error("PostgreSQL is unavailable; retry later", "Retry-After"),
+}
+
+
+def _with_errors(ok: dict[int, Response], *statuses: int) -> dict[int, Response]:
+    return {**ok, **{s: ERRORS[s] for s in statuses}}
+
+
+_TASK = Response("the task", "Task")
+_READ = (401, 404, 500, 503)
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/tasks"): Operation(
+        "Submit a task",
+        _with_errors(
+            {
+                201: Response("created", "Task", headers=("Location",)),
+                200: Response(
+                    "a task with this idempotency key exists: that task",
+                    "Task",
+                    headers=("Location",),
+                ),
+            },
+            400,
+            401,
+            413,
+            415,
+            422,
+            500,
+            503,
+        ),
+        description="`kind` defaults to `echo`. Schedule with `run_at` or `delay`, not both.",
+        request="TaskSpec",
+        parameters=("Idempotency-Key",),
+    ),
+    ("GET", "/tasks"): Operation(
+        "List tasks, newest first",
+        _with_errors({200: Response("a page of tasks", "TaskPage")}, 401, 422, 500, 503),
+        description="Follow `next_cursor` (null on the last page).",
+        parameters=("status", "queue", "kind", "limit", "cursor"),
+    ),
+    ("POST", "/tasks/batch"): Operation(
+        "Submit many tasks in one transaction",
+        _with_errors(
+            {
+                201: Response("created (some may be existing idempotent tasks)", "TaskList"),
+                200: Response("every task already existed (idempotency keys)", "TaskList"),
+            },
+            400,
+            401,
+            413,
+            415,
+            422,
+            500,
+            503,
+        ),
+        description="Up to TASKQ_API_BATCH_MAX tasks, all created or none.",
+        request="BatchSpec",
+    ),
+    ("GET", "/tasks/{task_id}"): Operation(
+        "Read a task", _with_errors({200: _TASK}, *_READ), parameters=("task_id",)
+    ),
+    ("POST", "/tasks/{task_id}/cancel"): Operation(
+        "Cancel a queued task",
+        _with_errors({200: Response("the cancelled task", "Task")}, *_READ, 409),
+        parameters=("task_id",),
+    ),
+    ("POST", "/tasks/{task_id}/retry"): Operation(
+        "Run a failed or cancelled task again",
+        _with_errors({200: Response("the task, queued again", "Task")}, *_READ, 409),
+        description="Attempts start again from zero.",
+        parameters=("task_id",),
+    ),
+    ("GET", "/stats"): Operation(
+        "Queue statistics (the dashboard's data)",
+        _with_errors({200: Response("statistics", "Stats")}, 401, 500, 503),
+        description="Counts per queue and status, throughput over the last hour, the "
+        "oldest runnable task and the latest failures. Bounded queries; cached for a "
+        "couple of seconds.",
+        tags=("operations",),
+    ),
+    ("GET", "/live"): Operation(
+        "Liveness: the process answers",
+        {200: Response("alive", "Live")},
+        tags=("operations",),
+        open=True,
+    ),
+    ("GET", "/ready"): Operation(
+        "Readiness: PostgreSQL answers",
+        {200: Response("ready", "Ready"), 503: Response("not ready", "Ready")},
+        tags=("operations",),
+        open=True,
+    ),
+    ("GET", "/metrics"): Operation(
+        "Prometheus metrics",
+        {
+            200: Response("text exposition format", content_type="text/plain"),
+            401: ERRORS[401],
+        },
+        description="Counters and histograms summed over every API process, and queue "
+        "depth read from PostgreSQL at scrape time (README: Metrics).",
+        tags=("operations",),
+    ),
+    ("GET", "/openapi.json"): Operation(
+        "This document",
+        {200: Response("OpenAPI 3.1", "OpenApiDocument")},
+        tags=("operations",),
+        open=True,
+    ),
+    ("GET", "/dashboard"): Operation(
+        "The dashboard (an HTML page; its data comes from /stats and /tasks)",
+        {200: Response("the page", content_type="text/html")},
+        tags=("operations",),
+        open=True,
+    ),
+}
+
+
+def _parameters(settings: Settings) -> dict[str, dict[str, Any]]:
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": description,
+        }
+
+    return {
+        "task_id": {
+            "name": "task_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "the task's id (a UUID; anything else is a 404)",
+        },
+        "Idempotency-Key": {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": "the same key returns the existing task (200), never a duplicate",
+        },
+        "status": query("status", {"type": "string", "enum": list(STATUSES)}, "only this status"),
+        "queue": query("queue", {"type": "string", "maxLength": 64}, "only this queue"),
+        "kind": query("kind", {"type": "string", "maxLength": 128}, "only this kind"),
+        "limit": query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": settings.api_page_max, "default": 50},
+            "page size",
+        ),
+        "cursor": query("cursor", {"type": "string", "format": "uuid"}, "next_cursor of a page"),
+    }
+
+
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "the request's id: the client's X-Request-ID if sane, else a new "
+        "one; every log line of the request carries it",
+        "schema": {"type": "string"},
+    },
+    "Location": {"description": "/tasks/{id} of the task", "schema": {"type": "string"}},
+    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}},
+}
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The one error shape of every failure (app/taskq/api/errors.py).",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["status", "code", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string", "description": "the offending field, if one"},
+                "details": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["field", "message"],
+                        "additionalProperties": False,
+                        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+def _task_schema() -> dict[str, Any]:
+    """The Task dataclass as the API writes it (Task.to_json): every field, always."""
+    schema = TypeAdapter(Task).json_schema(mode="serialization", ref_template=REF)
+    schema["properties"].pop("created", None)
+    schema["required"] = [f.name for f in dataclasses.fields(Task) if f.name != "created"]
+    schema["additionalProperties"] = False
+    schema["description"] = "A task as stored. Timestamps are UTC (…Z)."
+    schema["properties"]["result"]["description"] = "the handler's return value (any JSON)"
+    return schema
+
+
+def _schemas() -> dict[str, Any]:
+    models: list[tuple[Any, Any]] = [
+        (TaskSpec, "validation"),
+        (BatchSpec, "validation"),
+        (stats.Stats, "serialization"),
+    ]
+    _, defs = models_json_schema(models, ref_template=REF)
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    schemas["Task"] = _task_schema()
+    schemas["TaskPage"] = {
+        "type": "object",
+        "required": ["tasks", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "tasks": {"type": "array", "items": _ref("Task")},
+            "next_cursor": {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}]},
+        },
+    }
+    schemas["TaskList"] = {
+        "type": "object",
+        "required": ["tasks"],
+        "additionalProperties": False,
+        "properties": {"tasks": {"type": "array", "items": _ref("Task")}},
+    }
+    schemas["Error"] = _ERROR_SCHEMA
+    schemas["Live"] = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "live"}},
+    }
+    schemas["Ready"] = {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ready", "not ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    }
+    schemas["OpenApiDocument"] = {
+        "type": "object",
+        "required": ["openapi", "info", "paths"],
+        "properties": {"openapi": {"type": "string", "pattern": "^3\\.1\\."}},
+    }
+    return schemas
+
+
+def routes(app: falcon.App[Any, Any]) -> set[tuple[str, str]]:
+    """(METHOD, path template) of every responder the app serves (Falcon's own 405 and
+    OPTIONS responders excluded)."""
+    out = set()
+    for route in falcon.inspect.inspect_app(app).routes:
+        for method in route.methods:
+            if not method.internal:
+                out.add((method.method, route.path))
+    return out
+
+
+def undocumented(app: falcon.App[Any, Any]) -> set[tuple[str, str]]:
+    return routes(app) - set(OPERATIONS)
+
+
+def unserved(app: falcon.App[Any, Any]) -> set[tuple[str, str]]:
+    return set(OPERATIONS) - routes(app)
+
+
+def _response(status: int, response: Response) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": response.description}
+    headers = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+    for name in response.headers:
+        headers[name] = {"$ref": f"#/components/headers/{name}"}
+    out["headers"] = headers
+    if response.schema is not None:
+        out["content"] = {response.content_type: {"schema": _ref(response.schema)}}
+    else:
+        out["content"] = {response.content_type: {"schema": {"type": "string"}}}
+    return out
+
+
+def build(app: falcon.App[Any, Any], settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document for the routes `app` serves."""
+    parameters = _parameters(settings)
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path in sorted(routes(app)):
+        op = OPERATIONS.get((method, path))
+        if op is None:
+            continue  # undocumented(app) reports it; tests fail on it
+        operation: dict[str, Any] = {
+            "operationId": _operation_id(method, path),
+            "summary": op.summary,
+            "tags": list(op.tags),
+            "responses": {str(s): _response(s, r) for s, r in sorted(op.responses.items())},
+        }
+        if op.description:
+            operation["description"] = op.description
+        if op.parameters:
+            operation["parameters"] = [parameters[name] for name in op.parameters]
+        if op.request:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {JSON: {"schema": _ref(op.request)}},
+            }
+        # Authentication is optional: no token when it is off, a bearer token when on.
+        operation["security"] = [{}] if op.open else [{}, {"bearerAuth": []}]
+        paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "taskq",
+            "version": __version__,
+            "summary": "A task queue on PostgreSQL and nothing else.",
+            "description": "Submit tasks, read their status and result, cancel or retry "
+            "them. Errors share one JSON shape (Error). With TASKQ_API_TOKENS set, every "
+            "operation but the probes, this document and the dashboard page needs "
+            "`Authorization: Bearer <token>`.",
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "tags": [
+            {"name": "tasks", "description": "submit, read, cancel, retry"},
+            {"name": "operations", "description": "probes, metrics, statistics, dashboard"},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "headers": copy.deepcopy(HEADERS),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "TASKQ_API_TOKENS / TASKQ_API_TOKENS_FILE",
+                }
+            },
+        },
+    }
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [p.strip("{}").replace(".", "_") for p in path.strip("/").split("/") if p]
+    return method.lower() + "_" + "_".join(words or ["root"])
+
+
+class OpenApiResource:
+    """/openapi.json, built on first request from the finished app."""
+
+    def __init__(self, build_document: Callable[[], dict[str, Any]]) -> None:
+        self._build = build_document
+        self._document: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self._lock:
+            if self._document is None:
+                self._document = self._build()
+        resp.media = self._document

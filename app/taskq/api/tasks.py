@@ -1,0 +1,183 @@
+"""Task resources: submit, batch submit, read, list, cancel, retry."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import falcon
+
+from taskq import queue
+from taskq.api.body import parse, read_body
+from taskq.api.errors import ApiError
+from taskq.db import pooled
+from taskq.errors import InvalidInput, TaskNotFound
+from taskq.handlers import Registry
+from taskq.models import STATUSES, BatchSpec, Task, TaskSpec, check_queue_name, parse_task_id
+from taskq.notifier import Notifier
+from taskq.settings import Settings
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class _Base:
+    def __init__(
+        self, settings: Settings, pool: Any, registry: Registry, notifier: Notifier | None = None
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.registry = registry
+        self.notifier = notifier
+
+    def _announce(self, conn: Any, tasks: list[Task]) -> None:
+        """Wake the workers of new runnable tasks, once committed (see app/taskq/notifier.py)."""
+        if self.notifier is not None:
+            queues = {t.queue for t in tasks if t.created and t.run_at <= t.created_at}
+            self.notifier.announce(queues, conn)
+
+    def _check_kind(self, spec: TaskSpec, field: str = "kind") -> None:
+        if spec.kind not in self.registry:
+            known = ", ".join(self.registry.kinds())
+            raise InvalidInput(f"unknown kind {spec.kind!r}; known kinds: {known}", field=field)
+
+
+def _task_id(raw: str) -> uuid.UUID:
+    task_id = parse_task_id(raw)
+    if task_id is None:
+        raise TaskNotFound(f"no task {raw!r} (task ids are UUIDs)")
+    return task_id
+
+
+class TasksResource(_Base):
+    """/tasks: POST submits one task, GET lists a page."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        spec = parse(TaskSpec, read_body(req, self.settings.api_max_body_bytes))
+        spec = self._with_header_key(req, spec)
+        self._check_kind(spec)
+        with pooled(self.pool) as conn:
+            task = queue.enqueue(
+                conn, spec, default_max_attempts=self.settings.default_max_attempts
+            )
+            self._announce(conn, [task])
+        resp.status = falcon.HTTP_201 if task.created else falcon.HTTP_200
+        resp.location = f"/tasks/{task.id}"
+        resp.media = task.to_json()
+
+    def _with_header_key(self, req: falcon.Request, spec: TaskSpec) -> TaskSpec:
+        key = req.get_header(IDEMPOTENCY_HEADER)
+        if key is None:
+            return spec
+        if not 1 <= len(key) <= 255 or not key.isprintable():
+            raise InvalidInput(
+                "Idempotency-Key must be 1-255 printable characters", field=IDEMPOTENCY_HEADER
+            )
+        if spec.idempotency_key not in (None, key):
+            raise InvalidInput(
+                "Idempotency-Key header and idempotency_key field differ", field="idempotency_key"
+            )
+        return spec.model_copy(update={"idempotency_key": key})
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = req.get_param("status")
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", field="status")
+        queue_name = req.get_param("queue")
+        if queue_name is not None:
+            try:
+                check_queue_name(queue_name)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), field="queue") from None
+        kind = req.get_param("kind")
+        if kind is not None and (len(kind) > 128 or "\x00" in kind):
+            raise InvalidInput("kind is at most 128 characters", field="kind")
+        limit = self._limit(req)
+        cursor = None
+        if (raw := req.get_param("cursor")) is not None:
+            cursor = parse_task_id(raw)
+            if cursor is None:
+                raise InvalidInput(
+                    "cursor must be a next_cursor from a previous page", field="cursor"
+                )
+        with pooled(self.pool) as conn:
+            tasks, next_cursor = queue.list_tasks(
+                conn, status=status, queue=queue_name, kind=kind, cursor=cursor, limit=limit
+            )
+        resp.media = {
+            "tasks": [t.to_json() for t in tasks],
+            "next_cursor": str(next_cursor) if next_cursor else None,
+        }
+
+    def _limit(self, req: falcon.Request) -> int:
+        raw = req.get_param("limit")
+        if raw is None:
+            return 50
+        # ASCII digits only (str.isdigit() also admits "²", which int() refuses), and few of
+        # them (int() refuses more than 4300 digits).
+        digits = raw.isascii() and raw.isdigit() and len(raw) <= 9
+        if not digits or not 1 <= int(raw) <= self.settings.api_page_max:
+            raise InvalidInput(
+                f"limit must be an integer from 1 to {self.settings.api_page_max}", field="limit"
+            )
+        return int(raw)
+
+
+class BatchResource(_Base):
+    """/tasks/batch: POST submits up to TASKQ_API_BATCH_MAX tasks in one transaction."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        batch = parse(BatchSpec, read_body(req, self.settings.api_max_body_bytes))
+        if len(batch.tasks) > self.settings.api_batch_max:
+            raise InvalidInput(
+                f"at most {self.settings.api_batch_max} tasks per batch", field="tasks"
+            )
+        for index, spec in enumerate(batch.tasks):
+            self._check_kind(spec, field=f"tasks[{index}].kind")
+        with pooled(self.pool) as conn:
+            with conn.transaction():
+                tasks = queue.enqueue_many(
+                    conn, batch.tasks, default_max_attempts=self.settings.default_max_attempts
+                )
+            self._announce(conn, tasks)
+        resp.status = falcon.HTTP_201 if any(t.created for t in tasks) else falcon.HTTP_200
+        resp.media = {"tasks": [t.to_json() for t in tasks]}
+
+
+class TaskResource(_Base):
+    """/tasks/{id}: GET one task."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
+        with pooled(self.pool) as conn:
+            task = queue.get(conn, parsed)
+        resp.media = task.to_json()
+
+
+class CancelResource(_Base):
+    """/tasks/{id}/cancel: POST cancels a queued task (409 otherwise)."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
+        with pooled(self.pool) as conn:
+            task = queue.cancel(conn, parsed)
+        resp.media = task.to_json()
+
+
+class RetryResource(_Base):
+    """/tasks/{id}/retry: POST queues a failed or cancelled task again (409 otherwise)."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
+        with pooled(self.pool) as conn:
+            task = queue.retry(conn, parsed)
+        resp.media = task.to_json()
+
+
+__all__ = [
+    "ApiError",
+    "BatchResource",
+    "CancelResource",
+    "RetryResource",
+    "TaskResource",
+    "TasksResource",
+]

@@ -1,0 +1,158 @@
+"""Arguments: the parser of every command and the checks on their values (exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from taskq.settings import parse_bind
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible (exit code 2)."""
+
+
+def _queues(value: str) -> list[str]:
+    queues = [part.strip() for part in value.split(",") if part.strip()]
+    if not queues:
+        raise argparse.ArgumentTypeError("give at least one queue name")
+    return queues
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _port(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0-65535)")
+    return int(value)
+
+
+def _non_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {value}")
+    return number
+
+
+def _bind(value: str) -> str:
+    try:
+        parse_bind(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _json_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def _progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: when stderr is a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskq", description="A task queue on PostgreSQL.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    api = sub.add_parser("api", help="serve the REST API with gunicorn")
+    api.add_argument(
+        "--bind", type=_bind, help="HOST:PORT (default TASKQ_API_BIND, 127.0.0.1:8080)"
+    )
+    api.add_argument(
+        "--workers", type=_positive_int, help="gunicorn worker processes (TASKQ_API_WORKERS)"
+    )
+
+    worker = sub.add_parser("worker", help="run tasks")
+    worker.add_argument("--queues", type=_queues, help="comma-separated (TASKQ_WORKER_QUEUES)")
+    worker.add_argument(
+        "--concurrency", type=_positive_int, help="parallel tasks (TASKQ_WORKER_CONCURRENCY)"
+    )
+    worker.add_argument("--burst", action="store_true", help="exit 0 once nothing is runnable")
+    worker.add_argument("--health-port", type=_port, help="override the port of the health server")
+
+    mig = sub.add_parser("migrate", help="apply database migrations (idempotent)")
+    mig.add_argument(
+        "--wait",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep retrying this long while the database is unreachable",
+    )
+    mig.add_argument(
+        "--rollback", type=_positive_int, metavar="N", help="roll back the N latest instead"
+    )
+
+    submit = sub.add_parser(
+        "submit",
+        help="enqueue a task, N copies, or every task of a JSON Lines file",
+        description="Enqueue KIND (N copies with --count), or with --file every task of a "
+        "JSON Lines file (one TaskSpec object per line, as POST /tasks takes; - reads "
+        "stdin). Many tasks go in one transaction: all of them or none.",
+    )
+    submit.add_argument("kind", nargs="?", help="handler name (not with --file)")
+    submit.add_argument(
+        "--file", metavar="PATH", help='JSON Lines of tasks, e.g. {"kind": "echo"}; - for stdin'
+    )
+    submit.add_argument("--payload", default="{}", help="JSON object")
+    submit.add_argument("--queue", default="default")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--delay", type=_non_negative, help="seconds from now")
+    submit.add_argument("--max-attempts", type=_positive_int)
+    submit.add_argument("--idempotency-key")
+    submit.add_argument(
+        "--count", type=_positive_int, default=1, help="copies, in one bulk transaction"
+    )
+    _json_flag(submit, "print the result as JSON (the default for submit)")
+    _progress_flag(submit)
+
+    status = sub.add_parser(
+        "status",
+        help="show a task",
+        description="Print a task as JSON. With --wait, follow it until it finishes (a "
+        "live status line on a terminal, on stderr), then print it; exit 1 if the timeout "
+        "came first.",
+    )
+    status.add_argument("id")
+    status.add_argument("--wait", action="store_true", help="follow the task until it finishes")
+    status.add_argument(
+        "--timeout", type=_non_negative, default=60.0, help="seconds to wait at most"
+    )
+    _json_flag(status, "print the task as JSON (the default for status)")
+    _progress_flag(status)
+
+    prune = sub.add_parser("prune", help="delete finished tasks older than the retention")
+    prune.add_argument("--older-than-days", type=_non_negative, help="default TASKQ_RETENTION_DAYS")
+    _json_flag(prune, 'print {"deleted": N, ...} instead of a sentence')
+    _progress_flag(prune)
+
+    stats = sub.add_parser(
+        "stats",
+        help="a table of queues: waiting, running, finished in the last hour",
+        description="Per queue: runnable and scheduled tasks, running ones, tasks finished "
+        "in the last hour, and how long the oldest runnable task has waited; then the "
+        "latest failures. The same numbers as GET /stats and the dashboard.",
+    )
+    _json_flag(stats, "print the statistics as JSON (the shape of GET /stats)")
+
+    dev = sub.add_parser("dev", help="migrate, then run the API and a worker together")
+    dev.add_argument(
+        "--bind", type=_bind, default=None, help="API HOST:PORT (default TASKQ_API_BIND)"
+    )
+    dev.add_argument("--data-dir", default=".pgdata", help="embedded PostgreSQL data directory")
+    return parser

@@ -1,0 +1,172 @@
+"""Logging set-up: human-readable text for a terminal, one JSON object per line for
+clusters (TASKQ_LOG_FORMAT), at TASKQ_LOG_LEVEL.
+
+Context travels with the work: inside an API request every record carries the request
+id (`request_context`, set by app/taskq/api/observability.py from X-Request-ID), and inside a
+task attempt every record, the handler's own included, carries task_id, queue, kind and
+attempt (`bind_task` in the worker, or a `task_context` block). Fields given with
+`extra=` (durations, statuses) appear as JSON keys, or as key=value after the message in
+text.
+
+Log records never carry payloads, results or credentials; as a last line of defence the
+formatters replace fields with such names by "[redacted]".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar, Token
+from typing import Any
+
+from taskq.settings import Settings
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Field names that must never carry a value into a log line.
+_SECRET_FIELDS = frozenset(
+    {"payload", "result", "password", "passwd", "token", "authorization", "secret", "api_key"}
+)
+
+_request_id: ContextVar[str | None] = ContextVar("taskq_request_id", default=None)
+_TaskFields = tuple[object, str, str, int]  # task_id, queue, kind, attempt
+_TASK_KEYS = ("task_id", "queue", "kind", "attempt")
+_task_fields: ContextVar[_TaskFields | None] = ContextVar("taskq_task_fields", default=None)
+
+
+_id_source: tuple[int, str, Iterator[int]] | None = None
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts: a random per-process prefix and
+    a counter (no system call per request, unlike uuid4)."""
+    global _id_source
+    pid = os.getpid()
+    if _id_source is None or _id_source[0] != pid:  # first use, or a forked child
+        _id_source = (pid, uuid.uuid4().hex[:16], itertools.count())
+    return f"{_id_source[1]}{next(_id_source[2]):016x}"
+
+
+@contextlib.contextmanager
+def request_context(request_id: str) -> Iterator[None]:
+    """Every record logged inside carries `request_id`."""
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
+def bind_request_id(request_id: str) -> Token[str | None]:
+    """Like request_context, for code that ends the request elsewhere (middleware)."""
+    return _request_id.set(request_id)
+
+
+def unbind_request_id(token: Token[str | None]) -> None:
+    _request_id.reset(token)
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+@contextlib.contextmanager
+def task_context(task_id: object, queue: str, kind: str, attempt: int) -> Iterator[None]:
+    """Every record logged inside (by the worker or the handler) names the task attempt."""
+    token = bind_task(task_id, queue, kind, attempt)
+    try:
+        yield
+    finally:
+        unbind_task(token)
+
+
+def bind_task(task_id: object, queue: str, kind: str, attempt: int) -> Token[_TaskFields | None]:
+    """Like task_context, without the context manager's overhead (the worker's hot path).
+    The id is turned into text only when a record is actually logged."""
+    return _task_fields.set((task_id, queue, kind, attempt))
+
+
+def unbind_task(token: Token[_TaskFields | None]) -> None:
+    _task_fields.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds the request and task context to each record (explicit extras win)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = _request_id.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        fields = _task_fields.get()
+        if fields:
+            for key, value in zip(_TASK_KEYS, fields, strict=True):
+                if not hasattr(record, key):
+                    setattr(record, key, str(value) if key == "task_id" else value)
+        return True
+
+
+def extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's structured fields (everything beyond the standard attributes)."""
+    out: dict[str, Any] = {}
+    for key, value in vars(record).items():
+        if key in _RESERVED or key.startswith("_"):
+            continue
+        out[key] = "[redacted]" if key.lower() in _SECRET_FIELDS else value
+    return out
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z"
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then the structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update(extras(record))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`12:00:01 INFO    taskq.access: POST /tasks 201 3.1 ms request_id=… status=201`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = extras(record)
+        if not fields:
+            return line
+        head, sep, tail = line.partition("\n")  # keep tracebacks below the fields
+        pairs = " ".join(f"{key}={value}" for key, value in fields.items())
+        return f"{head} {pairs}{sep}{tail}"
+
+
+def configure(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # Library chatter below WARNING is noise for operators.
+    for noisy in ("yoyo", "psycopg.pool"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

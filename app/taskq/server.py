@@ -1,0 +1,145 @@
+"""Serve the Falcon app with gunicorn, configured from our settings.
+
+The app (and its connection pool) is built in each gunicorn worker after the fork:
+database connections must never be shared across processes.
+
+Metrics: before forking, the server gets its own prometheus-client multiprocess
+directory (app/taskq/metrics.py), so /metrics answered by any worker process reports the sum
+over all of them; `child_exit` drops the live gauges of a worker that exited, `on_exit`
+removes the directory. Logs: gunicorn's own messages go through the root handler that
+app/taskq/logs.py configures (text or JSON) instead of gunicorn's format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from gunicorn import util as gunicorn_util
+from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
+
+from taskq import metrics
+from taskq.settings import Settings
+
+_GUNICORN_ERROR_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (a bad request line, oversized or
+    malformed headers, bad chunking) in the API's one JSON error shape instead of an HTML
+    page. The detail is left out: it may quote the offending header, a token included."""
+    body = json.dumps(
+        {
+            "error": {
+                "status": status_int,
+                "code": _GUNICORN_ERROR_CODES.get(status_int, "error"),
+                "message": reason,
+            }
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn writes its own error responses through this one function.
+gunicorn_util.write_error = _write_json_error
+
+
+class _WithholdRequestDetails(logging.Filter):
+    """gunicorn logs a rejected request with the offending line, which may be a header
+    carrying a token ("Invalid request from ip=...: Invalid HTTP Header: '...'"). Keep the
+    kind of error, drop the quoted text."""
+
+    PREFIX = "Invalid request from ip="
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            where, _, error = message.partition(": ")
+            kind = error.split(":", 1)[0].split("'", 1)[0].split('"', 1)[0].strip()
+            record.msg = f"{where}: {kind or 'malformed request'} (details withheld)"
+            record.args = ()
+        return True
+
+
+class GunicornLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logs, handed to the root logger (app/taskq/logs.py formats them)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    metrics.process_exited(worker.pid)
+
+
+class GunicornServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, *, bind: str, workers: int) -> None:
+        self._settings = settings
+        metrics_dir = metrics.prepare_multiprocess_dir()  # before any worker is forked
+        self._options: dict[str, Any] = {
+            "bind": bind,
+            "workers": workers,
+            "worker_class": "sync",
+            # Keep-alive lets load balancers and load tests reuse connections.
+            "keepalive": 5,
+            "timeout": 30,
+            "graceful_timeout": 20,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": settings.log_level.lower(),
+            "proc_name": "taskq-api",
+            # Headers above these limits get a 400 from gunicorn before our code runs.
+            "limit_request_line": 8190,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 8190,
+            "logger_class": "taskq.server.GunicornLogger",
+            "child_exit": _child_exit,
+            "on_exit": lambda server: metrics.remove_multiprocess_dir(metrics_dir),
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+        # gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn or
+        # $XDG_RUNTIME_DIR): every instance on a host would share it (and the last to stop
+        # deletes it), and it writes into $HOME. taskq does not use gunicornc; keep it off.
+        if "control_socket_disable" in self.cfg.settings:
+            self.cfg.set("control_socket_disable", True)
+
+    def load(self) -> Any:
+        from taskq import logs
+        from taskq.api import create_app
+
+        logs.configure(self._settings)
+        logging.getLogger("gunicorn.error").addFilter(_WithholdRequestDetails())
+        return create_app(self._settings)
+
+
+def serve(settings: Settings, *, bind: str | None = None, workers: int | None = None) -> None:
+    GunicornServer(
+        settings,
+        bind=settings.api_bind if bind is None else bind,
+        workers=settings.api_workers if workers is None else workers,
+    ).run()

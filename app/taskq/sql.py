@@ -1,0 +1,341 @@
+"""Every statement that touches taskq_tasks, each with a name and a one-line purpose.
+
+Only app/taskq/queue.py executes these. Parameters are always bound (%(name)s), never formatted
+in. Statements that take many tasks use arrays + unnest so a batch is one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+# Enqueue one task; on an idempotency-key clash return nothing (the caller then reads the
+# existing row). Only the columns the database chose come back: the caller knows the
+# rest, and not sending the payload back keeps the API's busiest statement lean.
+INSERT_TASK: LiteralString = """
+INSERT INTO taskq_tasks (queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
+VALUES (%(queue)s, %(kind)s, %(payload)s, %(priority)s,
+        COALESCE(%(run_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
+        %(max_attempts)s, %(idempotency_key)s)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, run_at, created_at
+"""
+
+# Enqueue many tasks in one statement (ids chosen by the caller so results map back to
+# input order); rows whose idempotency key already exists are skipped.
+INSERT_TASKS: LiteralString = """
+INSERT INTO taskq_tasks (id, queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
+SELECT i.id, i.queue, i.kind, i.payload, i.priority,
+       COALESCE(i.run_at, now() + i.delay * interval '1 second'), i.max_attempts, i.key
+  FROM unnest(%(ids)s::uuid[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
+              %(priorities)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
+              %(max_attempts)s::int[], %(keys)s::text[])
+       AS i(id, queue, kind, payload, priority, run_at, delay, max_attempts, key)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *, true AS created
+"""
+
+# Read the tasks holding the given idempotency keys (after an insert skipped them).
+SELECT_BY_KEYS: LiteralString = """
+SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s::text[])
+"""
+
+# Claim up to `limit` runnable tasks from the worker's queues, in priority, run_at, id
+# order. One LATERAL probe per queue keeps every probe on the ready index (an ANY() over
+# the leading column would force a sort of every ready row); SKIP LOCKED lets concurrent
+# workers pass each other instead of queueing on row locks; the status check in the
+# UPDATE makes the queued -> running transition conditional even if the row changed
+# meanwhile. Only what a worker needs comes back, already in claim order (UPDATE ...
+# RETURNING has none of its own), with the time the task waited after becoming runnable.
+# With several queues, each probe locks up to `limit` rows and only the best `limit` of
+# them are claimed; the others are unlocked when the statement commits, a moment later.
+CLAIM: LiteralString = """
+WITH ready AS (
+    SELECT c.id
+      FROM unnest(%(queues)s::text[]) AS q(name)
+      CROSS JOIN LATERAL (
+            SELECT t.id, t.priority, t.run_at
+              FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue = q.name AND t.run_at <= now()
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED
+           ) AS c
+     ORDER BY c.priority DESC, c.run_at, c.id
+     LIMIT %(limit)s
+), claimed AS (
+    UPDATE taskq_tasks t
+       SET status = 'running',
+           attempts = t.attempts + 1,
+           worker_id = %(worker_id)s,
+           lease_expires_at = now() + %(lease)s * interval '1 second',
+           started_at = now(),
+           updated_at = now()
+      FROM ready
+     WHERE t.id = ready.id AND t.status = 'queued'
+    RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at
+)
+SELECT id, queue, kind, payload::text, attempts, max_attempts,
+       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited
+  FROM claimed
+ ORDER BY priority DESC, run_at, id
+"""
+
+# Extend the leases of tasks this worker still owns; rows not returned were lost.
+HEARTBEAT: LiteralString = """
+UPDATE taskq_tasks t
+   SET lease_expires_at = now() + %(lease)s * interval '1 second'
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS h(id, attempt)
+ WHERE t.id = h.id AND t.attempts = h.attempt
+   AND t.worker_id = %(worker_id)s AND t.status = 'running'
+RETURNING t.id
+"""
+
+# Record outcomes for many tasks at once. Fencing: a row changes only if this worker still
+# owns that attempt, so a worker that lost its lease cannot overwrite the new owner's
+# result. `retry` becomes queued with a backoff, or failed when attempts are used up.
+# The outcomes arrive as one JSON array of [id, attempt, outcome, result, error, delay]
+# rows: a single text parameter is far cheaper to send than six typed arrays, and a
+# result is already JSON.
+FINISH: LiteralString = """
+WITH o AS (
+    SELECT (e->>0)::uuid AS id, (e->>1)::int AS attempt, e->>2 AS outcome,
+           NULLIF(e->3, 'null'::jsonb) AS result, e->>4 AS error, (e->>5)::float8 AS delay
+      FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e
+), decided AS (
+    SELECT t.id,
+           CASE WHEN o.outcome = 'retry' AND t.attempts < t.max_attempts THEN 'queued'
+                WHEN o.outcome = 'retry' THEN 'failed'
+                ELSE o.outcome END AS status,
+           o.result, o.error, o.delay
+      FROM o CROSS JOIN LATERAL (
+            -- One primary-key probe per outcome: the lookup names only the id (LIMIT 1
+            -- keeps it a probe), and the fencing conditions are checked on the row found.
+            -- Given them here, the planner may scan every running task's lease entry per
+            -- outcome instead.
+            SELECT t.id, t.attempts, t.max_attempts, t.worker_id, t.status
+              FROM taskq_tasks t WHERE t.id = o.id LIMIT 1) AS t
+     WHERE t.attempts = o.attempt AND t.worker_id = %(worker_id)s AND t.status = 'running'
+)
+UPDATE taskq_tasks t
+   SET status = d.status,
+       result = d.result,
+       last_error = COALESCE(d.error, t.last_error),
+       run_at = CASE WHEN d.status = 'queued' THEN now() + d.delay * interval '1 second'
+                     ELSE t.run_at END,
+       finished_at = CASE WHEN d.status = 'queued' THEN NULL ELSE now() END,
+       lease_expires_at = NULL,
+       updated_at = now()
+  FROM decided d
+ WHERE t.id = d.id
+RETURNING t.id, t.status, t.queue, t.kind, t.attempts
+"""
+
+# Hand unfinished tasks back on shutdown: queued again at once, and the interrupted attempt
+# is not counted against max_attempts (the task did not fail, the worker stopped).
+RELEASE: LiteralString = """
+UPDATE taskq_tasks t
+   SET status = 'queued', attempts = t.attempts - 1, lease_expires_at = NULL,
+       run_at = now(), updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS r(id, attempt)
+ WHERE t.id = r.id AND t.attempts = r.attempt
+   AND t.worker_id = %(worker_id)s AND t.status = 'running'
+RETURNING t.id, t.queue
+"""
+
+# Recover tasks whose lease expired (their worker died or hung): back to queued, or failed
+# when that was the last attempt. SKIP LOCKED lets every live worker run the sweep without
+# contending; the batch limit bounds each sweep's work.
+RECOVER_EXPIRED: LiteralString = """
+WITH expired AS (
+    SELECT id FROM taskq_tasks
+     WHERE status = 'running' AND lease_expires_at < now()
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE taskq_tasks t
+   SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+       last_error = format('lease expired: worker %%s stopped renewing attempt %%s',
+                           t.worker_id, t.attempts),
+       finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+       lease_expires_at = NULL,
+       run_at = now(),
+       updated_at = now()
+  FROM expired e
+ WHERE t.id = e.id
+RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts
+"""
+
+# Wake workers of the given queues (used after updates, which the insert trigger misses).
+NOTIFY_QUEUES: LiteralString = """
+SELECT pg_notify('taskq', q) FROM unnest(%(queues)s::text[]) AS q
+"""
+
+# The same as a transaction of its own that does not wait for the WAL flush: NOTIFY holds
+# a database-wide lock until its commit returns, and a notification is never durable
+# anyway. Only for a connection with no transaction open (app/taskq/notifier.py checks).
+NOTIFY_QUEUES_NOWAIT: LiteralString = """
+SELECT set_config('synchronous_commit', 'off', true), pg_notify('taskq', q)
+  FROM unnest(%(queues)s::text[]) AS q
+"""
+
+# Read one task.
+GET_TASK: LiteralString = "SELECT * FROM taskq_tasks WHERE id = %(id)s"
+
+# A page of tasks, newest first (ids are time-ordered), after an optional cursor id.
+LIST_TASKS: LiteralString = """
+SELECT * FROM taskq_tasks
+ WHERE (%(status)s::text IS NULL OR status = %(status)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+   AND (%(cursor)s::uuid IS NULL OR id < %(cursor)s)
+ ORDER BY id DESC
+ LIMIT %(limit)s
+"""
+
+# Cancel a task only while it is still queued.
+CANCEL: LiteralString = """
+UPDATE taskq_tasks
+   SET status = 'cancelled', finished_at = now(), updated_at = now()
+ WHERE id = %(id)s AND status = 'queued'
+RETURNING *
+"""
+
+# Run a failed or cancelled task again from scratch.
+RETRY: LiteralString = """
+UPDATE taskq_tasks
+   SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+       result = NULL, updated_at = now()
+ WHERE id = %(id)s AND status IN ('failed', 'cancelled')
+RETURNING *
+"""
+
+# Delete one batch of finished tasks older than the retention; SKIP LOCKED so a prune
+# never waits on (or blocks) a worker.
+PRUNE_BATCH: LiteralString = """
+WITH doomed AS (
+    SELECT id FROM taskq_tasks
+     WHERE status IN ('succeeded', 'failed', 'cancelled')
+       AND finished_at < now() - %(older_than)s * interval '1 second'
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM taskq_tasks t USING doomed d WHERE t.id = d.id
+"""
+
+# How many finished tasks PRUNE_BATCH would delete (the CLI's progress bar): a count on
+# the finished index.
+COUNT_PRUNABLE: LiteralString = """
+SELECT count(*) AS n FROM taskq_tasks
+ WHERE status IN ('succeeded', 'failed', 'cancelled')
+   AND finished_at < now() - %(older_than)s * interval '1 second'
+"""
+
+# Task counts per queue and status (the stats view and the CLI's table).
+COUNT_BY_QUEUE: LiteralString = """
+SELECT queue, status, count(*) AS n FROM taskq_tasks GROUP BY queue, status ORDER BY queue, status
+"""
+
+# Planner settings for the read-only statistics below, in their own transaction: their
+# cost estimates (nested index scans with large LIMITs) are high enough to trigger JIT
+# compilation, which costs ~0.5 s and saves nothing on a query that reads ~10^4 index
+# entries; the timeout keeps a scrape or a dashboard refresh from queueing up behind a
+# slow database.
+STATS_SESSION: LiteralString = """
+SELECT set_config('jit', 'off', true), set_config('statement_timeout', %(timeout_ms)s, true)
+"""
+
+# Per queue: runnable tasks (run_at has come), scheduled ones (run_at still ahead), and the
+# oldest runnable task, read from the ready index alone (index-only scans; finished rows
+# are not in it).
+# `grp` walks the index's distinct (queue, priority) groups with one index probe each
+# (a loose index scan), taking each group's first entry: its smallest run_at. Within a
+# group the runnable tasks are a prefix of the index order and the scheduled ones the
+# rest, so each count is a range scan of its own entries. Each count visits at most `cap`
+# index entries per queue: with a million queued rows a scrape still reads ~cap entries
+# per queue, and a count equal to `cap` means "at least cap". `max_groups` bounds the walk.
+QUEUE_STATS: LiteralString = """
+WITH RECURSIVE grp(queue, priority, run_at, id) AS (
+    (SELECT queue, priority, run_at, id FROM taskq_tasks
+      WHERE status = 'queued'
+      ORDER BY queue, priority DESC, run_at, id LIMIT 1)
+    UNION ALL
+    SELECT n.queue, n.priority, n.run_at, n.id
+      FROM grp g
+     CROSS JOIN LATERAL (
+           (SELECT t.queue, t.priority, t.run_at, t.id FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue = g.queue AND t.priority < g.priority
+             ORDER BY t.priority DESC, t.run_at, t.id LIMIT 1)
+           UNION ALL
+           (SELECT t.queue, t.priority, t.run_at, t.id FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue > g.queue
+             ORDER BY t.queue, t.priority DESC, t.run_at, t.id LIMIT 1)
+           LIMIT 1
+     ) n
+), groups AS MATERIALIZED (
+    SELECT * FROM grp LIMIT %(max_groups)s
+)
+SELECT q.queue, r.n AS runnable, a.n AS scheduled, o.id AS oldest_id, o.run_at AS oldest_run_at,
+       COALESCE(extract(epoch FROM now() - o.run_at), 0)::float8 AS oldest_age_seconds
+  FROM (SELECT DISTINCT queue FROM groups) q
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM (
+           SELECT 1 FROM groups g
+            CROSS JOIN LATERAL (
+                  SELECT 1 FROM taskq_tasks t
+                   WHERE t.status = 'queued' AND t.queue = g.queue AND t.priority = g.priority
+                     AND t.run_at <= now()) x
+            WHERE g.queue = q.queue
+            LIMIT %(cap)s) s) r
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM (
+           SELECT 1 FROM groups g
+            CROSS JOIN LATERAL (
+                  SELECT 1 FROM taskq_tasks t
+                   WHERE t.status = 'queued' AND t.queue = g.queue AND t.priority = g.priority
+                     AND t.run_at > now()) x
+            WHERE g.queue = q.queue
+            LIMIT %(cap)s) s) a
+  LEFT JOIN LATERAL (
+       SELECT g.id, g.run_at FROM groups g
+        WHERE g.queue = q.queue AND g.run_at <= now()
+        ORDER BY g.run_at, g.id LIMIT 1) o ON true
+ ORDER BY q.queue
+"""
+
+# Running tasks per queue, from the lease index (only running rows are in it).
+COUNT_RUNNING: LiteralString = """
+SELECT queue, count(*) AS n FROM taskq_tasks WHERE status = 'running' GROUP BY queue
+"""
+
+# Tasks finished in the last `window` seconds, per queue, status and `bucket`-second
+# interval, from the finished index. Bounded: only the `budget` most recently finished
+# tasks are read, so at high throughput the series covers less than the window and
+# `since` (the oldest finish read, when the budget ran out) says from when it is complete.
+FINISHED_SERIES: LiteralString = """
+WITH recent AS (
+    SELECT queue, status, finished_at FROM taskq_tasks
+     WHERE status IN ('succeeded', 'failed', 'cancelled')
+       AND finished_at > now() - %(window)s * interval '1 second'
+     ORDER BY finished_at DESC
+     LIMIT %(budget)s
+)
+SELECT queue, status,
+       floor(extract(epoch FROM finished_at) / %(bucket)s)::bigint * %(bucket)s AS bucket,
+       count(*) AS n, min(finished_at) AS oldest
+  FROM recent
+ GROUP BY 1, 2, 3
+"""
+
+# The database's clock (statistics are computed against it, not the API host's).
+DATABASE_NOW: LiteralString = "SELECT now() AS now"
+
+# The most recent failures (the partial index on failed tasks keeps this a short scan
+# however many succeeded tasks are retained).
+RECENT_FAILURES: LiteralString = """
+SELECT id, queue, kind, attempts, max_attempts, last_error, finished_at, worker_id
+  FROM taskq_tasks
+ WHERE status = 'failed'
+ ORDER BY finished_at DESC
+ LIMIT %(limit)s
+"""
