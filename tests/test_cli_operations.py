@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from taskq import cli, logs
 from taskq import queue as q
-from taskq.api.stats import Stats
+from taskq.stats import Stats
 
 from tests.helpers import REPO, TEST_SETTINGS, free_port, taskq_env, wait_until
 

@@ -16,8 +16,9 @@ import falcon
 import falcon.testing
 import psycopg
 import pytest
-from taskq import db
-from taskq.api import Deps, create_app, dashboard, stats
+from taskq import db, stats
+from taskq.api import Deps, create_app, dashboard
+from taskq.api import stats as stats_resource
 from taskq.settings import Settings
 
 from tests.helpers import (
@@ -152,7 +153,7 @@ def test_stats_are_cached_briefly(
     assert client.simulate_get("/stats").json == first
     wait_until(
         lambda: client.simulate_get("/stats").json["totals"]["runnable"] == 1,
-        timeout=stats.CACHE_SECONDS + 5,
+        timeout=stats_resource.CACHE_SECONDS + 5,
         what="the cache to expire",
     )
 

@@ -26,14 +26,14 @@ def registry() -> Registry:
 
 def test_builtins(registry: Registry) -> None:
     assert registry.kinds() == ["echo", "fail", "sleep"]
-    assert registry.get("echo")({"a": [1]}, _ctx()) == {"a": [1]}
-    assert registry.get("sleep")({"seconds": 0.01}, _ctx())["slept"] >= 0.01
+    assert registry.get("echo").fn({"a": [1]}) == {"a": [1]}
+    assert registry.get("sleep").fn({"seconds": 0.01})["slept"] >= 0.01
     with pytest.raises(NonRetryableError, match="seconds"):
-        registry.get("sleep")({"seconds": "soon"}, _ctx())
+        registry.get("sleep").fn({"seconds": "soon"})
     with pytest.raises(RuntimeError, match="as requested"):
-        registry.get("fail")({}, _ctx())
+        registry.get("fail").fn({})
     with pytest.raises(NonRetryableError, match="custom"):
-        registry.get("fail")({"retryable": False, "message": "custom"}, _ctx())
+        registry.get("fail").fn({"retryable": False, "message": "custom"})
 
 
 def test_unknown_kind_names_the_field(registry: Registry) -> None:
@@ -48,7 +48,7 @@ def test_decorator_and_context(registry: Registry) -> None:
         return ctx.attempt
 
     assert "attempt" in registry
-    assert registry.get("attempt")({}, _ctx(attempt=3)) == 3
+    assert registry.get("attempt").fn({}, _ctx(attempt=3)) == 3
 
 
 def test_load_modules_registers_user_handlers(
@@ -63,7 +63,7 @@ def test_load_modules_registers_user_handlers(
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         default_registry.load_modules(["user_tasks_for_test"])
-        assert default_registry.get("greet")({"name": "ada"}, _ctx()) == "hello ada"
+        assert default_registry.get("greet").fn({"name": "ada"}) == "hello ada"
     finally:
         sys.modules.pop("user_tasks_for_test", None)
         default_registry._handlers.pop("greet", None)

@@ -24,6 +24,7 @@ from taskq.settings import Settings
 log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[dict[str, Any]]
+Pool = psycopg_pool.ConnectionPool[Connection]
 
 # Data the server refused although the API validated it (e.g. a value out of range).
 _BAD_INPUT_CLASSES = ("22",)

@@ -43,12 +43,6 @@ class DatabaseUnavailable(TaskqError):
     code = "database_unavailable"
 
 
-class LeaseLost(TaskqError):
-    """A worker tried to finish a task whose lease it no longer holds; the write was refused."""
-
-    code = "lease_lost"
-
-
 class UnknownKind(InvalidInput):
     """No handler is registered for the task's kind."""
 

@@ -47,11 +47,6 @@ class Handler:
     fn: Callable[..., Any]
     takes_context: bool = False
 
-    def __call__(self, payload: dict[str, Any], ctx: TaskContext) -> Any:
-        if self.takes_context:
-            return self.fn(payload, ctx)
-        return self.fn(payload)
-
 
 class Registry:
     """kind -> handler. One per process; `default_registry` is the one the CLI uses."""

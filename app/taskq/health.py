@@ -68,27 +68,55 @@ def health_app(
     return app
 
 
+class BindError(OSError):
+    """The health server's address is taken or not ours to bind."""
+
+
 class HealthServer:
-    """Serve a WSGI app on host:port from a daemon thread; port 0 picks a free port."""
+    """Serve a WSGI app on host:port from a daemon thread; port 0 picks a free port.
+
+    The port is bound by `start()`, not on construction: building a worker (tests, the
+    CLI checking its settings) takes no port."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        self._server = make_server(
-            host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
-        )
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="health", daemon=True
-        )
+        self._app = app
+        self._address = (host, port)
+        self._server: _ThreadingWSGIServer | None = None
+        self._bound = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port (waits briefly for `start()` when another thread calls it)."""
+        if not self._bound.wait(10.0) or self._server is None:
+            raise RuntimeError("the health server is not started")
+        return int(self._server.server_address[1])
 
     def start(self) -> None:
-        self._thread.start()
+        """Bind (OSError when the port is taken) and serve from a daemon thread."""
+        host, port = self._address
+        try:
+            server = make_server(
+                host,
+                port,
+                self._app,
+                server_class=_ThreadingWSGIServer,
+                handler_class=_QuietHandler,
+            )
+        except OSError as exc:
+            raise BindError(exc.errno, exc.strerror) from None
+        self._server = server
+        self._bound.set()
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
         log.info("health server listening on port %d", self.port)
 
     def stop(self) -> None:
+        server = self._server
+        if server is None:
+            return
         # serve_forever notices a shutdown only between polls (every 0.5 s): shutting the
         # listening socket down wakes its select() now, so a stopping worker (burst mode,
         # SIGTERM) exits at once instead of up to half a second later.
         with contextlib.suppress(OSError):
-            self._server.socket.shutdown(socket.SHUT_RDWR)
-        self._server.shutdown()
-        self._server.server_close()
+            server.socket.shutdown(socket.SHUT_RDWR)
+        server.shutdown()
+        server.server_close()

@@ -17,7 +17,8 @@ time whether it runs in that mode, so this module imports it only on first use: 
 gunicorn master must not record a metric before it forks.
 
 Nothing here labels by task id, payload or error text: label values are queue and kind
-names (validated, bounded) and HTTP route templates.
+names (validated, bounded) and HTTP route templates. One module for the one noun: the
+METRICS table, the functions that record each metric and the exposition belong together.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from taskq import stats
+from taskq.stats import STATS_CAP
+
 if TYPE_CHECKING:  # pragma: no cover - typing only; see the module docstring
     from prometheus_client.metrics_core import Metric
 
@@ -46,12 +50,6 @@ log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _DIR_PREFIX = "taskq-metrics-"
-
-# Scrape-time queue statistics: index entries counted per queue at most, (queue,
-# priority) groups walked at most, and the statement timeout of that query.
-DEPTH_CAP = 10_000
-MAX_GROUPS = 1_000
-STATS_TIMEOUT_MS = 2_000
 
 # Queue waits span milliseconds (a busy worker) to hours (a backlog, a stopped worker).
 QUEUE_WAIT_BUCKETS = (
@@ -112,10 +110,10 @@ METRICS: tuple[MetricInfo, ...] = (
                "Time to answer an HTTP request.", "api"),
     MetricInfo("taskq_queue_depth", "gauge", ("queue",),
                f"Runnable queued tasks (run_at has come), read at scrape time; counted up "
-               f"to {DEPTH_CAP}, so {DEPTH_CAP} means at least that many.", "api"),
+               f"to {STATS_CAP}, so {STATS_CAP} means at least that many.", "api"),
     MetricInfo("taskq_queue_tasks", "gauge", ("queue",),
                f"Queued tasks, scheduled ones included (runnable and scheduled each "
-               f"counted up to {DEPTH_CAP}).",
+               f"counted up to {STATS_CAP}).",
                "api"),
     MetricInfo("taskq_queue_oldest_age_seconds", "gauge", ("queue",),
                "How long the oldest runnable task has been waiting (0 when none).", "api"),
@@ -214,7 +212,7 @@ def observe_many(child: Any, values: Sequence[float]) -> None:
     A worker observes thousands of values a second, mostly into the same few buckets;
     prometheus-client's observe takes a lock and walks the bucket list for each one.
     Falls back to plain observe if the histogram's layout is not the one relied on here
-    (tests/test_metrics.py checks that both give the same exposition).
+    (the test suite checks that both give the same exposition).
     """
     bounds = getattr(child, "_upper_bounds", None)
     buckets = getattr(child, "_buckets", None)
@@ -292,8 +290,9 @@ class _Pool(Protocol):
 
 
 class _Worker(Protocol):
-    concurrency: int
     queues: list[str]
+
+    def snapshot(self) -> Any: ...  # .slots, .in_flight, .free
 
 
 _pools: dict[str, weakref.WeakSet[Any]] = {}
@@ -310,26 +309,11 @@ def track_pool(pool: _Pool, name: str) -> None:
 
 
 def watch_worker(worker: _Worker) -> None:
-    """Report a worker's slots, in-flight tasks and pool. Reads its state at scrape time."""
+    """Report a worker's slots, in-flight tasks and free slots, from its `snapshot()` at
+    scrape time."""
     with _state_lock:
         _workers.add(worker)
-    pool = getattr(worker, "_pool", None)
-    if pool is not None:
-        track_pool(pool, "worker")
-    else:
-        refresh()
-
-
-def _inflight(worker: Any) -> int:
-    return len(getattr(worker, "_inflight", ()))
-
-
-def _free(worker: Any) -> int:
-    """The worker's own count of free slots when it keeps one, else slots - in flight."""
-    own = getattr(worker, "_free_slots", None)
-    if callable(own):
-        return max(0, int(own()))
-    return max(0, int(worker.concurrency) - _inflight(worker))
+    refresh()
 
 
 def refresh(min_interval: float = 0.0) -> None:
@@ -357,12 +341,11 @@ def refresh(min_interval: float = 0.0) -> None:
     by_queues: dict[str, list[int]] = {}
     for worker in workers:
         key = ",".join(worker.queues)
-        slots, inflight, free = by_queues.setdefault(key, [0, 0, 0])
-        by_queues[key] = [
-            slots + worker.concurrency,
-            inflight + _inflight(worker),
-            free + _free(worker),
-        ]
+        snap = worker.snapshot()
+        summed = by_queues.setdefault(key, [0, 0, 0])
+        summed[0] += snap.slots
+        summed[1] += snap.in_flight
+        summed[2] += snap.free
     for key, (slots, inflight, free) in by_queues.items():
         m.slots.labels(key).set(slots)
         m.inflight.labels(key).set(inflight)
@@ -381,16 +364,13 @@ class QueueCollector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from taskq import queue
         from taskq.db import pooled
         from taskq.errors import TaskqError
 
         up = GaugeMetricFamily("taskq_queue_stats_up", _INFO["taskq_queue_stats_up"].help)
         try:
             with pooled(self._pool) as conn:
-                rows = queue.queue_stats(
-                    conn, cap=DEPTH_CAP, max_groups=MAX_GROUPS, timeout_ms=STATS_TIMEOUT_MS
-                )
+                rows = stats.depths(conn)
         except TaskqError as exc:
             log.warning("queue statistics unavailable for /metrics: %s", exc.message)
             up.add_metric([], 0)

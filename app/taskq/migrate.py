@@ -18,6 +18,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from taskq import db
+from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable
 from taskq.settings import Settings
 
@@ -48,7 +49,7 @@ def _yoyo_backend(settings: Settings):  # type: ignore[no-untyped-def]
 
 def _wait_for_database(settings: Settings, wait: float) -> db.Connection:
     deadline = time.monotonic() + wait
-    delay = 0.25
+    retry = Backoff(0.25, 5.0)
     while True:
         try:
             return db.connect(settings, name="migrate")
@@ -58,8 +59,7 @@ def _wait_for_database(settings: Settings, wait: float) -> db.Connection:
             log.info(
                 "database not reachable yet; retrying for %.0fs more", deadline - time.monotonic()
             )
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 5.0)
+            time.sleep(min(retry.next(), max(0.0, deadline - time.monotonic())))
 
 
 def _lock(conn: db.Connection) -> None:
@@ -71,15 +71,14 @@ def _lock(conn: db.Connection) -> None:
     timeout. Between polls this session holds no snapshot, so concurrent runs queue up
     without blocking the migration they wait for.
     """
-    delay = 0.05
+    retry = Backoff(0.05, 0.5)
     while True:
         row = conn.execute(
             "SELECT pg_try_advisory_lock(%s) AS ok", (_ADVISORY_LOCK_KEY,)
         ).fetchone()
         if row and row["ok"]:
             return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        time.sleep(retry.next())
 
 
 def apply(settings: Settings, *, wait: float = 0.0) -> list[str]:

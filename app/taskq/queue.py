@@ -1,4 +1,4 @@
-"""The queue: the only module that executes task SQL (statements live in app/taskq/sql.py).
+"""The queue: runs the task statements of taskq/sql.py (statistics: taskq/stats.py).
 
 Every function takes a psycopg connection, so callers choose the transaction: enqueue on
 your own connection inside your own transaction and the task exists exactly when your
@@ -12,7 +12,6 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
@@ -20,7 +19,7 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
-from taskq import metrics, sql
+from taskq import sql
 from taskq.db import translate_errors
 from taskq.errors import InvalidTransition, TaskNotFound
 from taskq.models import Task, TaskSpec, new_task_id
@@ -71,7 +70,8 @@ class Finish:
     retry_delay: float = 0.0
 
 
-def _rows(conn: AnyConnection, query: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+def fetch(conn: AnyConnection, query: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run one statement of taskq.sql; its rows as dicts (none for a statement without)."""
     with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         # pgresult, not cur.description: the latter builds a Column object per column
@@ -119,19 +119,17 @@ def enqueue(
         inserted = cur.fetchone()
     if inserted is not None:
         task_id, run_at, created_at = inserted
-        task = Task.inserted(
+        return Task.inserted(
             spec,
             id=task_id,
             run_at=run_at,
             created_at=created_at,
             max_attempts=params["max_attempts"],
         )
-        metrics.tasks_enqueued([task])
-        return task
     # The key exists. Read it in a fresh statement so a row committed by a concurrent
     # submitter after this statement's snapshot is visible.
     assert spec.idempotency_key is not None
-    existing = _rows(conn, sql.SELECT_BY_KEYS, {"keys": [spec.idempotency_key]})
+    existing = fetch(conn, sql.SELECT_BY_KEYS, {"keys": [spec.idempotency_key]})
     if not existing:  # pruned between the two statements: vanishingly rare, try once more
         return enqueue(conn, spec, default_max_attempts=default_max_attempts)
     return Task.from_row(existing[0])
@@ -171,8 +169,7 @@ def _enqueue_chunk(
         "max_attempts": [s.max_attempts or default_max_attempts for s in specs],
         "keys": [s.idempotency_key for s in specs],
     }
-    inserted = {row["id"]: Task.from_row(row) for row in _rows(conn, sql.INSERT_TASKS, params)}
-    metrics.tasks_enqueued(inserted.values())
+    inserted = {row["id"]: Task.from_row(row) for row in fetch(conn, sql.INSERT_TASKS, params)}
     skipped_keys = [
         s.idempotency_key
         for task_id, s in zip(ids, specs, strict=True)
@@ -180,7 +177,7 @@ def _enqueue_chunk(
     ]
     existing: dict[str | None, Task] = {}
     if skipped_keys:
-        rows = _rows(conn, sql.SELECT_BY_KEYS, {"keys": skipped_keys})
+        rows = fetch(conn, sql.SELECT_BY_KEYS, {"keys": skipped_keys})
         existing = {row["idempotency_key"]: Task.from_row(row) for row in rows}
     out = []
     for task_id, spec in zip(ids, specs, strict=True):
@@ -203,12 +200,10 @@ def claim(
         cur.execute(sql.CLAIM, params)
         # In claim order (see sql.CLAIM); the payload comes as text and is decoded here,
         # which skips psycopg's bytes-to-JSON detour.
-        tasks = [
+        return [
             Claimed(tid, queue, kind, _decode(payload), attempts, max_attempts, waited)
             for tid, queue, kind, payload, attempts, max_attempts, waited in cur.fetchall()
         ]
-    metrics.tasks_claimed(tasks)
-    return tasks
 
 
 def _lease_arrays(leases: Iterable[Lease]) -> dict[str, list[Any]]:
@@ -223,7 +218,7 @@ def heartbeat(
     params = {**_lease_arrays(leases), "worker_id": worker_id, "lease": lease}
     if not params["ids"]:
         return set()
-    return {row["id"] for row in _rows(conn, sql.HEARTBEAT, params)}
+    return {row["id"] for row in fetch(conn, sql.HEARTBEAT, params)}
 
 
 def finish(
@@ -233,12 +228,11 @@ def finish(
     if not outcomes:
         return [], []
     params = {"outcomes": outcomes_json(outcomes), "worker_id": worker_id}
-    applied = _rows(conn, sql.FINISH, params)
+    applied = fetch(conn, sql.FINISH, params)
     rejected: list[Finish] = []
     if len(applied) != len(outcomes):
         done = {row["id"] for row in applied}
         rejected = [o for o in outcomes if o.lease.id not in done]
-    metrics.tasks_finished(applied, lost=len(rejected))
     return applied, rejected
 
 
@@ -266,16 +260,15 @@ def release(conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str) -> 
     params = {**_lease_arrays(leases), "worker_id": worker_id}
     if not params["ids"]:
         return []
-    rows = _rows(conn, sql.RELEASE, params)
+    rows = fetch(conn, sql.RELEASE, params)
     notify(conn, {row["queue"] for row in rows})
     return [row["id"] for row in rows]
 
 
 def recover_expired(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
     """Requeue (or fail) tasks whose lease expired; returns what was recovered."""
-    rows = _rows(conn, sql.RECOVER_EXPIRED, {"limit": limit})
+    rows = fetch(conn, sql.RECOVER_EXPIRED, {"limit": limit})
     notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
-    metrics.tasks_recovered(rows)
     return rows
 
 
@@ -284,11 +277,11 @@ def notify(conn: AnyConnection, queues: Iterable[str], *, durable: bool = True) 
     its own that does not wait for the WAL flush (autocommit connections only)."""
     names = sorted(set(queues))
     if names:
-        _rows(conn, sql.NOTIFY_QUEUES if durable else sql.NOTIFY_QUEUES_NOWAIT, {"queues": names})
+        fetch(conn, sql.NOTIFY_QUEUES if durable else sql.NOTIFY_QUEUES_NOWAIT, {"queues": names})
 
 
 def get(conn: AnyConnection, task_id: uuid.UUID) -> Task:
-    rows = _rows(conn, sql.GET_TASK, {"id": task_id})
+    rows = fetch(conn, sql.GET_TASK, {"id": task_id})
     if not rows:
         raise TaskNotFound(f"no task {task_id}")
     return Task.from_row(rows[0])
@@ -305,7 +298,7 @@ def list_tasks(
 ) -> tuple[list[Task], uuid.UUID | None]:
     """A page of tasks, newest first, and the cursor for the next page (None at the end)."""
     params = {"status": status, "queue": queue, "kind": kind, "cursor": cursor, "limit": limit + 1}
-    tasks = [Task.from_row(r) for r in _rows(conn, sql.LIST_TASKS, params)]
+    tasks = [Task.from_row(r) for r in fetch(conn, sql.LIST_TASKS, params)]
     more = len(tasks) > limit
     tasks = tasks[:limit]
     return tasks, (tasks[-1].id if more else None)
@@ -313,7 +306,7 @@ def list_tasks(
 
 def cancel(conn: AnyConnection, task_id: uuid.UUID) -> Task:
     """Cancel a queued task; running or finished tasks raise InvalidTransition."""
-    rows = _rows(conn, sql.CANCEL, {"id": task_id})
+    rows = fetch(conn, sql.CANCEL, {"id": task_id})
     if rows:
         return Task.from_row(rows[0])
     task = get(conn, task_id)
@@ -322,7 +315,7 @@ def cancel(conn: AnyConnection, task_id: uuid.UUID) -> Task:
 
 def retry(conn: AnyConnection, task_id: uuid.UUID) -> Task:
     """Queue a failed or cancelled task again with a fresh attempt budget."""
-    rows = _rows(conn, sql.RETRY, {"id": task_id})
+    rows = fetch(conn, sql.RETRY, {"id": task_id})
     if rows:
         notify(conn, [rows[0]["queue"]])
         return Task.from_row(rows[0])
@@ -355,60 +348,10 @@ def prune(
 
 def count_prunable(conn: AnyConnection, *, older_than_seconds: float) -> int:
     """How many finished tasks `prune` would delete (a count on the finished index)."""
-    rows = _rows(conn, sql.COUNT_PRUNABLE, {"older_than": older_than_seconds})
+    rows = fetch(conn, sql.COUNT_PRUNABLE, {"older_than": older_than_seconds})
     return int(rows[0]["n"])
 
 
 def counts(conn: AnyConnection) -> list[dict[str, Any]]:
     """Rows of (queue, status, n)."""
-    return _rows(conn, sql.COUNT_BY_QUEUE, {})
-
-
-def _stats_rows(
-    conn: AnyConnection, query: Any, params: dict[str, Any], timeout_ms: int
-) -> list[dict[str, Any]]:
-    """Run a read-only statistics query with its own planner settings (sql.STATS_SESSION)."""
-    with translate_errors(), conn.transaction():
-        _rows(conn, sql.STATS_SESSION, {"timeout_ms": str(int(timeout_ms))})
-        return _rows(conn, query, params)
-
-
-def queue_stats(
-    conn: AnyConnection, *, cap: int = 10_000, max_groups: int = 1_000, timeout_ms: int = 2_000
-) -> list[dict[str, Any]]:
-    """Per queue with queued tasks: runnable and scheduled counts (each at most `cap`),
-    queued (their sum), and the oldest runnable task's id, run_at and age in seconds
-    (None/0 when none)."""
-    params = {"cap": cap, "max_groups": max_groups}
-    rows = _stats_rows(conn, sql.QUEUE_STATS, params, timeout_ms)
-    for row in rows:
-        row["queued"] = row["runnable"] + row["scheduled"]
-    return rows
-
-
-def running_counts(conn: AnyConnection) -> dict[str, int]:
-    """Running tasks per queue."""
-    return {row["queue"]: int(row["n"]) for row in _rows(conn, sql.COUNT_RUNNING, {})}
-
-
-def finished_series(
-    conn: AnyConnection,
-    *,
-    window_seconds: int = 3600,
-    bucket_seconds: int = 60,
-    budget: int = 100_000,
-    timeout_ms: int = 2_000,
-) -> tuple[list[dict[str, Any]], datetime]:
-    """Rows (queue, status, bucket, n, oldest) of tasks finished in the window, and the
-    database's now(); only the `budget` most recent finishes are read (FINISHED_SERIES)."""
-    params = {"window": window_seconds, "bucket": bucket_seconds, "budget": budget}
-    with translate_errors(), conn.transaction():
-        _rows(conn, sql.STATS_SESSION, {"timeout_ms": str(int(timeout_ms))})
-        rows = _rows(conn, sql.FINISHED_SERIES, params)
-        now: datetime = _rows(conn, sql.DATABASE_NOW, {})[0]["now"]
-    return rows, now
-
-
-def recent_failures(conn: AnyConnection, *, limit: int = 10) -> list[dict[str, Any]]:
-    """The latest failed tasks, newest first (no payloads or results)."""
-    return _rows(conn, sql.RECENT_FAILURES, {"limit": limit})
+    return fetch(conn, sql.COUNT_BY_QUEUE, {})

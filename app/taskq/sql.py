@@ -1,7 +1,9 @@
 """Every statement that touches taskq_tasks, each with a name and a one-line purpose.
 
-Only app/taskq/queue.py executes these. Parameters are always bound (%(name)s), never formatted
-in. Statements that take many tasks use arrays + unnest so a batch is one round trip.
+Only the data layer executes these (taskq/queue.py; taskq/stats.py for statistics).
+Parameters are always bound (%(name)s), never formatted in. Statements that take many
+tasks use arrays + unnest so a batch is one round trip. One module on purpose, however
+long: every statement on the table is reviewed side by side with the indexes it relies on.
 """
 
 from __future__ import annotations
@@ -10,6 +12,14 @@ from typing import LiteralString
 
 # Enqueue one task; on an idempotency-key clash return nothing (the caller then reads the
 # existing row). Only the columns the database chose come back: the caller knows the
+
+# The one notification channel: payloads are queue names. The enqueue trigger of
+# migrations 0001/0004 notifies on the same channel by name.
+CHANNEL: LiteralString = "taskq"
+
+# Subscribe a listener's session to the channel.
+LISTEN: LiteralString = "LISTEN " + CHANNEL
+
 # rest, and not sending the payload back keeps the API's busiest statement lean.
 INSERT_TASK: LiteralString = """
 INSERT INTO taskq_tasks (queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
@@ -167,17 +177,17 @@ RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts
 """
 
 # Wake workers of the given queues (used after updates, which the insert trigger misses).
-NOTIFY_QUEUES: LiteralString = """
-SELECT pg_notify('taskq', q) FROM unnest(%(queues)s::text[]) AS q
-"""
+NOTIFY_QUEUES: LiteralString = (
+    "SELECT pg_notify('" + CHANNEL + "', q) FROM unnest(%(queues)s::text[]) AS q"
+)
 
 # The same as a transaction of its own that does not wait for the WAL flush: NOTIFY holds
 # a database-wide lock until its commit returns, and a notification is never durable
 # anyway. Only for a connection with no transaction open (app/taskq/notifier.py checks).
-NOTIFY_QUEUES_NOWAIT: LiteralString = """
-SELECT set_config('synchronous_commit', 'off', true), pg_notify('taskq', q)
-  FROM unnest(%(queues)s::text[]) AS q
-"""
+NOTIFY_QUEUES_NOWAIT: LiteralString = (
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify('" + CHANNEL + "', q)"
+    " FROM unnest(%(queues)s::text[]) AS q"
+)
 
 # Read one task.
 GET_TASK: LiteralString = "SELECT * FROM taskq_tasks WHERE id = %(id)s"

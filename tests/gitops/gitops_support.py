@@ -80,9 +80,10 @@ def get_routes(app: Any) -> frozenset[str]:
     """The paths a Falcon app answers GET on (falcon.inspect; internal responders, such as
     the 405 for an unrouted method, do not count)."""
     from falcon import inspect
+    from taskq.api.observability import public_template
 
     return frozenset(
-        route.path
+        public_template(route.path)
         for route in inspect.inspect_routes(app)
         if any(m.method == "GET" and not m.internal for m in route.methods)
     )

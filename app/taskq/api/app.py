@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import falcon
@@ -11,40 +10,13 @@ from taskq import db, metrics
 from taskq.api import errors
 from taskq.api.auth import BearerAuth
 from taskq.api.dashboard import DashboardResource
+from taskq.api.deps import Deps
 from taskq.api.observability import RequestObserver
 from taskq.api.openapi import OpenApiResource, build
 from taskq.api.stats import StatsResource
-from taskq.api.tasks import (
-    BatchResource,
-    CancelResource,
-    RetryResource,
-    TaskResource,
-    TasksResource,
-)
-from taskq.handlers import Registry, default_registry
+from taskq.api.tasks import BatchResource, TaskResource, TasksResource
 from taskq.health import LiveResource, MetricsResource, ReadyResource
-from taskq.notifier import Notifier
 from taskq.settings import Settings
-
-
-@dataclasses.dataclass
-class Deps:
-    """What the API needs from the outside world; tests pass their own."""
-
-    pool: Any
-    registry: Registry = dataclasses.field(default_factory=lambda: default_registry)
-    # Set when the pool's sessions leave waking the workers to the API (app/taskq/notifier.py);
-    # None means the enqueue trigger notifies at commit, as for any other session.
-    notifier: Notifier | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Deps:
-        default_registry.load_modules(settings.handler_modules)
-        return cls(
-            pool=db.create_pool(settings, name="api", notify_on_insert=False),
-            registry=default_registry,
-            notifier=Notifier(settings),
-        )
 
 
 def create_app(
@@ -59,12 +31,12 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
 
-    shared = (settings, deps.pool, deps.registry, deps.notifier)
-    app.add_route("/tasks", TasksResource(*shared))
-    app.add_route("/tasks/batch", BatchResource(*shared))
-    app.add_route("/tasks/{task_id}", TaskResource(*shared))
-    app.add_route("/tasks/{task_id}/cancel", CancelResource(*shared))
-    app.add_route("/tasks/{task_id}/retry", RetryResource(*shared))
+    app.add_route("/tasks", TasksResource(settings, deps))
+    app.add_route("/tasks/batch", BatchResource(settings, deps))
+    task = TaskResource(settings, deps)
+    app.add_route("/tasks/{task_id:uuid}", task)
+    app.add_route("/tasks/{task_id:uuid}/cancel", task, suffix="cancel")
+    app.add_route("/tasks/{task_id:uuid}/retry", task, suffix="retry")
     app.add_route("/live", LiveResource())
     app.add_route("/ready", ReadyResource(lambda: {"database": db.ping(deps.pool)}))
     app.add_route("/metrics", MetricsResource([metrics.QueueCollector(deps.pool)]))

@@ -13,6 +13,7 @@ import falcon
 from pydantic import BaseModel, ValidationError
 
 from taskq.api.errors import ApiError
+from taskq.validation import problems
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -76,13 +77,6 @@ def _too_large(max_bytes: int) -> ApiError:
     )
 
 
-def field_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse(model: type[M], body: bytes) -> M:
     try:
         return model.model_validate_json(body)
@@ -91,18 +85,12 @@ def parse(model: type[M], body: bytes) -> M:
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    errors = exc.errors(include_url=False, include_input=False)
-    for err in errors:
-        if err["type"] == "json_invalid":
-            message = err["msg"].replace("Invalid JSON: ", "")
-            return ApiError(falcon.HTTP_400, f"malformed JSON: {message}", code="malformed_json")
-    details = []
-    for err in errors:
-        path = field_path(err["loc"]) or "body"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        details.append({"field": path, "message": message})
+    found = problems(exc)
+    if found[0].malformed:
+        return ApiError(
+            falcon.HTTP_400, f"malformed JSON: {found[0].message}", code="malformed_json"
+        )
+    details = [{"field": p.field or "body", "message": p.message} for p in found]
     first = details[0]
     return ApiError(
         falcon.HTTP_422,

@@ -22,7 +22,6 @@ from taskq.errors import (
     DatabaseUnavailable,
     InvalidInput,
     InvalidTransition,
-    LeaseLost,
     TaskNotFound,
     TaskqError,
 )
@@ -34,7 +33,6 @@ STATUS_BY_ERROR: list[tuple[type[TaskqError], str, dict[str, str]]] = [
     (InvalidInput, falcon.HTTP_422, {}),
     (TaskNotFound, falcon.HTTP_404, {}),
     (InvalidTransition, falcon.HTTP_409, {}),
-    (LeaseLost, falcon.HTTP_409, {}),
     (DatabaseUnavailable, falcon.HTTP_503, {"Retry-After": "1"}),
 ]
 
@@ -70,19 +68,23 @@ class ApiError(falcon.HTTPError):
         return {"error": body}
 
 
+# The `code` of an error Falcon raised itself (routing, headers), by HTTP status.
+CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_field",
+    431: "headers_too_large",
+    503: "unavailable",
+}
+
+
 def _code_for(error: falcon.HTTPError) -> str:
-    return {
-        400: "bad_request",
-        401: "unauthorized",
-        404: "not_found",
-        405: "method_not_allowed",
-        409: "conflict",
-        413: "payload_too_large",
-        415: "unsupported_media_type",
-        422: "invalid_field",
-        431: "headers_too_large",
-        503: "unavailable",
-    }.get(error.status_code, "error")
+    return CODE_BY_STATUS.get(error.status_code, "error")
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:

@@ -17,6 +17,7 @@ It is the first middleware, so it also sees requests that later middleware refus
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -27,6 +28,14 @@ from taskq import logs, metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+@functools.cache
+def public_template(template: str) -> str:
+    """A route template as users and OpenAPI write it: `{task_id:uuid}` is `{task_id}`."""
+    return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", template)
+
+
 _QUIET = frozenset({"/live", "/ready", "/metrics"})
 
 access_log = logging.getLogger("taskq.access")
@@ -66,7 +75,7 @@ class RequestObserver:
             return
         seconds = time.perf_counter() - started
         status = resp.status_code
-        route = req.uri_template or "(unmatched)"
+        route = public_template(req.uri_template) if req.uri_template else "(unmatched)"
         resp.set_header(REQUEST_ID_HEADER, req.context.request_id)
         try:
             metrics.http_request(req.method, route, status, seconds)

@@ -5,8 +5,9 @@ appear, each with the operation written below. Schemas come from the models the 
 uses: TaskSpec and BatchSpec (what POST bodies are parsed with), the Task dataclass
 (what every task response is made from), the /stats models, and the one error shape
 of app/taskq/api/errors.py. `undocumented(app)` and `unserved(app)` name any route without an
-operation here, or an operation without a route; tests/test_openapi.py fails on either,
-and validates real responses against the document.
+operation here, or an operation without a route; the test suite fails on either, and
+validates real responses against the document. Longer than most modules because the
+document is data: one operation entry per route.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import falcon.inspect
 from pydantic import TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from taskq import __version__
-from taskq.api import stats
+from taskq import __version__, stats
+from taskq.api.observability import public_template
 from taskq.models import STATUSES, BatchSpec, Task, TaskSpec
 from taskq.settings import Settings
 
@@ -321,12 +322,14 @@ def _schemas() -> dict[str, Any]:
 
 def routes(app: falcon.App[Any, Any]) -> set[tuple[str, str]]:
     """(METHOD, path template) of every responder the app serves (Falcon's own 405 and
-    OPTIONS responders excluded)."""
+    OPTIONS responders excluded), with field converters dropped: `{task_id:uuid}` is
+    `{task_id}` in OpenAPI."""
     out = set()
     for route in falcon.inspect.inspect_app(app).routes:
+        path = public_template(route.path)
         for method in route.methods:
             if not method.internal:
-                out.add((method.method, route.path))
+                out.add((method.method, path))
     return out
 
 

@@ -1,227 +1,21 @@
-"""GET /stats: what the dashboard (and `taskq stats`) shows, in one cheap JSON document.
+"""GET /stats: the statistics of taskq.stats as one JSON document.
 
-Every number comes from an index, and every query is bounded (app/taskq/sql.py):
-- queued and runnable counts and the oldest runnable task per queue: the ready index,
-  counted up to STATS_CAP per queue (`capped` says when a count reached it);
-- running per queue: the lease index (as many rows as tasks in flight);
-- finished in the last hour per queue, status and minute: the finished index, reading at
-  most FINISHED_BUDGET rows (at higher throughput `throughput.complete_since` says from
-  when the series is complete);
-- recent failures: the partial index on failed tasks (migration 0002).
-The answer is cached for CACHE_SECONDS per API process, so any number of open
-dashboards cost the database one refresh per process every couple of seconds.
+The answer is cached for CACHE_SECONDS per API process, so any number of open dashboards
+cost the database one refresh per process every couple of seconds.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import falcon
-from pydantic import BaseModel, ConfigDict, Field
 
-from taskq import queue
+from taskq import stats
 from taskq.db import pooled
-from taskq.models import Status
 
-STATS_CAP = 10_000
-MAX_GROUPS = 1_000
-FINISHED_WINDOW = 3600
-FINISHED_BUCKET = 60
-FINISHED_BUDGET = 100_000
-FAILURES_SHOWN = 10
-ERROR_PREVIEW = 500
 CACHE_SECONDS = 2.0
-TIMEOUT_MS = 3_000
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class QueueStats(_Out):
-    queue: str
-    runnable: int = Field(description="queued tasks whose run_at has come (up to the cap)")
-    scheduled: int = Field(description="queued tasks whose run_at is ahead (up to the cap)")
-    queued: int = Field(description="runnable + scheduled")
-    running: int
-    succeeded: int = Field(description="finished in the throughput window")
-    failed: int = Field(description="finished in the throughput window")
-    cancelled: int = Field(description="finished in the throughput window")
-    oldest_runnable_age_seconds: float = Field(description="0 when nothing is runnable")
-
-
-class Totals(_Out):
-    runnable: int
-    scheduled: int
-    queued: int
-    running: int
-    succeeded: int
-    failed: int
-    cancelled: int
-
-
-class OldestTask(_Out):
-    id: str
-    queue: str
-    run_at: datetime
-    age_seconds: float
-
-
-class Point(_Out):
-    t: datetime = Field(description="start of the bucket")
-    succeeded: int
-    failed: int
-    cancelled: int
-
-
-class Throughput(_Out):
-    window_seconds: int
-    bucket_seconds: int
-    complete_since: datetime = Field(
-        description="counts before this instant are partial (row budget reached)"
-    )
-    points: list[Point]
-
-
-class Failure(_Out):
-    id: str
-    queue: str
-    kind: str
-    attempts: int
-    max_attempts: int
-    last_error: str | None = Field(description=f"first {ERROR_PREVIEW} characters")
-    finished_at: datetime | None
-
-
-class Stats(_Out):
-    generated_at: datetime
-    cap: int = Field(description="runnable and scheduled counts stop at this number per queue")
-    capped: bool = Field(description="some count reached the cap: it means at least that many")
-    totals: Totals
-    queues: list[QueueStats]
-    oldest_runnable: OldestTask | None
-    throughput: Throughput
-    recent_failures: list[Failure]
-
-
-FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
-
-
-def collect(conn: Any) -> Stats:
-    """Read the statistics (a few bounded, index-only or index-driven queries)."""
-    per_queue = queue.queue_stats(conn, cap=STATS_CAP, max_groups=MAX_GROUPS, timeout_ms=TIMEOUT_MS)
-    running = queue.running_counts(conn)
-    series, now = queue.finished_series(
-        conn,
-        window_seconds=FINISHED_WINDOW,
-        bucket_seconds=FINISHED_BUCKET,
-        budget=FINISHED_BUDGET,
-        timeout_ms=TIMEOUT_MS,
-    )
-    failures = queue.recent_failures(conn, limit=FAILURES_SHOWN)
-    now = now.astimezone(UTC)
-
-    finished: dict[str, dict[str, int]] = {}
-    buckets: dict[int, dict[str, int]] = {}
-    read = 0
-    oldest_read = now
-    for row in series:
-        n = int(row["n"])
-        read += n
-        oldest_read = min(oldest_read, row["oldest"])
-        counts = finished.setdefault(row["queue"], dict.fromkeys(FINISHED, 0))
-        counts[row["status"]] += n
-        bucket = buckets.setdefault(int(row["bucket"]), dict.fromkeys(FINISHED, 0))
-        bucket[row["status"]] += n
-    window_start = now - timedelta(seconds=FINISHED_WINDOW)
-    complete_since = oldest_read if read >= FINISHED_BUDGET else window_start
-
-    first = int(window_start.timestamp()) // FINISHED_BUCKET * FINISHED_BUCKET
-    last = int(now.timestamp()) // FINISHED_BUCKET * FINISHED_BUCKET
-    points = [
-        Point(t=datetime.fromtimestamp(t, UTC), **buckets.get(t, dict.fromkeys(FINISHED, 0)))
-        for t in range(first + FINISHED_BUCKET, last + 1, FINISHED_BUCKET)
-    ]
-
-    names = sorted({r["queue"] for r in per_queue} | set(running) | set(finished))
-    ready = {r["queue"]: r for r in per_queue}
-    queues = []
-    for name in names:
-        r = ready.get(name, {})
-        done = finished.get(name, dict.fromkeys(FINISHED, 0))
-        queues.append(
-            QueueStats(
-                queue=name,
-                runnable=int(r.get("runnable", 0)),
-                scheduled=int(r.get("scheduled", 0)),
-                queued=int(r.get("queued", 0)),
-                running=running.get(name, 0),
-                oldest_runnable_age_seconds=round(float(r.get("oldest_age_seconds", 0.0)), 3),
-                **done,
-            )
-        )
-    oldest = min(
-        (r for r in per_queue if r["oldest_id"] is not None),
-        key=lambda r: r["oldest_run_at"],
-        default=None,
-    )
-    return Stats(
-        generated_at=now,
-        cap=STATS_CAP,
-        capped=any(q.scheduled >= STATS_CAP or q.runnable >= STATS_CAP for q in queues),
-        totals=Totals(
-            **{
-                field: sum(getattr(q, field) for q in queues)
-                for field in ("runnable", "scheduled", "queued", "running", *FINISHED)
-            }
-        ),
-        queues=queues,
-        oldest_runnable=None
-        if oldest is None
-        else OldestTask(
-            id=str(oldest["oldest_id"]),
-            queue=oldest["queue"],
-            run_at=oldest["oldest_run_at"],
-            age_seconds=round(float(oldest["oldest_age_seconds"]), 3),
-        ),
-        throughput=Throughput(
-            window_seconds=FINISHED_WINDOW,
-            bucket_seconds=FINISHED_BUCKET,
-            complete_since=complete_since,
-            points=points,
-        ),
-        recent_failures=[
-            Failure(
-                id=str(f["id"]),
-                queue=f["queue"],
-                kind=f["kind"],
-                attempts=f["attempts"],
-                max_attempts=f["max_attempts"],
-                last_error=None if f["last_error"] is None else f["last_error"][:ERROR_PREVIEW],
-                finished_at=f["finished_at"],
-            )
-            for f in failures
-        ],
-    )
-
-
-def to_json(stats: Stats) -> dict[str, Any]:
-    out: dict[str, Any] = _zulu(stats.model_dump(mode="json"))
-    return out
-
-
-def _zulu(value: Any) -> Any:
-    """Timestamps as the task JSON writes them: ...Z rather than +00:00."""
-    if isinstance(value, dict):
-        return {k: _zulu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_zulu(v) for v in value]
-    if isinstance(value, str) and value.endswith("+00:00") and "T" in value:
-        return value.removesuffix("+00:00") + "Z"
-    return value
 
 
 class StatsResource:
@@ -236,7 +30,7 @@ class StatsResource:
         with self._lock:
             if self._cached is None or time.monotonic() - self._cached[0] > CACHE_SECONDS:
                 with pooled(self.pool) as conn:
-                    self._cached = (time.monotonic(), to_json(collect(conn)))
+                    self._cached = (time.monotonic(), stats.to_json(stats.collect(conn)))
             body = self._cached[1]
         resp.media = body
         resp.cache_control = ["no-store"]

@@ -7,30 +7,27 @@ from typing import Any
 
 import falcon
 
-from taskq import queue
+from taskq import metrics, queue
 from taskq.api.body import parse, read_body
-from taskq.api.errors import ApiError
+from taskq.api.deps import Deps
 from taskq.db import pooled
-from taskq.errors import InvalidInput, TaskNotFound
-from taskq.handlers import Registry
+from taskq.errors import InvalidInput
 from taskq.models import STATUSES, BatchSpec, Task, TaskSpec, check_queue_name, parse_task_id
-from taskq.notifier import Notifier
 from taskq.settings import Settings
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class _Base:
-    def __init__(
-        self, settings: Settings, pool: Any, registry: Registry, notifier: Notifier | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, deps: Deps) -> None:
         self.settings = settings
-        self.pool = pool
-        self.registry = registry
-        self.notifier = notifier
+        self.pool = deps.pool
+        self.registry = deps.registry
+        self.notifier = deps.notifier
 
     def _announce(self, conn: Any, tasks: list[Task]) -> None:
-        """Wake the workers of new runnable tasks, once committed (see app/taskq/notifier.py)."""
+        """Wake the workers of new runnable tasks, once committed (see taskq/notifier.py)."""
+        metrics.tasks_enqueued(tasks)
         if self.notifier is not None:
             queues = {t.queue for t in tasks if t.created and t.run_at <= t.created_at}
             self.notifier.announce(queues, conn)
@@ -39,13 +36,6 @@ class _Base:
         if spec.kind not in self.registry:
             known = ", ".join(self.registry.kinds())
             raise InvalidInput(f"unknown kind {spec.kind!r}; known kinds: {known}", field=field)
-
-
-def _task_id(raw: str) -> uuid.UUID:
-    task_id = parse_task_id(raw)
-    if task_id is None:
-        raise TaskNotFound(f"no task {raw!r} (task ids are UUIDs)")
-    return task_id
 
 
 class TasksResource(_Base):
@@ -144,40 +134,20 @@ class BatchResource(_Base):
 
 
 class TaskResource(_Base):
-    """/tasks/{id}: GET one task."""
+    """/tasks/{id}: GET one task; POST /cancel (queued only) and /retry (failed or
+    cancelled only), 409 from any other state. Routed with Falcon's uuid converter, so a
+    malformed id is a 404 before the database is asked."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
+    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID) -> None:
         with pooled(self.pool) as conn:
-            task = queue.get(conn, parsed)
-        resp.media = task.to_json()
+            resp.media = queue.get(conn, task_id).to_json()
 
-
-class CancelResource(_Base):
-    """/tasks/{id}/cancel: POST cancels a queued task (409 otherwise)."""
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
+    def on_post_cancel(
+        self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID
+    ) -> None:
         with pooled(self.pool) as conn:
-            task = queue.cancel(conn, parsed)
-        resp.media = task.to_json()
+            resp.media = queue.cancel(conn, task_id).to_json()
 
-
-class RetryResource(_Base):
-    """/tasks/{id}/retry: POST queues a failed or cancelled task again (409 otherwise)."""
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        parsed = _task_id(task_id)  # a malformed id is a 404 even while the database is down
+    def on_post_retry(self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID) -> None:
         with pooled(self.pool) as conn:
-            task = queue.retry(conn, parsed)
-        resp.media = task.to_json()
-
-
-__all__ = [
-    "ApiError",
-    "BatchResource",
-    "CancelResource",
-    "RetryResource",
-    "TaskResource",
-    "TasksResource",
-]
+            resp.media = queue.retry(conn, task_id).to_json()

@@ -26,18 +26,20 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from taskq.handlers import default_registry
+    from taskq.health import BindError
     from taskq.worker import Worker
 
     default_registry.load_modules(settings.handler_modules)
+    worker = Worker(
+        settings,
+        queues=args.queues,
+        concurrency=args.concurrency,
+        burst=args.burst,
+        health_port=args.health_port,
+    )
     try:
-        worker = Worker(
-            settings,
-            queues=args.queues,
-            concurrency=args.concurrency,
-            burst=args.burst,
-            health_port=args.health_port,
-        )
-    except OSError as exc:  # the health server could not bind its address
+        return worker.run()
+    except BindError as exc:  # the health server could not bind its address
         where = settings.worker_health_bind
         if args.health_port is not None:
             where = f"{where.rsplit(':', 1)[0]}:{args.health_port}"
@@ -46,7 +48,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             "  another worker on this host? give each one its own TASKQ_WORKER_HEALTH_BIND "
             "(port 0 picks a free one)"
         ) from None
-    return worker.run()
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -23,6 +23,7 @@ from taskq.cli.output import Progress, StatusLine, duration, print_json, show_pr
 from taskq.cli.parser import UsageError
 from taskq.models import TaskSpec, parse_task_id
 from taskq.settings import Settings
+from taskq.validation import problems
 
 # Tasks per INSERT statement when submitting many (all in one transaction).
 SUBMIT_CHUNK = 1000
@@ -164,21 +165,19 @@ _OPTION = {"kind": "KIND", "payload": "--payload", "max_attempts": "--max-attemp
 def _describe(exc: ValidationError) -> str:
     """Pydantic's errors in command-line words: one line per offending option."""
     lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        field = str(err["loc"][0]) if err["loc"] else ""
+    for problem in problems(exc):
+        field = problem.field.split(".", 1)[0].split("[", 1)[0]
         name = _OPTION.get(field) or (f"--{field.replace('_', '-')}" if field else "arguments")
-        lines.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+        lines.append(f"{name}: {problem.message}")
     return "; ".join(lines)
 
 
 def _describe_line(exc: ValidationError) -> str:
     """The first problem of a JSON Lines entry, named by field."""
-    err = exc.errors(include_url=False, include_input=False)[0]
-    if err["type"] == "json_invalid":
-        return "not a JSON object: " + err["msg"].removeprefix("Invalid JSON: ")
-    field = ".".join(str(part) for part in err["loc"]) or "line"
-    message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-    return f"{field}: {message.removeprefix('Value error, ')}"
+    first = problems(exc)[0]
+    if first.malformed:
+        return "not a JSON object: " + first.message
+    return f"{first.field or 'line'}: {first.message}"
 
 
 # ------------------------------------------------------------------ status
@@ -224,7 +223,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from taskq.api import stats
+    from taskq import stats
 
     with db.connect(settings, name="cli") as conn:
         collected = stats.collect(conn)

@@ -16,13 +16,13 @@ from collections.abc import Callable, Collection
 
 import psycopg
 
-from taskq import db
+from taskq import db, sql
+from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable
 from taskq.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "taskq"
 # Without traffic, probe the connection this often so a silently dead socket is noticed.
 IDLE_PROBE_SECONDS = 10.0
 
@@ -42,28 +42,27 @@ class Listener:
         self.connected = threading.Event()
         self.reconnects = 0
         self._conn: psycopg.Connection[object] | None = None
+        self._retry = Backoff(0.1, 5.0)
 
     def run(self) -> None:
-        delay = 0.1
         while not self._halt.is_set():
             try:
                 self._serve()
-                delay = 0.1
             except (DatabaseUnavailable, psycopg.Error) as exc:
                 if self.connected.is_set() or self.reconnects == 0:
                     log.warning("listener connection lost (%s); reconnecting", type(exc).__name__)
                 self.connected.clear()
-                self._halt.wait(delay)
-                delay = min(delay * 2, 5.0)
+                self._halt.wait(self._retry.next())
             finally:
                 self._close()
 
     def _serve(self) -> None:
         conn = db.connect(self._settings, name="listener")
         self._conn = conn
-        conn.execute(f"LISTEN {CHANNEL}")
+        conn.execute(sql.LISTEN)
         self.reconnects += 1
         self.connected.set()
+        self._retry.reset()
         self._wake()  # catch up on anything sent while we were not listening
         idle_since = time.monotonic()
         while not self._halt.is_set():

@@ -1,0 +1,42 @@
+"""Pydantic validation errors in the words every surface uses (API, CLI, settings file).
+
+One place turns an error's location and message into `(field, message)`, so the API's 422,
+the CLI's refusal of an option and a JSON Lines entry's refusal say the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One invalid field: a dotted path with [index] for list items, and what is wrong."""
+
+    field: str
+    message: str
+    malformed: bool = False  # the input is not JSON at all
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def problems(exc: ValidationError) -> list[Problem]:
+    """Each error of `exc`; a JSON syntax error comes alone, with `malformed` set."""
+    errors = exc.errors(include_url=False, include_input=False)
+    for err in errors:
+        if err["type"] == "json_invalid":
+            return [Problem("", err["msg"].removeprefix("Invalid JSON: "), malformed=True)]
+    out = []
+    for err in errors:
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        out.append(Problem(field_path(err["loc"]), message))
+    return out

@@ -1,0 +1,128 @@
+"""The completer: records outcomes in batches, one UPDATE for everything finished since
+the last flush, on a connection of its own.
+
+Batching is natural: while one flush is in flight the next batch accumulates, so an idle
+worker records each task at once and a busy one records hundreds per round trip. Outcomes
+refused for a lost lease are counted and logged, never written (fencing).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+import threading
+from collections.abc import Callable
+
+from taskq import db, metrics
+from taskq import queue as q
+from taskq.backoff import Backoff
+from taskq.errors import DatabaseUnavailable, InvalidInput
+from taskq.settings import Settings
+from taskq.worker.inflight import InFlight
+
+log = logging.getLogger(__name__)
+
+FLUSH_MAX = 1000
+_STOP = object()
+Done = tuple[q.Finish, q.Claimed, float]  # an outcome, its task, the handler's seconds
+_COUNT_KEY = {"queued": "retried", "succeeded": "succeeded", "failed": "failed"}
+
+
+class Completer:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str,
+        inflight: InFlight,
+        on_recorded: Callable[[], None],
+        halt: threading.Event,
+    ) -> None:
+        self._worker_id = worker_id
+        self._inflight = inflight
+        self._on_recorded = on_recorded
+        self._halt = halt
+        self._outbox: stdqueue.SimpleQueue[Done | object] = stdqueue.SimpleQueue()
+        self._db = db.Dedicated(
+            settings, name="worker-finish", synchronous_commit=settings.worker_synchronous_commit
+        )
+        self.closing = False  # past the drain deadline: give up on a database that is away
+        self.counts = {"succeeded": 0, "retried": 0, "failed": 0, "lost": 0}
+        self.thread = threading.Thread(target=self._loop, name="completer", daemon=True)
+
+    def put(self, done: Done) -> None:
+        self._outbox.put(done)
+
+    def stop(self, timeout: float) -> None:
+        """Flush what is queued, stop the thread, then record what arrived after it."""
+        self._outbox.put(_STOP)
+        self.thread.join(timeout=timeout)
+        self.closing = True
+        leftovers: list[q.Finish] = []
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except stdqueue.Empty:
+                break
+            if item is not _STOP:
+                leftovers.append(item[0])  # type: ignore[index]
+        if leftovers:
+            self.record(leftovers)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._outbox.get()
+            if first is _STOP:
+                return
+            batch: list[Done] = [first]  # type: ignore[list-item]
+            stop = False
+            while len(batch) < FLUSH_MAX:
+                try:
+                    item = self._outbox.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            metrics.tasks_ran([(task.queue, task.kind, seconds) for _, task, seconds in batch])
+            self.record([outcome for outcome, _, _ in batch])
+            if stop:
+                return
+
+    def record(self, batch: list[q.Finish]) -> None:
+        """Write outcomes, retrying while the database is away (until halted)."""
+        retry = Backoff(0.05, 2.0)
+        while True:
+            try:
+                with self._db.use() as conn:
+                    applied, rejected = q.finish(conn, batch, worker_id=self._worker_id)
+                break
+            except InvalidInput:
+                if len(batch) == 1:  # the database refused this result: fail the task
+                    batch = [
+                        q.Finish(batch[0].lease, "failed", error="result rejected by PostgreSQL")
+                    ]
+                    continue
+                for one in batch:  # find the culprit; everything else records normally
+                    self.record([one])
+                return
+            except DatabaseUnavailable:
+                if self._halt.is_set() or self.closing:
+                    return  # give up: leases expire and the tasks run again elsewhere
+                self._halt.wait(retry.next())
+        metrics.tasks_finished(applied, lost=len(rejected))
+        for row in applied:
+            self.counts[_COUNT_KEY[row["status"]]] += 1
+        for lost in rejected:
+            self.counts["lost"] += 1
+            log.warning(
+                "task %s attempt %d: lease lost, outcome discarded (task was recovered "
+                "and belongs to another attempt)",
+                lost.lease.id,
+                lost.lease.attempt,
+            )
+        self._inflight.recorded(item.lease.id for item in batch)
+        self._on_recorded()  # back-pressure may have lifted; burst mode may be done

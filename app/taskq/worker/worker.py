@@ -1,0 +1,232 @@
+"""The worker: its lifecycle, signals and claim loop; the rest is in the modules beside it.
+
+Threads and what each owns:
+- main: the claim loop. Claims at most as many tasks as there are free slots, in one
+  statement, then sleeps until a notification, a freed slot, or the poll interval.
+- runners (runner.py, `concurrency` threads): run handlers.
+- completer (completer.py): records outcomes in batches.
+- maintenance (maintenance.py): lease heartbeat, expired-lease sweep.
+- listener (listener.py): LISTEN on a dedicated connection.
+- health (taskq/health.py): /live, /ready, /metrics.
+In-flight book-keeping (slots, leases) is owned by inflight.py.
+
+A crash at any point leaves each task either recorded or running under a lease that will
+expire and be recovered: at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from taskq import db, metrics
+from taskq import queue as q
+from taskq.backoff import Backoff
+from taskq.errors import DatabaseUnavailable
+from taskq.handlers import Registry, default_registry
+from taskq.health import HealthServer, health_app
+from taskq.settings import Settings, parse_bind
+from taskq.worker.completer import Completer
+from taskq.worker.inflight import InFlight, Snapshot
+from taskq.worker.listener import Listener
+from taskq.worker.maintenance import LeaseHeartbeat, LeaseSweep, Maintenance
+from taskq.worker.runner import Runners
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+        registry: Registry = default_registry,
+        health_port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queues = list(queues or settings.worker_queues)
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.burst = burst
+        self.worker_id = settings.worker_id
+        self.stopping = threading.Event()  # no more claims
+        self._halt = threading.Event()  # background threads end
+        self._wake = threading.Event()
+        self.claimed = 0
+        self.inflight = InFlight(self.concurrency)
+        durable = settings.worker_synchronous_commit
+        # The claim loop and the completer each own a connection; maintenance, probes and
+        # shutdown share a small pool.
+        self._claim_db = db.Dedicated(settings, name="worker-claim", synchronous_commit=durable)
+        self._pool = db.create_pool(
+            settings, name="worker", min_size=1, max_size=3, synchronous_commit=durable
+        )
+        self.completer = Completer(
+            settings, self.worker_id, self.inflight, self._wake.set, self._halt
+        )
+        self.runners = Runners(
+            self.concurrency,
+            settings,
+            registry,
+            self.inflight,
+            self.completer,
+            self._wake,
+            self.stopping,
+        )
+        self.sweep = LeaseSweep(self._pool, settings.recover_interval)
+        self.maintenance = Maintenance(
+            [
+                LeaseHeartbeat(
+                    self._pool,
+                    self.inflight,
+                    self.worker_id,
+                    settings.heartbeat_interval,
+                    settings.lease_seconds,
+                ),
+                self.sweep,
+            ],
+            self._halt,
+        )
+        self.listener = Listener(settings, self.queues, self._wake.set, self._halt)
+        host, port = parse_bind(settings.worker_health_bind)
+        self.health = HealthServer(
+            health_app(self.ready_checks), host, port if health_port is None else health_port
+        )
+        metrics.watch_worker(self)
+        metrics.track_pool(self._pool, "worker")
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Tasks claimed, and outcomes recorded by kind, since start."""
+        return {"claimed": self.claimed, **self.completer.counts}
+
+    @property
+    def recovered(self) -> int:
+        """Tasks this worker's sweeps recovered from expired leases (any worker's)."""
+        return self.sweep.recovered
+
+    def snapshot(self) -> Snapshot:
+        """Slots, tasks in flight and free slots, for the metrics."""
+        return self.inflight.snapshot()
+
+    # ----------------------------------------------------------------- lifecycle
+    def run(self) -> int:
+        """Run until stopped (signal or `stop()`), or until idle in burst mode. Returns 0."""
+        try:
+            self.health.start()  # first: a taken port fails before anything claims to run
+        except OSError:
+            self._close()
+            raise
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        log.info(
+            "worker %s serving queues %s with concurrency %d%s",
+            self.worker_id,
+            ",".join(self.queues),
+            self.concurrency,
+            " (burst)" if self.burst else "",
+        )
+        threading.Thread(target=self.listener.run, name="listener", daemon=True).start()
+        self.completer.thread.start()
+        self.maintenance.thread.start()
+        self.runners.start()
+        try:
+            self._claim_loop()
+        finally:
+            self._drain()
+        return 0
+
+    def stop(self) -> None:
+        """Stop claiming; `run` then drains in-flight tasks and returns."""
+        self.stopping.set()
+        self._wake.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping.is_set():
+            log.warning("second signal: exiting now; unfinished tasks recover by lease")
+            os._exit(1)
+        log.info(
+            "%s: finishing in-flight tasks (up to %.0fs)",
+            signal.Signals(signum).name,
+            self.settings.shutdown_timeout,
+        )
+        self.stop()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        while self.inflight.busy() and time.monotonic() < deadline:
+            self._wake.wait(0.05)
+            self._wake.clear()
+        # Runners no longer start what is still waiting locally; it is released below.
+        self.runners.closing = True
+        self.completer.stop(timeout=max(1.0, deadline - time.monotonic()))
+        unfinished = self.inflight.running_leases()
+        if unfinished:
+            try:
+                with db.pooled(self._pool) as conn:
+                    released = q.release(conn, unfinished, worker_id=self.worker_id)
+                log.info("released %d unfinished task(s) back to the queue", len(released))
+            except DatabaseUnavailable:
+                log.warning(
+                    "could not release %d task(s); they recover when leases expire", len(unfinished)
+                )
+        self._halt.set()
+        self.runners.stop()
+        self.health.stop()
+        self._close()
+        log.info("worker %s stopped: %s", self.worker_id, self.counts)
+
+    def _close(self) -> None:
+        self._claim_db.close()
+        self.completer.close()
+        self._pool.close(timeout=1.0)
+
+    def ready_checks(self) -> dict[str, bool]:
+        return {
+            "database": db.ping(self._pool),
+            "listener": self.listener.connected.is_set(),
+            "accepting": not self.stopping.is_set(),
+        }
+
+    # ----------------------------------------------------------------- claiming
+    def _claim_loop(self) -> None:
+        retry = Backoff(0.2, 5.0)
+        while not self.stopping.is_set():
+            self._wake.clear()
+            free = self.inflight.free_slots()
+            claimed: list[q.Claimed] = []
+            if free > 0:
+                try:
+                    with self._claim_db.use() as conn:
+                        claimed = q.claim(
+                            conn,
+                            queues=self.queues,
+                            limit=free,
+                            worker_id=self.worker_id,
+                            lease=self.settings.lease_seconds,
+                        )
+                    retry.reset()
+                except DatabaseUnavailable as exc:
+                    if retry.failures == 0:
+                        log.warning("cannot claim: %s; retrying", exc.message)
+                    self.stopping.wait(retry.next())
+                    continue
+                self.inflight.claimed(claimed)
+                self.claimed += len(claimed)
+                metrics.tasks_claimed(claimed)
+                for task in claimed:
+                    self.runners.submit(task)
+                if len(claimed) == free:
+                    continue  # the queue may hold more; claim again once slots free up
+            if self.burst and not claimed and not self.inflight.busy():
+                log.info("burst: no runnable task left")
+                return
+            self._wake.wait(self.settings.poll_interval)
