@@ -11,11 +11,11 @@ import pytest
 import yaml
 from gitops_policies import CHECKS, Context
 
-from tests.gitops.gitops_support import OVERLAYS, REPO
+from tests.gitops.gitops_support import OVERLAYS, RENDERS, REPO
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))
-@pytest.mark.parametrize("env", OVERLAYS)
+@pytest.mark.parametrize("env", RENDERS)
 def test_policy(
     env: str, check: str, rendered: dict[str, Any], policy_context: Callable[[str], Context]
 ) -> None:
