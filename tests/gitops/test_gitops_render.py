@@ -1,9 +1,11 @@
 """Every overlay renders, and every object validates against a real schema.
 
 Built-in kinds: kubernetes-validate, strict (unknown fields are errors), against
-the pinned Kubernetes version. Custom resources (Argo CD, KEDA, External
-Secrets): their CRD schemas from npm (crd_validate.mjs). An object that
-neither knows is a failure, never a warning.
+the pinned Kubernetes version. Custom resources (Argo CD, CloudNativePG and its
+Barman Cloud plugin, KEDA, External Secrets, cert-manager, Gateway API,
+Prometheus Operator): the CRD schemas of the exact releases the platform pins,
+from npm (crd_validate.mjs). An object that neither knows is a failure, never a
+warning.
 """
 
 from __future__ import annotations
@@ -16,9 +18,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.gitops.gitops_support import GITOPS, K8S_VERSION, OVERLAYS, REPO, run, venv_tool
+from tests.gitops.gitops_support import GITOPS, K8S_VERSION, RENDERS, REPO, run, venv_tool
 
-CRD_GROUPS = {"argoproj.io", "keda.sh", "external-secrets.io"}
+CRD_GROUPS = {
+    "argoproj.io",
+    "keda.sh",
+    "external-secrets.io",
+    "postgresql.cnpg.io",
+    "barmancloud.cnpg.io",
+    "monitoring.coreos.com",
+    "cert-manager.io",
+    "gateway.networking.k8s.io",
+}
 
 
 def group_of(obj: dict[str, Any]) -> str:
@@ -62,7 +73,7 @@ def all_renders(
     return {**rendered, "argocd": bootstrap, "argocd-apps": apps}
 
 
-@pytest.mark.parametrize("env", OVERLAYS)
+@pytest.mark.parametrize("env", RENDERS)
 def test_builtin_kinds_validate_strictly(
     env: str, rendered: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -98,6 +109,13 @@ def test_custom_resources_validate_against_crd_schemas(
         "ScaledObject",
         "TriggerAuthentication",
         "ExternalSecret",
+        "Cluster",
+        "ScheduledBackup",
+        "ObjectStore",
+        "PodMonitor",
+        "Certificate",
+        "HTTPRoute",
+        "ReferenceGrant",
     } <= kinds
     failures = [r for r in crd_validate(custom, gitops_tools) if not r["ok"]]
     assert failures == []
@@ -114,20 +132,32 @@ def test_crd_validation_rejects_broken_resources(
     del so["spec"]["scaleTargetRef"]
     es = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "ExternalSecret")))
     es["spec"]["refreshInterval"] = 3600  # must be a duration string
+    cluster = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "Cluster")))
+    cluster["spec"]["postgresql"]["synchronous"]["numbr"] = 1  # misspelt
+    store = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "ObjectStore")))
+    store["spec"]["configuration"]["wal"]["maxParallell"] = 4  # misspelt
+    store2 = json.loads(json.dumps(store))
+    del store2["spec"]["configuration"]["wal"]["maxParallell"]
+    store2["spec"]["retentionPolicy"] = "30 days"  # not the plugin's pattern
+    route = json.loads(
+        json.dumps(next(o for o in rendered["prod-exposed"] if o["kind"] == "HTTPRoute"))
+    )
+    route["spec"]["parentRefs"][0]["sectionname"] = "https"  # misspelt
     stranger = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
-    results = crd_validate([app, so, es, stranger], gitops_tools)
-    assert [r["ok"] for r in results] == [False, False, False, False]
+    broken = [app, so, es, cluster, store, store2, route, stranger]
+    results = crd_validate(broken, gitops_tools)
+    assert [r["ok"] for r in results] == [False] * len(broken), results
 
 
-@pytest.mark.parametrize("env", OVERLAYS)
+@pytest.mark.parametrize("env", RENDERS)
 def test_every_object_has_a_schema(env: str, rendered: dict[str, Any]) -> None:
     """Only built-in kinds (kubernetes-validate) and known CRD groups are rendered."""
     strangers = [
         o["kind"]
         for o in rendered[env]
         if "." in group_of(o)
-        and not group_of(o).endswith(".k8s.io")
         and group_of(o) not in CRD_GROUPS
+        and not group_of(o).endswith(".k8s.io")
     ]
     assert strangers == []
 
@@ -143,7 +173,9 @@ def test_one_resource_per_file_and_resources_only() -> None:
             "vars",
         } & set(k)
         assert not deprecated, f"{kfile}: deprecated fields {deprecated}"
-        listed = set(k.get("resources", []))
+        listed = set(k.get("resources", [])) | {
+            p["path"] for p in k.get("patches", []) if "path" in p
+        }
         siblings = {p.name for p in kfile.parent.glob("*.yaml")} - {"kustomization.yaml"}
         assert siblings <= listed, f"{kfile}: files not in resources: {siblings - listed}"
     for yfile in sorted(GITOPS.rglob("*.yaml")):
