@@ -245,6 +245,13 @@ def test_kind_demo_targets_the_validated_kubernetes_version() -> None:
     assert f"kindest/node:v{minor}." in text
     # Images in the demo are pinned too.
     assert ":latest" not in text
+    # Argo CD installed by hand is the release the platform then manages.
+    app = yaml.safe_load(
+        (REPO / "gitops/argocd/platform/application-platform-argocd.yaml").read_text()
+    )
+    assert (
+        f'ARGOCD_VERSION="${{ARGOCD_VERSION:-{app["spec"]["source"]["targetRevision"]}}}"' in text
+    )
 
 
 def test_bump_base_image_moves_the_digest_only(tmp_path: Path) -> None:
