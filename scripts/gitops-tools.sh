@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what tests/gitops needs beyond the pip dev dependencies: the npm
-# packages that carry Argo CD's, KEDA's and External Secrets' CRD schemas
+# packages that carry the CRD schemas of the operators the platform pins
 # (and TypeScript, which checks for unknown fields), pinned by
 # tests/gitops/npm/package-lock.json, into a git-ignored folder.
 # Idempotent: returns at once when the lock file has not changed.

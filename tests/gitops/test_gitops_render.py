@@ -90,18 +90,58 @@ def test_kubernetes_validate_flags_unknown_kinds_and_fields(tmp_path: Path) -> N
     assert any("WARN" in p for p in kubernetes_validate([unknown], tmp_path))
 
 
-def test_custom_resources_validate_against_crd_schemas(
+def broken_copies(argocd_apps: list[Any], rendered: dict[str, Any]) -> list[dict[str, Any]]:
+    """Custom resources with one mistake each that a cluster would take silently or
+    refuse; every one must fail validation."""
+
+    def copy_of(objs: list[Any], kind: str) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(json.dumps(next(o for o in objs if o["kind"] == kind)))
+        return obj
+
+    app = copy_of(argocd_apps, "Application")
+    app["spec"]["syncPolicy"]["automated"]["selfheal"] = True  # misspelt: silently ignored
+    so = copy_of(rendered["prod"], "ScaledObject")
+    del so["spec"]["scaleTargetRef"]
+    es = copy_of(rendered["prod"], "ExternalSecret")
+    es["spec"]["refreshInterval"] = 3600  # must be a duration string
+    cluster = copy_of(rendered["prod"], "Cluster")
+    cluster["spec"]["postgresql"]["synchronous"]["numbr"] = 1  # misspelt
+    store = copy_of(rendered["prod"], "ObjectStore")
+    store["spec"]["configuration"]["wal"]["maxParallell"] = 4  # misspelt
+    store2 = copy_of(rendered["prod"], "ObjectStore")
+    store2["spec"]["retentionPolicy"] = "30 days"  # not the plugin's pattern
+    route = copy_of(rendered["prod-exposed"], "HTTPRoute")
+    route["spec"]["parentRefs"][0]["sectionname"] = "https"  # misspelt
+    stranger = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    return [app, so, es, cluster, store, store2, route, stranger]
+
+
+@pytest.fixture(scope="module")
+def crd_results(
     rendered: dict[str, Any],
     argocd_bootstrap: list[Any],
     argocd_apps: list[Any],
     gitops_tools: Path,
-) -> None:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(every rendered custom resource, its results, the broken copies' results): one
+    run of crd_validate.mjs (one TypeScript compilation) for both tests."""
     custom = [
         o
         for objs in all_renders(rendered, argocd_bootstrap, argocd_apps).values()
         for o in objs
         if group_of(o) in CRD_GROUPS
     ]
+    broken = broken_copies(argocd_apps, rendered)
+    results = crd_validate(custom + broken, gitops_tools)
+    # Diagnostics no object owns come last; they count against the real objects.
+    ours = results[: len(custom)] + results[len(custom) + len(broken) :]
+    return custom, ours, results[len(custom) : len(custom) + len(broken)]
+
+
+def test_custom_resources_validate_against_crd_schemas(
+    crd_results: tuple[list[Any], list[Any], list[Any]],
+) -> None:
+    custom, results, _ = crd_results
     kinds = {o["kind"] for o in custom}
     assert {
         "Application",
@@ -117,36 +157,14 @@ def test_custom_resources_validate_against_crd_schemas(
         "HTTPRoute",
         "ReferenceGrant",
     } <= kinds
-    failures = [r for r in crd_validate(custom, gitops_tools) if not r["ok"]]
-    assert failures == []
+    assert [r for r in results if not r["ok"]] == []
 
 
 def test_crd_validation_rejects_broken_resources(
-    argocd_apps: list[Any], rendered: dict[str, Any], gitops_tools: Path
+    crd_results: tuple[list[Any], list[Any], list[Any]],
 ) -> None:
-    app = json.loads(json.dumps(next(o for o in argocd_apps if o["kind"] == "Application")))
-    app["spec"]["syncPolicy"]["automated"]["selfheal"] = (
-        True  # misspelt: silently ignored by a cluster
-    )
-    so = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "ScaledObject")))
-    del so["spec"]["scaleTargetRef"]
-    es = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "ExternalSecret")))
-    es["spec"]["refreshInterval"] = 3600  # must be a duration string
-    cluster = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "Cluster")))
-    cluster["spec"]["postgresql"]["synchronous"]["numbr"] = 1  # misspelt
-    store = json.loads(json.dumps(next(o for o in rendered["prod"] if o["kind"] == "ObjectStore")))
-    store["spec"]["configuration"]["wal"]["maxParallell"] = 4  # misspelt
-    store2 = json.loads(json.dumps(store))
-    del store2["spec"]["configuration"]["wal"]["maxParallell"]
-    store2["spec"]["retentionPolicy"] = "30 days"  # not the plugin's pattern
-    route = json.loads(
-        json.dumps(next(o for o in rendered["prod-exposed"] if o["kind"] == "HTTPRoute"))
-    )
-    route["spec"]["parentRefs"][0]["sectionname"] = "https"  # misspelt
-    stranger = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
-    broken = [app, so, es, cluster, store, store2, route, stranger]
-    results = crd_validate(broken, gitops_tools)
-    assert [r["ok"] for r in results] == [False] * len(broken), results
+    _, _, broken = crd_results
+    assert [r["ok"] for r in broken] == [False] * 8, broken
 
 
 @pytest.mark.parametrize("env", RENDERS)
