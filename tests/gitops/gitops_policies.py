@@ -1084,54 +1084,68 @@ def check_config_rollout(objs: list[Obj], ctx: Context) -> list[str]:
     return errors
 
 
-def connection_budget(objs: list[Obj], ctx: Context) -> tuple[int, int]:
-    """(connections taskq can open at its peak, connections PostgreSQL accepts for
-    it). The peak: every API and worker pod at its maximum count plus the rolling
-    update's surge, each process at its pool maximum, the migrations and prune
-    Jobs, and KEDA's query."""
+def _peak_pods(objs: list[Obj], name: str) -> int:
+    """Pods of a Deployment at its most: KEDA's maxReplicaCount (or spec.replicas)
+    plus the rolling update's surge (a count, or a percentage rounded up)."""
+    dep = find(objs, "Deployment", name)
+    if dep is None:
+        return 0
+    scaled = [
+        so for so in by_kind(objs, "ScaledObject") if so["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    count = int(
+        scaled[0]["spec"].get("maxReplicaCount", 100) if scaled else dep["spec"].get("replicas", 1)
+    )
+    surge = dep["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1)
+    if isinstance(surge, str):
+        surge = -(-count * int(surge.rstrip("%")) // 100)
+    return count + int(surge)
+
+
+def connection_budget(objs: list[Obj], ctx: Context) -> dict[str, int]:
+    """What taskq may open at its peak, and what PostgreSQL lets it: every API and
+    worker pod at its maximum count plus the rolling update's surge, each process at
+    its pool maximum, the migrations and prune Jobs, and KEDA's query; against
+    max_connections (less the superusers' reserve and room for the operator, its
+    exporter and a human with psql) and the runtime role's connection limit."""
     data = config_data(objs)
-    per_api_process = int(data.get("TASKQ_DB_POOL_MAX", "4")) + API_EXTRA_CONNECTIONS
-    per_api_pod = int(data.get("TASKQ_API_WORKERS", "4")) * per_api_process
-
-    def peak_pods(name: str) -> int:
-        dep = find(objs, "Deployment", name)
-        if dep is None:
-            return 0
-        scaled = [
-            so
-            for so in by_kind(objs, "ScaledObject")
-            if so["spec"]["scaleTargetRef"]["name"] == name
-        ]
-        count = (
-            scaled[0]["spec"].get("maxReplicaCount", 100)
-            if scaled
-            else dep["spec"].get("replicas", 1)
-        )
-        surge = dep["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1)
-        return int(count) + (
-            int(surge)
-            if isinstance(surge, int)
-            else -(-int(count) * int(str(surge).rstrip("%")) // 100)
-        )
-
-    peak = peak_pods("taskq-api") * per_api_pod + peak_pods("taskq-worker") * WORKER_CONNECTIONS
-    peak += 1 + 1 + (1 if by_kind(objs, "ScaledObject") else 0)  # migrate, prune, KEDA
+    per_api_pod = int(data.get("TASKQ_API_WORKERS", "4")) * (
+        int(data.get("TASKQ_DB_POOL_MAX", "4")) + API_EXTRA_CONNECTIONS
+    )
+    runtime = (
+        _peak_pods(objs, "taskq-api") * per_api_pod
+        + _peak_pods(objs, "taskq-worker") * WORKER_CONNECTIONS
+        + 1  # prune
+    )
+    keda = 1 if by_kind(objs, "ScaledObject") else 0
     cluster = db_cluster(objs)
-    params = cluster["spec"].get("postgresql", {}).get("parameters", {}) if cluster else {}
-    max_connections = int(params.get("max_connections", "100"))
-    # superuser_reserved_connections (3) plus room for the operator, its exporter and
-    # a human with psql.
-    return peak, max_connections - 3 - 10
+    spec = cluster["spec"] if cluster else {}
+    max_connections = int(
+        spec.get("postgresql", {}).get("parameters", {}).get("max_connections", "100")
+    )
+    roles = {r["name"]: r for r in spec.get("managed", {}).get("roles", [])}
+    return {
+        "peak": runtime + 1 + keda,  # + migrations
+        "available": max_connections - 3 - 10,
+        "runtime": runtime,
+        "runtime_limit": int(roles.get("taskq_app", {}).get("connectionLimit", -1)),
+    }
 
 
 def check_connection_budget(objs: list[Obj], ctx: Context) -> list[str]:
-    peak, available = connection_budget(objs, ctx)
-    if peak > available:
-        return [
-            f"taskq may open {peak} connections at its peak, PostgreSQL accepts {available} "
-            "(max_connections minus reserved and operator headroom)"
-        ]
-    return []
+    b = connection_budget(objs, ctx)
+    errors = []
+    if b["peak"] > b["available"]:
+        errors.append(
+            f"taskq may open {b['peak']} connections at its peak, PostgreSQL accepts "
+            f"{b['available']} (max_connections minus reserved and operator headroom)"
+        )
+    if 0 <= b["runtime_limit"] < b["runtime"]:
+        errors.append(
+            f"taskq_app may open {b['runtime']} connections at its peak, its "
+            f"connectionLimit is {b['runtime_limit']}"
+        )
+    return errors
 
 
 def check_exposure(objs: list[Obj], ctx: Context) -> list[str]:

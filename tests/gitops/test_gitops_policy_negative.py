@@ -608,6 +608,14 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], object], str]] = {
         lambda o: spec_of(o, "ScaledObject", "taskq-worker").update(maxReplicaCount=40),
         "connections at its peak",
     ),
+    "runtime role limited below its peak": (
+        "connection_budget",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db")["managed"]["roles"][0].update(
+            connectionLimit=50
+        ),
+        "its connectionLimit is 50",
+    ),
     # ---- KEDA's objects in order
     "TriggerAuthentication after the ScaledObject": (
         "sync_waves",
