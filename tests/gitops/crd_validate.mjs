@@ -24,7 +24,7 @@
 // Prints a JSON array with one {id, ok, errors} per object. Exit 0 when every
 // object validated, 1 when any did not (or had no schema), 2 on usage error.
 import { readFileSync, existsSync, mkdtempSync, writeFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
 // API group -> npm package (under @kubernetes-models/). A group not listed
@@ -58,7 +58,7 @@ interface ObjectStore {
 }
 `;
 
-const toolsDir = process.argv[2];
+const toolsDir = process.argv[2] && resolve(process.argv[2]);
 if (!toolsDir) {
   console.error("usage: node crd_validate.mjs TOOLS_DIR < objects.json");
   process.exit(2);
