@@ -6,6 +6,7 @@
 #   make bump-image TAG=..       point dev at an image (sha256:<digest> or a tag)
 #   make promote COMMIT=.. DIGEST=..   pin prod to a tested commit and its image digest
 #   make lock                    regenerate requirements/*.txt (hashed) from pyproject.toml
+#   make deps-locked             the venv from requirements/dev.txt, every file hash-checked
 #   make bump-base-image [DIGEST=..]   move the Dockerfile's base image digest
 
 GITOPS_KUBECTL ?= $(VENV)/bin/kubectl
@@ -15,7 +16,7 @@ IMAGE ?= ghcr.io/example/taskq
 TAG ?= $(shell git rev-parse HEAD 2>/dev/null || echo dev)
 ENV ?= dev
 
-.PHONY: gitops-tools gitops-render gitops-test image bump-image promote lock bump-base-image
+.PHONY: gitops-tools gitops-render gitops-test image bump-image promote lock bump-base-image deps-locked
 
 # `make test` (pytest) installs the npm CRD schemas first; the gitops tests
 # would install them on demand too, this just makes the step visible.
@@ -69,6 +70,15 @@ promote:
 
 lock:
 	scripts/lock.sh
+
+# `make deps` resolves pyproject.toml's ranges; this installs exactly the lock
+# (--require-hashes), then taskq itself without resolving anything. It leaves
+# the same stamp, so `make test` runs on it unchanged.
+deps-locked:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
 
 bump-base-image:
 	scripts/bump-base-image.sh $(DIGEST)

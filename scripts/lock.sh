@@ -3,6 +3,9 @@
 # `pip install --require-hashes` (Dockerfile) from pyproject.toml:
 #   requirements/runtime.txt  [project.dependencies] and everything they need
 #   requirements/build.txt    what builds the taskq wheel (requirements/build.in)
+#   requirements/dev.txt      the runtime, the [dev] extra and requirements/dev.in:
+#                             what the tests run with (`make deps-locked`, the
+#                             release workflow's verify job)
 # Every version is pinned and every file (wheels for all platforms, so the
 # amd64 and arm64 builds use the same lock) carries its sha256.
 # tests/gitops/test_gitops_lock.py fails when pyproject.toml and the lock
@@ -31,4 +34,6 @@ trap 'rm -f "$tmp"' EXIT
 { header pyproject.toml runtime.txt; cat "$tmp"; } >requirements/runtime.txt
 "$uv" pip compile requirements/build.in "${common[@]}" -o "$tmp"
 { header requirements/build.in build.txt; cat "$tmp"; } >requirements/build.txt
-echo "lock: requirements/runtime.txt and requirements/build.txt written"
+"$uv" pip compile pyproject.toml requirements/dev.in --extra dev "${common[@]}" -o "$tmp"
+{ header "pyproject.toml (with the dev extra) and requirements/dev.in" dev.txt; cat "$tmp"; } >requirements/dev.txt
+echo "lock: requirements/runtime.txt, build.txt and dev.txt written"
