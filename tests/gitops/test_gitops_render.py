@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.gitops.gitops_support import GITOPS, K8S_VERSION, RENDERS, REPO, run, venv_tool
+from tests.gitops.gitops_support import GITOPS, K8S_VERSION, RENDERS, REPO, render, run, venv_tool
 
 CRD_GROUPS = {
     "argoproj.io",
@@ -214,3 +214,19 @@ def test_repository_url_is_written_once(
         assert "REPLACED" not in json.dumps(obj), (
             f"{obj['kind']}/{obj['metadata']['name']} kept a placeholder"
         )
+
+
+def test_platform_namespaces_validate_and_cover_every_destination(
+    argocd_apps: list[Any], tmp_path: Path
+) -> None:
+    """The namespaces the platform makes are valid Namespaces, with Pod Security labels,
+    and every Application's destination is one of them (or Argo CD's own)."""
+    namespaces = render("gitops/platform/namespaces")
+    assert kubernetes_validate(namespaces, tmp_path) == []
+    names = {n["metadata"]["name"] for n in namespaces}
+    for ns in namespaces:
+        assert "pod-security.kubernetes.io/enforce" in ns["metadata"]["labels"]
+    destinations = {
+        a["spec"]["destination"]["namespace"] for a in argocd_apps if a["kind"] == "Application"
+    }
+    assert destinations - {"argocd"} <= names
