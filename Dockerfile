@@ -3,8 +3,10 @@
 # The command is chosen by the manifests (args: ["api"], ["worker"], ...).
 #
 # BASE_IMAGE is an argument so the image test can build against a locally
-# made stand-in when no registry is reachable; keep it on a pinned tag.
-ARG BASE_IMAGE=python:3.11-slim-bookworm
+# made stand-in when no registry is reachable. The default is pinned by
+# digest (the multi-arch index, so amd64 and arm64 builds start from the same
+# release); scripts/bump-base-image.sh moves it to the tag's current digest.
+ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 # ---- builder: wheel + virtualenv ------------------------------------------
 FROM ${BASE_IMAGE} AS build
@@ -16,16 +18,29 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Two venvs: /opt/build holds pip (a build tool), /opt/taskq gets only the
-# application and its dependencies and is the only thing copied onwards.
-RUN python3 -m venv /opt/build \
- && python3 -m venv --without-pip /opt/taskq
-
+# Two venvs: /opt/build holds pip and the wheel's build backend (build
+# tools), /opt/taskq gets only the application and its dependencies and is
+# the only thing copied onwards.
+#
+# Nothing is resolved at build time: both venvs install exactly the lock
+# files (scripts/lock.sh), every file checked against its sha256
+# (--require-hashes; --no-deps because the lock already lists every
+# dependency). The taskq wheel is built without build isolation, so its
+# backend is the hashed one from requirements/build.txt, not whatever the
+# index serves that day.
 WORKDIR /src
+COPY requirements/ requirements/
+RUN python3 -m venv /opt/build \
+ && python3 -m venv --without-pip /opt/taskq \
+ && /opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.txt \
+ && /opt/build/bin/pip --python /opt/taskq/bin/python install \
+      --require-hashes --no-deps -r requirements/runtime.txt
+
 # .dockerignore lets in only what the wheel is built from.
 COPY . .
-RUN /opt/build/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
- && /opt/build/bin/pip --python /opt/taskq/bin/python install /tmp/wheels/*.whl \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+ && /opt/build/bin/pip --python /opt/taskq/bin/python install --no-deps --no-index /tmp/wheels/*.whl \
+ && /opt/build/bin/pip --python /opt/taskq/bin/python check \
  && /opt/taskq/bin/taskq --help >/dev/null
 
 # ---- runtime ---------------------------------------------------------------

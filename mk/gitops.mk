@@ -3,7 +3,11 @@
 #   make gitops-render           render every overlay and the Argo CD objects to build/gitops/
 #   make gitops-test             only the GitOps tests (the image test included)
 #   make image [IMAGE=.. TAG=..] build the container image (podman, or ENGINE=docker)
-#   make bump-image TAG=.. [ENV=dev|prod]   point an overlay at an image tag
+#   make bump-image TAG=..       point dev at an image (sha256:<digest> or a tag)
+#   make promote COMMIT=.. DIGEST=..   pin prod to a tested commit and its image digest
+#   make lock                    regenerate requirements/*.txt (hashed) from pyproject.toml
+#   make deps-locked             the venv from requirements/dev.txt, every file hash-checked
+#   make bump-base-image [DIGEST=..]   move the Dockerfile's base image digest
 
 GITOPS_KUBECTL ?= $(VENV)/bin/kubectl
 GITOPS_OUT ?= build/gitops
@@ -12,7 +16,7 @@ IMAGE ?= ghcr.io/example/taskq
 TAG ?= $(shell git rev-parse HEAD 2>/dev/null || echo dev)
 ENV ?= dev
 
-.PHONY: gitops-tools gitops-render gitops-test image bump-image
+.PHONY: gitops-tools gitops-render gitops-test image bump-image promote lock bump-base-image deps-locked
 
 # `make test` (pytest) installs the npm CRD schemas first; the gitops tests
 # would install them on demand too, this just makes the step visible.
@@ -27,6 +31,13 @@ gitops-render: deps
 	  $(GITOPS_KUBECTL) kustomize gitops/apps/overlays/$$env > $(GITOPS_OUT)/$$env.yaml || exit 1; \
 	  echo "$(GITOPS_OUT)/$$env.yaml"; \
 	done
+	@for ex in gitops/apps/examples/*/; do \
+	  name="$$(basename "$$ex")"; \
+	  $(GITOPS_KUBECTL) kustomize "$$ex" > $(GITOPS_OUT)/example-$$name.yaml || exit 1; \
+	  echo "$(GITOPS_OUT)/example-$$name.yaml"; \
+	done
+	@$(GITOPS_KUBECTL) kustomize gitops/platform/namespaces > $(GITOPS_OUT)/platform-namespaces.yaml && echo "$(GITOPS_OUT)/platform-namespaces.yaml"
+	@# prod's image comes from its Application (kustomize.images), not the overlay.
 	@$(GITOPS_KUBECTL) kustomize gitops/argocd > $(GITOPS_OUT)/argocd-bootstrap.yaml && echo "$(GITOPS_OUT)/argocd-bootstrap.yaml"
 	@$(GITOPS_KUBECTL) kustomize gitops/argocd/apps > $(GITOPS_OUT)/argocd-apps.yaml && echo "$(GITOPS_OUT)/argocd-apps.yaml"
 
@@ -50,5 +61,24 @@ endif
 
 bump-image:
 	@# TAG must be given explicitly: the default (HEAD) may have no pushed image.
-	@test "$(origin TAG)" != "file" || { echo "usage: make bump-image TAG=<tag> [ENV=dev|prod]"; exit 2; }
+	@test "$(origin TAG)" != "file" || { echo "usage: make bump-image TAG=<sha256:digest|tag>"; exit 2; }
 	scripts/bump-image.sh $(ENV) $(TAG)
+
+promote:
+	@test -n "$(COMMIT)" -a -n "$(DIGEST)" || { echo "usage: make promote COMMIT=<40-hex sha> DIGEST=sha256:<64 hex>"; exit 2; }
+	scripts/promote.sh $(COMMIT) $(DIGEST)
+
+lock:
+	scripts/lock.sh
+
+# `make deps` resolves pyproject.toml's ranges; this installs exactly the lock
+# (--require-hashes), then taskq itself without resolving anything. It leaves
+# the same stamp, so `make test` runs on it unchanged.
+deps-locked:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+bump-base-image:
+	scripts/bump-base-image.sh $(DIGEST)

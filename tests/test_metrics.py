@@ -435,7 +435,9 @@ def test_pods_are_annotated_for_scraping_on_their_metrics_ports() -> None:
     import yaml
 
     base = REPO / "gitops" / "apps" / "base"
-    config = yaml.safe_load((base / "configmap.yaml").read_text())["data"]
+    # The ConfigMap is generated from config.env (KEY=VALUE lines, # comments).
+    lines = (base / "config.env").read_text().splitlines()
+    config = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
     binds = {"api": config["TASKQ_API_BIND"], "worker": config["TASKQ_WORKER_HEALTH_BIND"]}
     for component, bind in binds.items():
         deployment = yaml.safe_load((base / f"{component}-deployment.yaml").read_text())

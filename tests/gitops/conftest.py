@@ -15,11 +15,13 @@ import pytest
 from gitops_policies import Context
 
 from tests.gitops.gitops_support import (
+    EXAMPLES,
     OVERLAYS,
     REPO,
     gunicorn_graceful_timeout,
     parse_contract,
     render,
+    render_with_images,
     run,
     served_routes,
 )
@@ -52,7 +54,8 @@ def policy_context(
     read from the application (its routes, gunicorn's graceful timeout)."""
     graceful = gunicorn_graceful_timeout()
 
-    def make(env: str) -> Context:
+    def make(name: str) -> Context:
+        env = EXAMPLES.get(name, name)  # an example is checked as the overlay it extends
         return Context(
             env=env,
             namespace=f"taskq-{env}",
@@ -65,8 +68,23 @@ def policy_context(
 
 
 @pytest.fixture(scope="session")
-def rendered() -> dict[str, list[dict[str, Any]]]:
-    return {env: render(f"gitops/apps/overlays/{env}") for env in OVERLAYS}
+def rendered(argocd_apps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every overlay and example as its Application deploys it: prod (and what extends
+    it) with the image its Application pins (spec.source.kustomize.images)."""
+    images = {
+        app["spec"]["destination"]["namespace"].removeprefix("taskq-"): app["spec"]["source"]
+        .get("kustomize", {})
+        .get("images", [])
+        for app in argocd_apps
+        if app["kind"] == "Application" and app["metadata"]["name"].startswith("taskq-")
+    }
+    paths = {env: f"gitops/apps/overlays/{env}" for env in OVERLAYS}
+    paths |= {name: f"gitops/apps/examples/{name}" for name in EXAMPLES}
+    out = {}
+    for name, path in paths.items():
+        pinned = images.get(EXAMPLES.get(name, name), [])
+        out[name] = render_with_images(path, pinned) if pinned else render(path)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,14 @@
-// Validate custom resources (Argo CD, KEDA, External Secrets) against the
-// schemas generated from their projects' CRDs, shipped by the npm packages
-// @kubernetes-models/{argo-cd,keda,external-secrets} (see npm/package.json).
+// Validate custom resources against the schemas generated from their
+// projects' CRDs, shipped by the npm packages @kubernetes-models/* (see
+// npm/package.json, whose upstreamVersions names the release each package was
+// generated from; the platform Applications pin exactly those releases).
+//
+// The Barman Cloud plugin's ObjectStore has no package of its own: its
+// spec.configuration is the barman-cloud library's BarmanObjectStoreConfiguration,
+// the same version (v0.5.0) that @kubernetes-models/cloudnative-pg carries
+// for CloudNativePG 1.29.0 and that plugin v0.12.0 is built with; the few other
+// fields of ObjectStoreSpec (plugin v0.12.0, api/v1/objectstore_types.go) are
+// declared below (OBJECTSTORE_TS, checkObjectStore).
 //
 // Two checks per object:
 // 1. the CRD's OpenAPI schema (types, enums, required fields), compiled to an
@@ -16,7 +24,7 @@
 // Prints a JSON array with one {id, ok, errors} per object. Exit 0 when every
 // object validated, 1 when any did not (or had no schema), 2 on usage error.
 import { readFileSync, existsSync, mkdtempSync, writeFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
 // API group -> npm package (under @kubernetes-models/). A group not listed
@@ -25,9 +33,32 @@ const PACKAGES = {
   "argoproj.io": "argo-cd",
   "keda.sh": "keda",
   "external-secrets.io": "external-secrets",
+  "postgresql.cnpg.io": "cloudnative-pg",
+  "monitoring.coreos.com": "prometheus-operator",
+  "cert-manager.io": "cert-manager",
+  "gateway.networking.k8s.io": "gateway-api",
 };
+const BARMAN_CONFIG = ["cloudnative-pg", "github.com", "cloudnative-pg", "barman-cloud", "pkg", "api", "BarmanObjectStoreConfiguration.js"];
+// ObjectStoreSpec of plugin-barman-cloud v0.12.0 around the library type.
+const OBJECTSTORE_TS = (configFile) => `
+import type { IBarmanObjectStoreConfiguration } from ${JSON.stringify(configFile)};
+interface ObjectStoreMeta { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> }
+interface ObjectStoreSidecar {
+  env?: { name: string; value?: string; valueFrom?: object }[];
+  retentionPolicyIntervalSeconds?: number;
+  resources?: { limits?: Record<string, string>; requests?: Record<string, string> };
+  additionalContainerArgs?: string[];
+  logLevel?: "error" | "warning" | "info" | "debug" | "trace";
+}
+interface ObjectStore {
+  apiVersion: "barmancloud.cnpg.io/v1";
+  kind: "ObjectStore";
+  metadata: ObjectStoreMeta;
+  spec: { configuration: IBarmanObjectStoreConfiguration; retentionPolicy?: string; instanceSidecarConfiguration?: ObjectStoreSidecar };
+}
+`;
 
-const toolsDir = process.argv[2];
+const toolsDir = process.argv[2] && resolve(process.argv[2]);
 if (!toolsDir) {
   console.error("usage: node crd_validate.mjs TOOLS_DIR < objects.json");
   process.exit(2);
@@ -36,9 +67,35 @@ const objects = JSON.parse(readFileSync(0, "utf8"));
 const results = [];
 const tsLines = [];
 const tsLineOwner = new Map(); // line number (0-based) -> index in results
+let objectStoreTsDone = false;
 for (const obj of objects) {
   const id = `${obj.apiVersion}/${obj.kind}/${obj.metadata?.name}`;
   const [group, version] = String(obj.apiVersion).split("/");
+  if (obj.apiVersion === "barmancloud.cnpg.io/v1" && obj.kind === "ObjectStore") {
+    const configFile = join(toolsDir, "node_modules", "@kubernetes-models", ...BARMAN_CONFIG);
+    if (!objectStoreTsDone) {
+      tsLines.push(...OBJECTSTORE_TS(configFile).split("\n"));
+      objectStoreTsDone = true;
+    }
+    tsLineOwner.set(tsLines.length, results.length);
+    tsLines.push(`export const doc${results.length}: ObjectStore = ${JSON.stringify(obj)};`);
+    const { BarmanObjectStoreConfiguration } = await import(pathToFileURL(configFile).href);
+    const errors = [];
+    const retention = obj.spec?.retentionPolicy;
+    if (retention !== undefined && !/^[1-9][0-9]*[dwm]$/.test(retention)) {
+      errors.push(`/spec/retentionPolicy must match ^[1-9][0-9]*[dwm]$`);
+    }
+    if (obj.spec?.configuration?.serverName !== undefined) {
+      errors.push("/spec/configuration/serverName is forbidden (a plugin parameter of the Cluster)");
+    }
+    try {
+      new BarmanObjectStoreConfiguration(obj.spec?.configuration).validate();
+    } catch (err) {
+      errors.push(...(err.errors || [err]).map((e) => `/spec/configuration${e.instancePath || ""} ${e.message || e}`));
+    }
+    results.push({ id, ok: errors.length === 0, errors });
+    continue;
+  }
   const pkg = PACKAGES[group];
   const file = pkg && version
     ? join(toolsDir, "node_modules", "@kubernetes-models", pkg, group, version, `${obj.kind}.js`)

@@ -38,6 +38,37 @@ RESTRICTED_VOLUME_TYPES = {
     "secret",
 }
 CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
+# The processes' database roles (gitops/apps/base/db/roles.sql): the Secret each
+# process reads its login from. The owner runs the migrations and nothing else.
+ROLE_SECRETS = {
+    "api": "taskq-db-app",
+    "worker": "taskq-db-app",
+    "prune": "taskq-db-app",
+    "migrate": "taskq-db-owner",
+}
+# Secrets that hold a superuser's password; no taskq workload may read them.
+SUPERUSER_SECRETS = {"taskq-db-superuser", "taskq-db-superuser-secret"}
+# What the pinned External Secrets Operator (v0.16.2, the platform's chart
+# and the npm schema package) fills in on a live ExternalSecret when the
+# manifest leaves it out: kubebuilder defaults in
+# apis/externalsecrets/v1/externalsecret_types.go of that release. A manifest
+# that omits any of them differs from the live object after every sync.
+ESO_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "spec": ("refreshInterval", "target"),
+    "spec.target": ("creationPolicy", "deletionPolicy"),
+    "spec.target.template": ("engineVersion", "mergePolicy"),
+    "spec.data[].remoteRef": ("conversionStrategy", "decodingStrategy", "metadataPolicy"),
+    "spec.dataFrom[].extract": ("conversionStrategy", "decodingStrategy", "metadataPolicy"),
+    "spec.dataFrom[].find": ("conversionStrategy", "decodingStrategy"),
+}
+# Objects whose deletion destroys or strands prod's data: Argo CD must neither
+# prune them nor delete them with the Application.
+DATA_KINDS = {"Cluster", "ObjectStore", "StatefulSet", "PersistentVolumeClaim"}
+# Connections one process of each kind opens at most (app/taskq): an API process
+# has its pool plus the notifier's dedicated connection; a worker has the claim
+# and completion connections, a pool of 3 and the LISTEN connection.
+API_EXTRA_CONNECTIONS = 1
+WORKER_CONNECTIONS = 2 + 3 + 1
 
 
 @dataclass(frozen=True)
@@ -101,9 +132,54 @@ def wave(obj: Obj) -> int:
     return int(obj["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", "0"))
 
 
+def config_map(objs: Iterable[Obj]) -> Obj | None:
+    """The settings ConfigMap: taskq-config-<content hash> (configMapGenerator)."""
+    for o in objs:
+        if o["kind"] == "ConfigMap" and re.fullmatch(r"taskq-config(-\w+)?", o["metadata"]["name"]):
+            return o
+    return None
+
+
 def config_data(objs: Iterable[Obj]) -> dict[str, str]:
-    cm = find(objs, "ConfigMap", "taskq-config")
+    cm = config_map(objs)
     return dict(cm.get("data", {})) if cm else {}
+
+
+def db_cluster(objs: Iterable[Obj]) -> Obj | None:
+    """prod's CloudNativePG Cluster (None in dev)."""
+    clusters = by_kind(objs, "Cluster")
+    return clusters[0] if clusters else None
+
+
+def db_object(objs: Iterable[Obj]) -> Obj | None:
+    """What runs PostgreSQL: the Cluster (prod) or the StatefulSet (dev)."""
+    return db_cluster(objs) or find(objs, "StatefulSet", "taskq-postgresql")
+
+
+def db_pod_labels(objs: Iterable[Obj]) -> dict[str, str] | None:
+    """Labels of the database pods: the StatefulSet's template, or what the
+    CloudNativePG operator puts on a Cluster's instances (inheritedMetadata plus
+    its own cnpg.io labels)."""
+    cluster = db_cluster(objs)
+    if cluster is not None:
+        labels = dict(cluster["spec"].get("inheritedMetadata", {}).get("labels", {}))
+        labels |= {"cnpg.io/cluster": cluster["metadata"]["name"], "cnpg.io/podRole": "instance"}
+        return labels
+    sts = find(objs, "StatefulSet", "taskq-postgresql")
+    return dict(pod_template(sts)["metadata"]["labels"]) if sts else None
+
+
+def db_service_host(objs: Iterable[Obj]) -> str | None:
+    """The Service name the applications must connect to."""
+    cluster = db_cluster(objs)
+    if cluster is not None:
+        return f"{cluster['metadata']['name']}-rw"  # the operator's read-write Service
+    return "taskq-postgresql" if find(objs, "Service", "taskq-postgresql") else None
+
+
+def sync_options(obj: Obj) -> set[str]:
+    text = obj["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-options", "")
+    return {o.strip() for o in text.split(",") if o.strip()}
 
 
 def bind_port(bind: str) -> int:
@@ -238,6 +314,11 @@ def check_pod_security(objs: list[Obj], ctx: Context) -> list[str]:
 
 
 def check_postgresql(objs: list[Obj], ctx: Context) -> list[str]:
+    """dev: the StatefulSet keeps its data and reports readiness honestly. prod: a
+    CloudNativePG Cluster that survives losing its primary without losing an
+    acknowledged commit, archives WAL and takes backups."""
+    if ctx.env == "prod":
+        return _check_cluster(objs)
     errors = []
     sts = find(objs, "StatefulSet", "taskq-postgresql")
     if sts is None:
@@ -248,6 +329,13 @@ def check_postgresql(objs: list[Obj], ctx: Context) -> list[str]:
         errors.append("postgresql: serviceName must name a headless Service")
     if not spec.get("volumeClaimTemplates"):
         errors.append("postgresql: needs a volumeClaimTemplate (data must outlive the pod)")
+    for t in spec.get("volumeClaimTemplates", []):
+        # The API server fills these in; left out, Argo CD shows a diff forever.
+        if t.get("apiVersion") != "v1" or t.get("kind") != "PersistentVolumeClaim":
+            errors.append(
+                f"postgresql: volumeClaimTemplate {t['metadata']['name']} must state "
+                "apiVersion v1 and kind PersistentVolumeClaim"
+            )
     c = spec["template"]["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe"):
         cmd = c.get(probe, {}).get("exec", {}).get("command", [])
@@ -259,6 +347,8 @@ def check_postgresql(objs: list[Obj], ctx: Context) -> list[str]:
         errors.append("postgresql: data directory must be on the claim template's volume")
     if "/var/run/postgresql" not in mounts:
         errors.append("postgresql: /var/run/postgresql must be a writable volume")
+    if "/docker-entrypoint-initdb.d" not in mounts:
+        errors.append("postgresql: the roles init script must be mounted (init-roles.sh)")
     env = {e["name"]: e for e in c.get("env", [])}
     if "secretKeyRef" not in env.get("POSTGRES_PASSWORD", {}).get("valueFrom", {}):
         errors.append("postgresql: POSTGRES_PASSWORD must come from a Secret")
@@ -267,6 +357,55 @@ def check_postgresql(objs: list[Obj], ctx: Context) -> list[str]:
         errors.append("postgresql: PGDATA must be a subdirectory of the volume (lost+found)")
     if spec.get("persistentVolumeClaimRetentionPolicy", {}).get("whenDeleted") != "Retain":
         errors.append("postgresql: claims must be retained when the StatefulSet is deleted")
+    return errors
+
+
+def _check_cluster(objs: list[Obj]) -> list[str]:
+    cluster = db_cluster(objs)
+    if cluster is None:
+        return ["prod: no CloudNativePG Cluster"]
+    errors = []
+    name = cluster["metadata"]["name"]
+    spec = cluster["spec"]
+    if spec.get("instances", 1) < 3:
+        errors.append(f"Cluster {name}: needs 3 instances (a primary and two standbys)")
+    sync = spec.get("postgresql", {}).get("synchronous", {})
+    # One synchronous standby at least: a commit the API acknowledged is on two
+    # nodes, so a failover loses nothing. "required": never silently async.
+    if sync.get("number", 0) < 1 or sync.get("method") not in ("any", "first"):
+        errors.append(f"Cluster {name}: needs at least one synchronous standby")
+    if sync.get("dataDurability", "required") != "required":
+        errors.append(f"Cluster {name}: synchronous dataDurability must be required")
+    if spec.get("affinity", {}).get("podAntiAffinityType") != "required":
+        errors.append(f"Cluster {name}: instances must be on different nodes (required)")
+    archivers = [p for p in spec.get("plugins", []) if p.get("isWALArchiver")]
+    if len(archivers) != 1 or archivers[0]["name"] != "barman-cloud.cloudnative-pg.io":
+        errors.append(f"Cluster {name}: WAL must be archived by the Barman Cloud plugin")
+    else:
+        store = archivers[0].get("parameters", {}).get("barmanObjectName", "")
+        if find(objs, "ObjectStore", store) is None:
+            errors.append(f"Cluster {name}: archives to ObjectStore {store!r}, which is missing")
+    scheduled = [
+        b
+        for b in by_kind(objs, "ScheduledBackup")
+        if b["spec"].get("cluster", {}).get("name") == name
+        and b["spec"].get("method") == "plugin"
+        and b["spec"].get("pluginConfiguration", {}).get("name") == "barman-cloud.cloudnative-pg.io"
+    ]
+    if not scheduled:
+        errors.append(f"Cluster {name}: no ScheduledBackup through the Barman Cloud plugin")
+    monitors = [
+        m
+        for m in by_kind(objs, "PodMonitor")
+        if m["spec"].get("selector", {}).get("matchLabels", {}).get("cnpg.io/cluster") == name
+    ]
+    if not monitors:
+        errors.append(f"Cluster {name}: no PodMonitor scrapes its instances")
+    url = urlsplit(config_data(objs).get("DATABASE_URL", ""))
+    if url.hostname != f"{name}-rw":
+        errors.append(
+            f"DATABASE_URL host {url.hostname} is not the Cluster's read-write Service {name}-rw"
+        )
     return errors
 
 
@@ -294,8 +433,14 @@ def check_images(objs: list[Obj], ctx: Context) -> list[str]:
                 )
             if component(owner) in APP_COMPONENTS and not image.startswith("ghcr.io/"):
                 errors.append(f"{name_of(owner)}: app image {image} was not set by the overlay")
+            if component(owner) in APP_COMPONENTS and ctx.env == "prod" and "@sha256:" not in image:
+                errors.append(f"{name_of(owner)}: prod runs images by digest, not {image}")
             if component(owner) == "postgresql" and not re.search(r":\d+\.\d+", image):
                 errors.append(f"postgresql image {image} must pin a minor release")
+    for cluster in by_kind(objs, "Cluster"):
+        image = cluster["spec"].get("imageName", "")
+        if not re.search(r":\d+\.\d+", image):
+            errors.append(f"Cluster image {image!r} must pin a minor release")
     app_images = {
         c["image"]
         for o, t in workloads(objs)
@@ -328,26 +473,42 @@ def _env(container: Obj) -> dict[str, Obj]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def _provided_keys(objs: list[Obj]) -> dict[str, set[str]]:
+    """Secret name -> the keys it will have: Secrets in the render, and the Secrets
+    ExternalSecrets write (their template's keys when it has a template, whose
+    default mergePolicy Replace keeps only those)."""
+    provided: dict[str, set[str]] = {
+        s["metadata"]["name"]: set(s.get("data", {})) | set(s.get("stringData", {}))
+        for s in by_kind(objs, "Secret")
+    }
+    for es in by_kind(objs, "ExternalSecret"):
+        target = es["spec"]["target"]
+        template = target.get("template", {})
+        keys = set(template.get("data", {})) or {d["secretKey"] for d in es["spec"].get("data", [])}
+        provided.setdefault(target["name"], set()).update(keys)
+    return provided
+
+
 def check_secrets(objs: list[Obj], ctx: Context) -> list[str]:
     errors = []
     secrets = {o["metadata"]["name"]: o for o in by_kind(objs, "Secret")}
     externals = {o["spec"]["target"]["name"]: o for o in by_kind(objs, "ExternalSecret")}
+    needed = set(ROLE_SECRETS.values())
     if ctx.env == "prod":
         if secrets:
             errors.append(f"prod must not carry Secrets in Git: {sorted(secrets)}")
-        if "taskq-db" not in externals:
-            errors.append("prod: an ExternalSecret must produce taskq-db")
-        elif externals["taskq-db"]["spec"]["target"].get("creationPolicy") != "Orphan":
-            # Owner (the default) makes the Secret a child of the ExternalSecret: deleting
-            # that would take the database's password with it, while the volume stays.
-            errors.append("prod: ExternalSecret taskq-db must not own the Secret (Orphan)")
-    elif "taskq-db" not in secrets and "taskq-db" not in externals:
-        errors.append(f"{ctx.env}: no Secret taskq-db")
-    provided: dict[str, set[str]] = {
-        n: set(s.get("data", {})) | set(s.get("stringData", {})) for n, s in secrets.items()
-    }
-    for n, es in externals.items():
-        provided.setdefault(n, set()).update(d["secretKey"] for d in es["spec"].get("data", []))
+        for name in sorted(needed - set(externals)):
+            errors.append(f"prod: an ExternalSecret must produce {name}")
+        for name, es in sorted(externals.items()):
+            if es["spec"]["target"].get("creationPolicy") != "Orphan":
+                # Owner (the default) makes the Secret a child of the ExternalSecret:
+                # deleting that would take the database's credentials with it, while
+                # the volumes stay.
+                errors.append(f"prod: ExternalSecret {name} must not own the Secret (Orphan)")
+    else:
+        for name in sorted(needed - set(secrets) - set(externals)):
+            errors.append(f"{ctx.env}: no Secret {name}")
+    provided = _provided_keys(objs)
     url = config_data(objs).get("DATABASE_URL", "")
     if urlsplit(url).password:
         errors.append("DATABASE_URL in the ConfigMap carries a password")
@@ -362,13 +523,6 @@ def check_secrets(objs: list[Obj], ctx: Context) -> list[str]:
                         f"{name_of(owner)}: {e['name']} refers to "
                         f"{ref['name']}/{ref['key']}, which nothing provides"
                     )
-            if component(owner) in APP_COMPONENTS:
-                ref = _env(c).get("PGPASSWORD", {}).get("valueFrom", {}).get("secretKeyRef")
-                if ref != {"name": "taskq-db", "key": "password"}:
-                    errors.append(
-                        f"{name_of(owner)}: PGPASSWORD must come from "
-                        "secretKeyRef taskq-db/password"
-                    )
     for ta in by_kind(objs, "TriggerAuthentication"):
         for ref in ta["spec"].get("secretTargetRef", []):
             if ref["key"] not in provided.get(ref["name"], set()):
@@ -378,27 +532,95 @@ def check_secrets(objs: list[Obj], ctx: Context) -> list[str]:
     return errors
 
 
+def check_least_privilege(objs: list[Obj], ctx: Context) -> list[str]:
+    """No workload logs into PostgreSQL as a superuser: each process reads the login
+    of its own role (owner for migrations, taskq_app for the rest, taskq_keda for
+    KEDA), the URL names no user, no superuser Secret is mounted, and the roles
+    CloudNativePG manages are no superusers."""
+    errors = []
+    url = urlsplit(config_data(objs).get("DATABASE_URL", ""))
+    if url.username:
+        errors.append(f"DATABASE_URL names user {url.username}: PGUSER must come from a Secret")
+    for owner, tmpl in workloads(objs):
+        comp = component(owner)
+        for c in containers(tmpl["spec"]):
+            env = _env(c)
+            for e in env.values():
+                ref = e.get("valueFrom", {}).get("secretKeyRef") or {}
+                if ref.get("name") in SUPERUSER_SECRETS and comp != "postgresql":
+                    errors.append(f"{name_of(owner)}: reads the superuser Secret {ref['name']}")
+            if comp not in ROLE_SECRETS:
+                continue
+            want = ROLE_SECRETS[comp]
+            for var, key in (("PGUSER", "username"), ("PGPASSWORD", "password")):
+                ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef")
+                if ref != {"name": want, "key": key}:
+                    errors.append(
+                        f"{name_of(owner)}: {var} must come from secretKeyRef {want}/{key}, "
+                        f"not {ref}"
+                    )
+    cluster = db_cluster(objs)
+    if cluster is not None:
+        spec = cluster["spec"]
+        if spec.get("enableSuperuserAccess", False) is not False:
+            errors.append("Cluster: enableSuperuserAccess must be false")
+        initdb = spec.get("bootstrap", {}).get("initdb", {})
+        if (
+            initdb.get("owner") != "taskq_owner"
+            or initdb.get("secret", {}).get("name") != (ROLE_SECRETS["migrate"])
+        ):
+            errors.append("Cluster: the database owner must be taskq_owner from taskq-db-owner")
+        roles = {r["name"]: r for r in spec.get("managed", {}).get("roles", [])}
+        expected = {
+            "taskq_app": ("taskq-db-app", "taskq_runtime"),
+            "taskq_keda": ("taskq-db-keda", "taskq_readonly"),
+        }
+        for name, (secret, group) in expected.items():
+            role = roles.get(name)
+            if role is None:
+                errors.append(f"Cluster: managed role {name} missing")
+                continue
+            for flag in ("superuser", "createdb", "createrole", "replication", "bypassrls"):
+                if role.get(flag, False) is not False:
+                    errors.append(f"Cluster: managed role {name} has {flag}")
+            if role.get("inRoles") != [group]:
+                errors.append(f"Cluster: managed role {name} must be a member of {group} only")
+            if role.get("passwordSecret", {}).get("name") != secret:
+                errors.append(f"Cluster: managed role {name} must take its password from {secret}")
+        for ta in by_kind(objs, "TriggerAuthentication"):
+            names = {r["name"] for r in ta["spec"].get("secretTargetRef", [])}
+            if names != {"taskq-db-keda"}:
+                errors.append(
+                    f"{name_of(ta)}: KEDA must log in as the read-only role "
+                    f"(taskq-db-keda), reads {sorted(names)}"
+                )
+    return errors
+
+
 def check_sync_waves(objs: list[Obj], ctx: Context) -> list[str]:
+    """Secrets and configuration -> the database -> the migrations hook -> the apps."""
     errors = []
     migrate = find(objs, "Job", "taskq-migrate")
-    sts = find(objs, "StatefulSet", "taskq-postgresql")
-    if migrate is None or sts is None:
-        return ["migrate Job or PostgreSQL StatefulSet missing"]
+    db = db_object(objs)
+    if migrate is None or db is None:
+        return ["migrate Job or the database (StatefulSet or Cluster) missing"]
+    db_name = name_of(db)
     secret_like = [
         o
         for o in objs
-        if o["kind"] in ("Secret", "ExternalSecret") and o["metadata"]["name"] == "taskq-db"
+        if o["kind"] in ("Secret", "ExternalSecret", "ObjectStore")
+        or (o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("taskq-db-"))
     ]
     if not secret_like:
-        errors.append("no Secret/ExternalSecret taskq-db")
+        errors.append("no Secret/ExternalSecret for the database")
     for s in secret_like:
-        if not wave(s) < wave(sts):
+        if not wave(s) < wave(db):
             errors.append(
-                f"{name_of(s)} (wave {wave(s)}) must sync before PostgreSQL (wave {wave(sts)})"
+                f"{name_of(s)} (wave {wave(s)}) must sync before {db_name} (wave {wave(db)})"
             )
-    if not wave(sts) < wave(migrate):
+    if not wave(db) < wave(migrate):
         errors.append(
-            f"PostgreSQL (wave {wave(sts)}) must be before migrations (wave {wave(migrate)})"
+            f"{db_name} (wave {wave(db)}) must be before migrations (wave {wave(migrate)})"
         )
     for kind, name in (
         ("Deployment", "taskq-api"),
@@ -413,19 +635,24 @@ def check_sync_waves(objs: list[Obj], ctx: Context) -> list[str]:
                 f"migrations (wave {wave(migrate)}) must be before {kind}/{name} (wave {wave(o)})"
             )
     # What the migrations pod needs must exist before it runs.
-    needs = [
-        ("ConfigMap", "taskq-config"),
-        ("ServiceAccount", "taskq-migrate"),
-        ("Service", "taskq-postgresql"),
-    ]
-    needs += [("NetworkPolicy", n["metadata"]["name"]) for n in by_kind(objs, "NetworkPolicy")]
-    for kind, name in needs:
-        o = find(objs, kind, name)
-        if o is not None and not wave(o) < wave(migrate):
+    needs = [o for o in (config_map(objs),) if o is not None]
+    needs += [o for o in objs if o["kind"] in ("ServiceAccount", "NetworkPolicy")]
+    needs += [o for o in objs if o["kind"] == "Service" and component(o) == "postgresql"]
+    for o in needs:
+        if not wave(o) < wave(migrate):
             errors.append(
-                f"{kind}/{name} (wave {wave(o)}) must exist before "
-                f"migrations (wave {wave(migrate)})"
+                f"{name_of(o)} (wave {wave(o)}) must exist before migrations (wave {wave(migrate)})"
             )
+    # KEDA refuses a ScaledObject whose TriggerAuthentication does not exist yet.
+    auths = {t["metadata"]["name"]: t for t in by_kind(objs, "TriggerAuthentication")}
+    for so in by_kind(objs, "ScaledObject"):
+        for trig in so["spec"].get("triggers", []):
+            ta = auths.get(trig.get("authenticationRef", {}).get("name", ""))
+            if ta is not None and not wave(ta) < wave(so):
+                errors.append(
+                    f"{name_of(ta)} (wave {wave(ta)}) must sync before {name_of(so)} "
+                    f"(wave {wave(so)})"
+                )
     return errors
 
 
@@ -561,8 +788,10 @@ def check_worker(objs: list[Obj], ctx: Context) -> list[str]:
         )
     if "TASKQ_WORKER_CONCURRENCY" not in data:
         errors.append("TASKQ_WORKER_CONCURRENCY must be set in the ConfigMap")
-    from_cm = any(
-        ref.get("configMapRef", {}).get("name") == "taskq-config" for ref in c.get("envFrom", [])
+    cm = config_map(objs)
+    from_cm = cm is not None and any(
+        ref.get("configMapRef", {}).get("name") == cm["metadata"]["name"]
+        for ref in c.get("envFrom", [])
     )
     if not from_cm:
         errors.append("worker must read the ConfigMap (envFrom taskq-config)")
@@ -720,18 +949,20 @@ def check_network_policies(objs: list[Obj], ctx: Context) -> list[str]:
     ]
     if not dns:
         errors.append("no NetworkPolicy lets pods resolve DNS (UDP 53 egress)")
-    pg = workload_by_component(objs, "postgresql")
-    if pg is None:
+    pg_labels = db_pod_labels(objs)
+    if pg_labels is None:
         return [*errors, "no postgresql workload"]
-    pg_labels = pod_template(pg)["metadata"]["labels"]
     allowed, foreign = _peers_allowed_to(objs, pg_labels, 5432)
     if allowed != DB_CLIENTS:
         errors.append(
             f"PostgreSQL 5432 must admit exactly {sorted(DB_CLIENTS)}, admits {sorted(allowed)}"
         )
+    # From other namespaces, only KEDA's operator (its query) and, for a
+    # CloudNativePG Cluster, the CloudNativePG operator; each narrowed to its pods.
+    foreign_ok = {"keda", "cnpg-system"} if ctx.env == "prod" else set()
     for peer in foreign:
         ns = peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name")
-        if ctx.env != "prod" or ns != "keda" or not peer.get("podSelector"):
+        if ns not in foreign_ok or not peer.get("podSelector"):
             errors.append(f"unexpected foreign peer to PostgreSQL: {peer}")
     for comp in DB_CLIENTS:
         o = workload_by_component(objs, comp)
@@ -741,8 +972,8 @@ def check_network_policies(objs: list[Obj], ctx: Context) -> list[str]:
             errors.append(f"{comp} pods may not reach PostgreSQL 5432 (egress)")
     api = workload_by_component(objs, "api")
     if api is not None:
-        api_in, _ = _peers_allowed_to(objs, pod_template(api)["metadata"]["labels"], 8080)
-        if not api_in:
+        api_in, api_foreign = _peers_allowed_to(objs, pod_template(api)["metadata"]["labels"], 8080)
+        if not api_in and not api_foreign:
             errors.append("nothing may reach the API on 8080")
     return errors
 
@@ -769,22 +1000,194 @@ def check_keda(objs: list[Obj], ctx: Context) -> list[str]:
             errors.append(
                 f"KEDA query differs from the contract's queue-depth query: {md.get('query')}"
             )
-        if md.get("host") != f"{url.hostname}.{ctx.namespace}.svc.cluster.local":
+        if md.get("host") != f"{db_service_host(objs)}.{ctx.namespace}.svc.cluster.local":
             errors.append(f"KEDA host {md.get('host')} is not the database Service's full name")
-        if (
-            md.get("port") != str(url.port)
-            or md.get("dbName") != url.path.lstrip("/")
-            or md.get("userName") != url.username
-        ):
-            errors.append("KEDA port/dbName/userName differ from DATABASE_URL")
-        if "password" in md or "connection" in md:
+        if md.get("port") != str(url.port) or md.get("dbName") != url.path.lstrip("/"):
+            errors.append("KEDA port/dbName differ from DATABASE_URL")
+        if "password" in md or "connection" in md or "userName" in md:
             errors.append("KEDA trigger must not carry credentials inline")
         auth = trig.get("authenticationRef", {}).get("name")
         ta = find(objs, "TriggerAuthentication", auth or "")
         if ta is None:
             errors.append("KEDA trigger must authenticate through a TriggerAuthentication of ours")
-        elif not any(r["parameter"] == "password" for r in ta["spec"].get("secretTargetRef", [])):
-            errors.append("TriggerAuthentication must take the password from the Secret")
+            continue
+        params = {r["parameter"] for r in ta["spec"].get("secretTargetRef", [])}
+        if not {"userName", "password"} <= params:
+            errors.append("TriggerAuthentication must take userName and password from the Secret")
+    return errors
+
+
+def _missing_defaults(obj: Obj, path: str) -> list[str]:
+    """ESO_DEFAULTS entries for one ExternalSecret: each path that exists in the
+    manifest must state every field the operator would default there."""
+    missing = []
+    for where, fields in ESO_DEFAULTS.items():
+        nodes: list[tuple[str, Obj]] = [("", obj)]
+        for part in where.split("."):
+            key, many = part.removesuffix("[]"), part.endswith("[]")
+            nxt: list[tuple[str, Obj]] = []
+            for label, node in nodes:
+                value = node.get(key)
+                if value is None:
+                    continue
+                if many:
+                    nxt += [(f"{label}.{key}[{i}]", v) for i, v in enumerate(value)]
+                else:
+                    nxt.append((f"{label}.{key}", value))
+            nodes = nxt
+        for label, node in nodes:
+            missing += [f"{path}{label}.{f}" for f in fields if f not in node]
+    return missing
+
+
+def check_external_secrets(objs: list[Obj], ctx: Context) -> list[str]:
+    """Every ExternalSecret writes the fields its pinned operator defaults
+    (ESO_DEFAULTS); Argo CD would otherwise never see it in sync."""
+    errors = []
+    for es in by_kind(objs, "ExternalSecret"):
+        for field in _missing_defaults(es, ""):
+            errors.append(
+                f"{name_of(es)}: {field.lstrip('.')} must be written out (ESO defaults it)"
+            )
+    return errors
+
+
+def check_data_protection(objs: list[Obj], ctx: Context) -> list[str]:
+    """prod's data objects survive a prune and the deletion of the Application."""
+    if ctx.env != "prod":
+        return []
+    errors = []
+    for o in objs:
+        if o["kind"] in DATA_KINDS and not {"Prune=false", "Delete=false"} <= sync_options(o):
+            errors.append(f"{name_of(o)}: a prod data object needs Prune=false,Delete=false")
+    if db_cluster(objs) is None:
+        errors.append("prod: no Cluster to protect")
+    return errors
+
+
+def check_config_rollout(objs: list[Obj], ctx: Context) -> list[str]:
+    """Pods read the settings from a ConfigMap whose name carries a hash of its
+    content, so a changed setting rolls them."""
+    cm = config_map(objs)
+    if cm is None:
+        return ["no taskq-config ConfigMap"]
+    name = cm["metadata"]["name"]
+    errors = []
+    if name == "taskq-config":
+        errors.append("ConfigMap taskq-config has no content hash: edits would not roll pods")
+    for owner, tmpl in workloads(objs):
+        for c in containers(tmpl["spec"]):
+            for ref in c.get("envFrom", []):
+                used = ref.get("configMapRef", {}).get("name")
+                if used and used != name:
+                    errors.append(f"{name_of(owner)}: reads ConfigMap {used}, not {name}")
+    return errors
+
+
+def _peak_pods(objs: list[Obj], name: str) -> int:
+    """Pods of a Deployment at its most: KEDA's maxReplicaCount (or spec.replicas)
+    plus the rolling update's surge (a count, or a percentage rounded up)."""
+    dep = find(objs, "Deployment", name)
+    if dep is None:
+        return 0
+    scaled = [
+        so for so in by_kind(objs, "ScaledObject") if so["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    count = int(
+        scaled[0]["spec"].get("maxReplicaCount", 100) if scaled else dep["spec"].get("replicas", 1)
+    )
+    surge = dep["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1)
+    if isinstance(surge, str):
+        surge = -(-count * int(surge.rstrip("%")) // 100)
+    return count + int(surge)
+
+
+def connection_budget(objs: list[Obj], ctx: Context) -> dict[str, int]:
+    """What taskq may open at its peak, and what PostgreSQL lets it: every API and
+    worker pod at its maximum count plus the rolling update's surge, each process at
+    its pool maximum, the migrations and prune Jobs, and KEDA's query; against
+    max_connections (less the superusers' reserve and room for the operator, its
+    exporter and a human with psql) and the runtime role's connection limit."""
+    data = config_data(objs)
+    per_api_pod = int(data.get("TASKQ_API_WORKERS", "4")) * (
+        int(data.get("TASKQ_DB_POOL_MAX", "4")) + API_EXTRA_CONNECTIONS
+    )
+    runtime = (
+        _peak_pods(objs, "taskq-api") * per_api_pod
+        + _peak_pods(objs, "taskq-worker") * WORKER_CONNECTIONS
+        + 1  # prune
+    )
+    keda = 1 if by_kind(objs, "ScaledObject") else 0
+    cluster = db_cluster(objs)
+    spec = cluster["spec"] if cluster else {}
+    max_connections = int(
+        spec.get("postgresql", {}).get("parameters", {}).get("max_connections", "100")
+    )
+    roles = {r["name"]: r for r in spec.get("managed", {}).get("roles", [])}
+    return {
+        "peak": runtime + 1 + keda,  # + migrations
+        "available": max_connections - 3 - 10,
+        "runtime": runtime,
+        "runtime_limit": int(roles.get("taskq_app", {}).get("connectionLimit", -1)),
+    }
+
+
+def check_connection_budget(objs: list[Obj], ctx: Context) -> list[str]:
+    b = connection_budget(objs, ctx)
+    errors = []
+    if b["peak"] > b["available"]:
+        errors.append(
+            f"taskq may open {b['peak']} connections at its peak, PostgreSQL accepts "
+            f"{b['available']} (max_connections minus reserved and operator headroom)"
+        )
+    if 0 <= b["runtime_limit"] < b["runtime"]:
+        errors.append(
+            f"taskq_app may open {b['runtime']} connections at its peak, its "
+            f"connectionLimit is {b['runtime_limit']}"
+        )
+    return errors
+
+
+def check_exposure(objs: list[Obj], ctx: Context) -> list[str]:
+    """With the exposure component: TLS from a cert-manager Certificate on every
+    front door, routes to the API Service, and the API open only to the front doors
+    and Prometheus. Without it, nothing to check."""
+    ingresses, routes = by_kind(objs, "Ingress"), by_kind(objs, "HTTPRoute")
+    if not ingresses and not routes:
+        return []
+    errors = []
+    certs = {c["spec"]["secretName"]: c for c in by_kind(objs, "Certificate")}
+    api_svc = find(objs, "Service", "taskq-api")
+    for ing in ingresses:
+        for tls in ing["spec"].get("tls", []) or [{}]:
+            if tls.get("secretName") not in certs:
+                errors.append(
+                    f"{name_of(ing)}: TLS Secret {tls.get('secretName')} has no Certificate"
+                )
+        for rule in ing["spec"].get("rules", []):
+            for p in rule.get("http", {}).get("paths", []):
+                if p["backend"].get("service", {}).get("name") != "taskq-api":
+                    errors.append(f"{name_of(ing)}: routes to something other than taskq-api")
+    for route in routes:
+        for rule in route["spec"].get("rules", []):
+            for ref in rule.get("backendRefs", []):
+                ports = {p["port"] for p in (api_svc or {}).get("spec", {}).get("ports", [])}
+                if ref.get("name") != "taskq-api" or ref.get("port") not in ports:
+                    errors.append(f"{name_of(route)}: backend {ref} is not the API Service")
+    grants = [
+        g
+        for g in by_kind(objs, "ReferenceGrant")
+        if any(
+            t.get("kind") == "Secret" and t.get("name") in certs for t in g["spec"].get("to", [])
+        )
+    ]
+    if routes and not grants:
+        errors.append("HTTPRoute: no ReferenceGrant lets the Gateway read the certificate Secret")
+    api = workload_by_component(objs, "api")
+    if api is not None:
+        anyone, _ = _peers_allowed_to(objs, pod_template(api)["metadata"]["labels"], 8080)
+        if "*anyone*" in anyone:
+            errors.append("the exposed API must admit only its front doors, not any pod")
     return errors
 
 
@@ -809,5 +1212,11 @@ CHECKS = {
         check_cronjob,
         check_network_policies,
         check_keda,
+        check_least_privilege,
+        check_external_secrets,
+        check_data_protection,
+        check_config_rollout,
+        check_connection_budget,
+        check_exposure,
     )
 }

@@ -7,9 +7,11 @@ whichever was imported first.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 GITOPS = REPO / "gitops"
 OVERLAYS = ("dev", "prod")
+# Kustomizations rendered and checked like the overlays: optional components
+# shown in use (gitops/apps/examples/<name>), each with the overlay it extends.
+EXAMPLES = {"prod-exposed": "prod"}
+RENDERS = (*OVERLAYS, *EXAMPLES)
 # The oldest Kubernetes minor the manifests must work on (kind-demo.sh and
 # docs/deploy.md use the same); the API's preStop `sleep` handler needs >= 1.30.
 K8S_VERSION = "1.34.0"
@@ -44,6 +50,27 @@ def render(path: str | Path) -> list[dict[str, Any]]:
     if out.returncode != 0:
         pytest.fail(f"kustomize {path} failed:\n{out.stderr}")
     return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def render_with_images(path: str | Path, images: list[str]) -> list[dict[str, Any]]:
+    """Render a directory the way Argo CD does for an Application with
+    `spec.source.kustomize.images`: `kustomize edit set image` on the directory, i.e.
+    an images: entry on top of it. Done in a throwaway kustomization that includes
+    the directory, so the repository is never edited."""
+    entries = []
+    for image in images:
+        name, _, ref = image.partition("=")
+        if "@" in ref:
+            new_name, _, digest = ref.partition("@")
+            entries.append({"name": name, "newName": new_name, "digest": digest})
+        else:
+            new_name, _, tag = ref.rpartition(":")
+            entries.append({"name": name, "newName": new_name, "newTag": tag})
+    with tempfile.TemporaryDirectory() as tmp:
+        rel = os.path.relpath(REPO / path, tmp)
+        kfile = {"resources": [rel], "images": entries}
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(kfile))
+        return render(tmp)
 
 
 def parse_contract(text: str) -> dict[str, Any]:

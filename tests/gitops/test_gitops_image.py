@@ -10,7 +10,11 @@ networking here) and talk to the local PostgreSQL at 127.0.0.1:5432 in a
 throwaway database that the test drops afterwards.
 
 Where a registry is reachable (e.g. GitHub Actions), TASKQ_TEST_BASE_IMAGE
-names a real base image to build on instead of the stand-in.
+names a real base image to build on instead of the stand-in. TASKQ_TEST_IMAGE
+names an image that was already built (the release workflow's verify job sets it
+to the digest its build job pushed): the test pulls and runs that one instead of
+building, so the image that gets signed and deployed is the image that was
+tested.
 
 Skipped, with the reason, only where podman is not installed.
 """
@@ -185,6 +189,20 @@ def test_image_runs_migrate_api_and_worker(
     podman: Podman, database: str, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
     timer = Timer()
+    image = IMAGE
+    if prebuilt := os.environ.get("TASKQ_TEST_IMAGE", ""):
+        if podman("image", "exists", prebuilt).returncode != 0:
+            out = podman("pull", prebuilt, timeout=900)
+            assert out.returncode == 0, f"podman pull {prebuilt}:\n{out.stderr[-4000:]}"
+        image = prebuilt
+        timer.lap(f"using {prebuilt}, not building")
+    else:
+        build_image(podman, timer)
+    check_and_run_image(podman, image, database, rendered, timer)
+
+
+def build_image(podman: Podman, timer: Timer) -> None:
+    """Build the Dockerfile (with the lock, --require-hashes) as IMAGE."""
     base_image = os.environ.get("TASKQ_TEST_BASE_IMAGE", "")
     if not base_image:
         base_image = BASE_IMAGE
@@ -201,14 +219,25 @@ def test_image_runs_migrate_api_and_worker(
     assert out.returncode == 0, f"podman build failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     timer.lap("podman build")
 
-    inspect = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
+
+def check_and_run_image(
+    podman: Podman,
+    image: str,
+    database: str,
+    rendered: dict[str, list[dict[str, Any]]],
+    timer: Timer,
+) -> None:
+    """The image's configuration, no build tools inside, then migrate, API and worker
+    driven the way the manifests run them."""
+
+    inspect = json.loads(podman("image", "inspect", image).stdout)[0]
     config = inspect["Config"]
     print(f"[image test] image size {inspect['Size'] / 1e6:.0f} MB")
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["taskq"]
     assert {"8080/tcp", "8081/tcp"} <= set(config.get("ExposedPorts", {}))
     # The final stage carries the app's venv only: no pip, no compiler.
-    out = podman("run", "--rm", "--entrypoint", "/bin/sh", IMAGE, "-c", NO_BUILD_TOOLS)
+    out = podman("run", "--rm", "--entrypoint", "/bin/sh", image, "-c", NO_BUILD_TOOLS)
     assert out.returncode == 0, f"build tools in the final image: {out.stdout} {out.stderr}"
 
     api_port, health_port = free_port(), free_port()
@@ -229,7 +258,7 @@ def test_image_runs_migrate_api_and_worker(
         name = f"taskq-migrate-{suffix}-{attempt}"
         podman.started.append(name)
         out = podman(
-            *podman.restricted_run(name, env, IMAGE, "migrate", "--wait", "30"), timeout=120
+            *podman.restricted_run(name, env, image, "migrate", "--wait", "30"), timeout=120
         )
         assert out.returncode == 0, f"migrate #{attempt}:\n{out.stdout}\n{out.stderr}"
     timer.lap("migrate x2")
@@ -237,7 +266,7 @@ def test_image_runs_migrate_api_and_worker(
     api_name, worker_name = f"taskq-api-{suffix}", f"taskq-worker-{suffix}"
     for name, args in ((api_name, ["api"]), (worker_name, ["worker"])):
         podman.started.append(name)
-        out = podman(*podman.restricted_run(name, env, "--detach", IMAGE, *args))
+        out = podman(*podman.restricted_run(name, env, "--detach", image, *args))
         assert out.returncode == 0, f"start {name}: {out.stderr}"
 
     dev = rendered["dev"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -71,7 +73,16 @@ def test_shellcheck(script: Path) -> None:
 
 def test_scripts_exist() -> None:
     names = {p.name for p in SCRIPTS}
-    assert {"bump-image.sh", "podman-setup.sh", "build-base-image.sh", "kind-demo.sh"} <= names
+    assert {
+        "bump-image.sh",
+        "promote.sh",
+        "bump-base-image.sh",
+        "lock.sh",
+        "podman-setup.sh",
+        "build-base-image.sh",
+        "kind-demo.sh",
+        "init-roles.sh",
+    } <= names
     # Found by their #! line: shellchecked although they have no .sh suffix.
     assert {".ci/run", ".ci/in-debian"} <= {str(p.relative_to(REPO)) for p in SCRIPTS}
 
@@ -87,7 +98,7 @@ def test_yamllint() -> None:
 def test_dockerfile_contract() -> None:
     """The image facts the manifests rely on (docs/contract.md, gitops/apps)."""
     text = (REPO / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in text
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:" in text, "base pinned by digest"
     assert 'ENTRYPOINT ["taskq"]' in text
     assert "USER 10001:10001" in text
     assert "TASKQ_API_BIND=0.0.0.0:8080" in text
@@ -135,51 +146,94 @@ def repo_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_bump_image_changes_only_the_chosen_overlay(repo_copy: Path) -> None:
-    before_prod = overlay_image(repo_copy, "prod")
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    out = run(
-        ["bash", str(REPO / "scripts/bump-image.sh"), "dev", sha],
-        env={"GITOPS_ROOT": str(repo_copy), "PATH": "/usr/bin:/bin"},
+DIGEST = "sha256:" + "ab" * 32
+
+
+def bump(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        ["bash", str(REPO / "scripts/bump-image.sh"), *args],
+        env={"GITOPS_ROOT": str(root), "PATH": "/usr/bin:/bin", **env},
     )
+
+
+def test_bump_image_writes_dev_digest_and_leaves_prod(repo_copy: Path) -> None:
+    prod_app = (repo_copy / "gitops/argocd/apps/application-taskq-prod.yaml").read_text()
+    out = bump(repo_copy, "dev", DIGEST)
     assert out.returncode == 0, out.stderr
-    assert overlay_image(repo_copy, "dev") == f"ghcr.io/example/taskq:{sha}"
-    assert overlay_image(repo_copy, "prod") == before_prod
+    assert overlay_image(repo_copy, "dev") == f"ghcr.io/example/taskq@{DIGEST}"
     kfile = (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text()
     assert "# DEV ONLY" in kfile, "comments survive the edit"
-    # An all-digit tag must stay a string (quoted), or kustomize renders 1234567.0
-    assert (
-        run(
-            ["bash", str(REPO / "scripts/bump-image.sh"), "prod", "1234567"],
-            env={"GITOPS_ROOT": str(repo_copy), "PATH": "/usr/bin:/bin"},
-        ).returncode
-        == 0
-    )
-    assert overlay_image(repo_copy, "prod") == "ghcr.io/example/taskq:1234567"
+    assert "newTag" not in kfile
+    assert (repo_copy / "gitops/argocd/apps/application-taskq-prod.yaml").read_text() == prod_app
+    # A tag replaces the digest again; an all-digit tag must stay a string (quoted),
+    # or kustomize renders 1234567.0.
+    assert bump(repo_copy, "dev", "1234567").returncode == 0
+    assert overlay_image(repo_copy, "dev") == "ghcr.io/example/taskq:1234567"
+    assert "digest:" not in (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text()
 
 
 def test_bump_image_can_rename(repo_copy: Path) -> None:
-    out = run(
-        ["bash", str(REPO / "scripts/bump-image.sh"), "prod", "v1.2.3"],
-        env={
-            "GITOPS_ROOT": str(repo_copy),
-            "PATH": "/usr/bin:/bin",
-            "TASKQ_IMAGE": "registry.example.org/team/taskq",
-        },
-    )
+    out = bump(repo_copy, "dev", DIGEST, TASKQ_IMAGE="registry.example.org/team/taskq")
     assert out.returncode == 0, out.stderr
-    assert overlay_image(repo_copy, "prod") == "registry.example.org/team/taskq:v1.2.3"
+    assert overlay_image(repo_copy, "dev") == f"registry.example.org/team/taskq@{DIGEST}"
 
 
-@pytest.mark.parametrize(("env", "tag"), [("dev", "latest"), ("dev", "bad tag"), ("qa", "abc")])
-def test_bump_image_refuses(env: str, tag: str, repo_copy: Path) -> None:
+@pytest.mark.parametrize(
+    ("env", "ref"),
+    [("dev", "latest"), ("dev", "bad tag"), ("dev", "sha256:abc"), ("qa", "abc"), ("prod", DIGEST)],
+)
+def test_bump_image_refuses(env: str, ref: str, repo_copy: Path) -> None:
     before = (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text()
-    out = run(
-        ["bash", str(REPO / "scripts/bump-image.sh"), env, tag],
-        env={"GITOPS_ROOT": str(repo_copy), "PATH": "/usr/bin:/bin"},
-    )
+    out = bump(repo_copy, env, ref)
     assert out.returncode == 2
     assert (repo_copy / "gitops/apps/overlays/dev/kustomization.yaml").read_text() == before
+    if env == "prod":
+        assert "scripts/promote.sh" in out.stderr
+
+
+def promote(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        ["bash", str(REPO / "scripts/promote.sh"), *args],
+        env={"GITOPS_ROOT": str(root), "PATH": "/usr/bin:/bin", **env},
+    )
+
+
+def prod_application(root: Path) -> dict[str, Any]:
+    text = (root / "gitops/argocd/apps/application-taskq-prod.yaml").read_text()
+    return dict(yaml.safe_load(text))
+
+
+def test_promote_pins_commit_and_digest_together(repo_copy: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    before = (repo_copy / "gitops/apps/overlays/prod/kustomization.yaml").read_text()
+    out = promote(repo_copy, commit, DIGEST)
+    assert out.returncode == 0, out.stderr
+    source = prod_application(repo_copy)["spec"]["source"]
+    assert source["targetRevision"] == commit
+    assert source["kustomize"]["images"] == [f"taskq=ghcr.io/example/taskq@{DIGEST}"]
+    # The overlay itself is untouched: prod reads it at the pinned commit.
+    assert (repo_copy / "gitops/apps/overlays/prod/kustomization.yaml").read_text() == before
+    text = (repo_copy / "gitops/argocd/apps/application-taskq-prod.yaml").read_text()
+    assert "never a branch" in text, "comments survive the edit"
+    out = promote(repo_copy, commit, DIGEST, TASKQ_IMAGE="registry.example.org/t/taskq")
+    assert out.returncode == 0, out.stderr
+    images = prod_application(repo_copy)["spec"]["source"]["kustomize"]["images"]
+    assert images == [f"taskq=registry.example.org/t/taskq@{DIGEST}"]
+
+
+@pytest.mark.parametrize(
+    ("commit", "digest"),
+    [
+        ("main", DIGEST),
+        ("0123456", DIGEST),
+        ("0123456789abcdef0123456789abcdef01234567", "sha256:abc"),
+        ("0123456789abcdef0123456789abcdef01234567", "v1.2.3"),
+    ],
+)
+def test_promote_refuses_moving_or_partial_refs(commit: str, digest: str, repo_copy: Path) -> None:
+    before = (repo_copy / "gitops/argocd/apps/application-taskq-prod.yaml").read_text()
+    assert promote(repo_copy, commit, digest).returncode == 2
+    assert (repo_copy / "gitops/argocd/apps/application-taskq-prod.yaml").read_text() == before
 
 
 def test_kind_demo_targets_the_validated_kubernetes_version() -> None:
@@ -191,3 +245,31 @@ def test_kind_demo_targets_the_validated_kubernetes_version() -> None:
     assert f"kindest/node:v{minor}." in text
     # Images in the demo are pinned too.
     assert ":latest" not in text
+    # Argo CD installed by hand is the release the platform then manages.
+    app = yaml.safe_load(
+        (REPO / "gitops/argocd/platform/application-platform-argocd.yaml").read_text()
+    )
+    assert (
+        f'ARGOCD_VERSION="${{ARGOCD_VERSION:-{app["spec"]["source"]["targetRevision"]}}}"' in text
+    )
+
+
+def test_bump_base_image_moves_the_digest_only(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text((REPO / "Dockerfile").read_text())
+    out = run(
+        ["bash", str(REPO / "scripts/bump-base-image.sh"), DIGEST],
+        env={"DOCKERFILE": str(dockerfile), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    text = dockerfile.read_text()
+    assert f"ARG BASE_IMAGE=python:3.11-slim-bookworm@{DIGEST}\n" in text
+    before = (REPO / "Dockerfile").read_text().splitlines()
+    changed = [a for a, b in zip(before, text.splitlines(), strict=True) if a != b]
+    assert [c.split("@")[0] for c in changed] == ["ARG BASE_IMAGE=python:3.11-slim-bookworm"]
+    bad = run(
+        ["bash", str(REPO / "scripts/bump-base-image.sh"), "latest"],
+        env={"DOCKERFILE": str(dockerfile), "PATH": "/usr/bin:/bin"},
+    )
+    assert bad.returncode == 2
+    assert dockerfile.read_text() == text

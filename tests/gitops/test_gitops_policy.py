@@ -11,11 +11,11 @@ import pytest
 import yaml
 from gitops_policies import CHECKS, Context
 
-from tests.gitops.gitops_support import OVERLAYS, REPO
+from tests.gitops.gitops_support import OVERLAYS, RENDERS, REPO
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))
-@pytest.mark.parametrize("env", OVERLAYS)
+@pytest.mark.parametrize("env", RENDERS)
 def test_policy(
     env: str, check: str, rendered: dict[str, Any], policy_context: Callable[[str], Context]
 ) -> None:
@@ -77,10 +77,8 @@ def test_project_whitelists_exactly_what_is_rendered(
     refused, unused = whitelist_drift(proj, rendered)
     assert refused == set(), "rendered kinds the project would refuse"
     assert unused == set(), "whitelisted kinds nothing uses (keep the project minimal)"
-    assert all(
-        w["kind"] == "Namespace" and w["group"] == "" for w in proj["clusterResourceWhitelist"]
-    )
-    assert {w.get("name") for w in proj["clusterResourceWhitelist"]} == {"taskq-dev", "taskq-prod"}
+    # The namespaces come from the platform: nothing cluster-scoped at all.
+    assert proj["clusterResourceWhitelist"] == []
     assert len(proj["sourceRepos"]) == 1
     assert "*" not in proj["sourceRepos"][0]
     assert {(d["server"], d["namespace"]) for d in proj["destinations"]} == {
@@ -91,11 +89,11 @@ def test_project_whitelists_exactly_what_is_rendered(
 
 def test_whitelist_drift_is_caught(argocd_apps: list[Any], rendered: dict[str, Any]) -> None:
     proj = copy.deepcopy(project(argocd_apps, "taskq")["spec"])
-    with_ingress = {
+    with_class = {
         **rendered,
-        "extra": [{"apiVersion": "networking.k8s.io/v1", "kind": "Ingress"}],
+        "extra": [{"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass"}],
     }
-    assert whitelist_drift(proj, with_ingress)[0] == {("networking.k8s.io", "Ingress")}
+    assert whitelist_drift(proj, with_class)[0] == {("networking.k8s.io", "IngressClass")}
     proj["namespaceResourceWhitelist"].append({"group": "batch", "kind": "CronJobX"})
     assert whitelist_drift(proj, rendered)[1] == {("batch", "CronJobX")}
 
@@ -123,11 +121,13 @@ def test_environment_application(
     sync = app["syncPolicy"]
     assert sync["automated"]["prune"] is True
     assert sync["automated"]["selfHeal"] is True
-    assert "CreateNamespace=true" in sync["syncOptions"]
-    assert (
-        sync["managedNamespaceMetadata"]["labels"]["pod-security.kubernetes.io/enforce"]
-        == "restricted"
+    # The platform makes the namespace, with the restricted Pod Security labels.
+    assert "CreateNamespace=true" not in sync["syncOptions"]
+    assert "managedNamespaceMetadata" not in sync
+    ns = yaml.safe_load(
+        (REPO / f"gitops/platform/namespaces/namespace-{dest['namespace']}.yaml").read_text()
     )
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert sync["retry"]["limit"] > 0
     assert sync["retry"]["backoff"]["factor"] >= 2
     ignored = [
@@ -152,10 +152,24 @@ def test_root_application_is_app_of_apps(
     assert root["destination"]["namespace"] == "argocd"
     assert root["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
     children = applications(argocd_apps)
-    assert set(children) == {f"taskq-{env}" for env in OVERLAYS}
-    assert {a["spec"]["source"]["repoURL"] for a in children.values()} == {
-        root["source"]["repoURL"]
+    envs = {n: a for n, a in children.items() if n.startswith("taskq-")}
+    assert set(envs) == {f"taskq-{env}" for env in OVERLAYS}
+    assert {n for n in children if not n.startswith("taskq-")} == {
+        "platform-namespaces",
+        "platform-argocd",
+        "platform-cert-manager",
+        "platform-cloudnative-pg",
+        "platform-barman-cloud",
+        "platform-keda",
+        "platform-external-secrets",
     }
+    ours = [
+        a
+        for a in children.values()
+        if a["spec"].get("source", {}).get("path", "").startswith("gitops/")
+    ]
+    assert {a["spec"]["source"]["repoURL"] for a in ours} == {root["source"]["repoURL"]}
+    assert len(ours) == 3
 
 
 def test_dev_application_applied_by_hand_is_the_one_the_root_makes(
@@ -182,7 +196,7 @@ def test_worker_sizing_comment_names_the_configured_concurrency(rendered: dict[s
         o["data"]["TASKQ_WORKER_CONCURRENCY"]
         for objs in rendered.values()
         for o in objs
-        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "taskq-config"
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("taskq-config-")
     }
     assert stated, "the resources comment names the concurrency it was sized for"
     assert set(stated) == configured

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from gitops_policies import CHECKS, Context, find, pod_template, selector_matches
+from gitops_policies import CHECKS, Context, config_map, find, pod_template, selector_matches
 
 Objs = list[dict[str, Any]]
 
@@ -31,7 +31,7 @@ def spec_of(objs: Objs, kind: str, name: str) -> dict[str, Any]:
 
 
 def cm(objs: Objs) -> dict[str, str]:
-    obj = find(objs, "ConfigMap", "taskq-config")
+    obj = config_map(objs)
     assert obj is not None
     return obj["data"]
 
@@ -79,7 +79,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], object], str]] = {
     ),
     "root pod": (
         "pod_security",
-        "prod",
+        "dev",
         lambda o: spec_of(o, "StatefulSet", "taskq-postgresql")["template"]["spec"][
             "securityContext"
         ].update(runAsNonRoot=False),
@@ -309,7 +309,7 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], object], str]] = {
     "wrong namespace": (
         "namespace",
         "prod",
-        lambda o: find(o, "ConfigMap", "taskq-config")["metadata"].update(namespace="default"),  # type: ignore[index],
+        lambda o: config_map(o)["metadata"].update(namespace="default"),  # type: ignore[index]
         "namespace 'default'",
     ),
     "prune command": (
@@ -370,13 +370,13 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], object], str]] = {
     "secret after the database": (
         "sync_waves",
         "prod",
-        lambda o: set_wave(o, "ExternalSecret", "taskq-db", "-2"),
-        "must sync before PostgreSQL",
+        lambda o: set_wave(o, "ExternalSecret", "taskq-db-app", "-2"),
+        "must sync before Cluster/taskq-db",
     ),
     # ---- PostgreSQL's storage and identity
     "claims deleted with the StatefulSet": (
         "postgresql",
-        "prod",
+        "dev",
         lambda o: spec_of(o, "StatefulSet", "taskq-postgresql")[
             "persistentVolumeClaimRetentionPolicy"
         ].update(whenDeleted="Delete"),
@@ -437,7 +437,9 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], object], str]] = {
     "Secret owned by its ExternalSecret": (
         "secrets",
         "prod",
-        lambda o: spec_of(o, "ExternalSecret", "taskq-db")["target"].update(creationPolicy="Owner"),
+        lambda o: spec_of(o, "ExternalSecret", "taskq-db-app")["target"].update(
+            creationPolicy="Owner"
+        ),
         "must not own the Secret",
     ),
     # ---- KEDA's credentials
@@ -450,18 +452,195 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[Objs], object], str]] = {
     "TriggerAuthentication without the password": (
         "keda",
         "prod",
-        lambda o: spec_of(o, "TriggerAuthentication", "taskq-postgresql")["secretTargetRef"][
-            0
-        ].update(parameter="userName"),
-        "must take the password from the Secret",
+        lambda o: spec_of(o, "TriggerAuthentication", "taskq-postgresql")["secretTargetRef"].pop(),
+        "must take userName and password from the Secret",
     ),
     "TriggerAuthentication reads a missing key": (
         "secrets",
         "prod",
         lambda o: spec_of(o, "TriggerAuthentication", "taskq-postgresql")["secretTargetRef"][
-            0
+            1
         ].update(key="pgpassword"),
-        "refers to taskq-db/pgpassword, which nothing provides",
+        "refers to taskq-db-keda/pgpassword, which nothing provides",
+    ),
+    # ---- prod's CloudNativePG Cluster
+    "one instance": (
+        "postgresql",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db").update(instances=1),
+        "needs 3 instances",
+    ),
+    "asynchronous replication": (
+        "postgresql",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db")["postgresql"]["synchronous"].update(number=0),
+        "needs at least one synchronous standby",
+    ),
+    "replication may degrade to async": (
+        "postgresql",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db")["postgresql"]["synchronous"].update(
+            dataDurability="preferred"
+        ),
+        "dataDurability must be required",
+    ),
+    "no WAL archive": (
+        "postgresql",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db").pop("plugins"),
+        "WAL must be archived by the Barman Cloud plugin",
+    ),
+    "no scheduled backup": (
+        "postgresql",
+        "prod",
+        lambda o: drop(o, "ScheduledBackup", "taskq-db"),
+        "no ScheduledBackup",
+    ),
+    "app on a replica": (
+        "postgresql",
+        "prod",
+        lambda o: cm(o).update(DATABASE_URL="postgresql://taskq-db-ro:5432/taskq"),
+        "is not the Cluster's read-write Service taskq-db-rw",
+    ),
+    "claim template without kind": (
+        "postgresql",
+        "dev",
+        lambda o: spec_of(o, "StatefulSet", "taskq-postgresql")["volumeClaimTemplates"][0].pop(
+            "kind"
+        ),
+        "must state apiVersion v1 and kind PersistentVolumeClaim",
+    ),
+    "prod image by tag": (
+        "images",
+        "prod",
+        lambda o: first_container(o, "Deployment", "taskq-api").update(
+            image="ghcr.io/example/taskq:0.1.0"
+        ),
+        "prod runs images by digest",
+    ),
+    # ---- least privilege
+    "api logs in as the owner": (
+        "least_privilege",
+        "prod",
+        lambda o: first_container(o, "Deployment", "taskq-api")["env"][0]["valueFrom"][
+            "secretKeyRef"
+        ].update(name="taskq-db-owner"),
+        "PGUSER must come from secretKeyRef taskq-db-app/username",
+    ),
+    "worker reads the superuser password": (
+        "least_privilege",
+        "dev",
+        lambda o: first_container(o, "Deployment", "taskq-worker")["env"][1]["valueFrom"][
+            "secretKeyRef"
+        ].update(name="taskq-db-superuser"),
+        "reads the superuser Secret taskq-db-superuser",
+    ),
+    "user in the URL": (
+        "least_privilege",
+        "dev",
+        lambda o: cm(o).update(DATABASE_URL="postgresql://postgres@taskq-postgresql:5432/taskq"),
+        "DATABASE_URL names user postgres",
+    ),
+    "superuser access on": (
+        "least_privilege",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db").update(enableSuperuserAccess=True),
+        "enableSuperuserAccess must be false",
+    ),
+    "runtime role is a superuser": (
+        "least_privilege",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db")["managed"]["roles"][0].update(superuser=True),
+        "managed role taskq_app has superuser",
+    ),
+    "KEDA logs in as the runtime role": (
+        "least_privilege",
+        "prod",
+        lambda o: [
+            r.update(name="taskq-db-app")
+            for r in spec_of(o, "TriggerAuthentication", "taskq-postgresql")["secretTargetRef"]
+        ],
+        "KEDA must log in as the read-only role",
+    ),
+    # ---- External Secrets Operator's defaults
+    "remoteRef without conversionStrategy": (
+        "external_secrets",
+        "prod",
+        lambda o: spec_of(o, "ExternalSecret", "taskq-db-app")["data"][0]["remoteRef"].pop(
+            "conversionStrategy"
+        ),
+        "spec.data[0].remoteRef.conversionStrategy must be written out",
+    ),
+    "template without mergePolicy": (
+        "external_secrets",
+        "prod",
+        lambda o: spec_of(o, "ExternalSecret", "taskq-db-owner")["target"]["template"].pop(
+            "mergePolicy"
+        ),
+        "spec.target.template.mergePolicy must be written out",
+    ),
+    # ---- prod's data survives prunes and deletions
+    "prunable Cluster": (
+        "data_protection",
+        "prod",
+        lambda o: annotations(o, "Cluster", "taskq-db").pop("argocd.argoproj.io/sync-options"),
+        "Cluster/taskq-db: a prod data object needs Prune=false,Delete=false",
+    ),
+    "object store deleted with the Application": (
+        "data_protection",
+        "prod",
+        lambda o: annotations(o, "ObjectStore", "taskq-backups").update(
+            {"argocd.argoproj.io/sync-options": "Prune=false"}
+        ),
+        "ObjectStore/taskq-backups: a prod data object needs",
+    ),
+    # ---- settings roll the pods
+    "ConfigMap without a hash": (
+        "config_rollout",
+        "dev",
+        lambda o: config_map(o)["metadata"].update(name="taskq-config"),  # type: ignore[index]
+        "has no content hash",
+    ),
+    # ---- connections
+    "KEDA scales past the connection budget": (
+        "connection_budget",
+        "prod",
+        lambda o: spec_of(o, "ScaledObject", "taskq-worker").update(maxReplicaCount=40),
+        "connections at its peak",
+    ),
+    "runtime role limited below its peak": (
+        "connection_budget",
+        "prod",
+        lambda o: spec_of(o, "Cluster", "taskq-db")["managed"]["roles"][0].update(
+            connectionLimit=50
+        ),
+        "its connectionLimit is 50",
+    ),
+    # ---- KEDA's objects in order
+    "TriggerAuthentication after the ScaledObject": (
+        "sync_waves",
+        "prod",
+        lambda o: set_wave(o, "TriggerAuthentication", "taskq-postgresql", "1"),
+        "must sync before ScaledObject/taskq-worker",
+    ),
+    # ---- the optional exposure component
+    "front door without a certificate": (
+        "exposure",
+        "prod-exposed",
+        lambda o: drop(o, "Certificate", "taskq-api"),
+        "has no Certificate",
+    ),
+    "exposed API open to every pod": (
+        "exposure",
+        "prod-exposed",
+        lambda o: spec_of(o, "NetworkPolicy", "taskq-api-ingress")["ingress"][0].pop("from"),
+        "must admit only its front doors",
+    ),
+    "Gateway may not read the certificate": (
+        "exposure",
+        "prod-exposed",
+        lambda o: drop(o, "ReferenceGrant", "taskq-gateway-tls"),
+        "no ReferenceGrant",
     ),
 }
 
