@@ -25,6 +25,17 @@ from tests.worker_helpers import fresh_registry, running_worker
 
 Conn = psycopg.Connection[dict[str, Any]]
 
+# What a healthy worker's /ready reports.
+ALL_READY = {
+    "database": True,
+    "listener": True,
+    "claiming": True,
+    "recording": True,
+    "maintenance": True,
+    "threads": True,
+    "accepting": True,
+}
+
 
 def _finished(conn: Conn, task: Task, status: str = "succeeded") -> Callable[[], bool]:
     return lambda: q.get(conn, task.id).status == status
@@ -298,7 +309,7 @@ def test_health_endpoints(settings: Settings) -> None:
         assert _probe(worker, "/live") == (200, {"status": "live"})
         status, body = _probe(worker, "/ready")
         assert status == 200
-        assert body["checks"] == {"database": True, "listener": True, "accepting": True}
+        assert body["checks"] == {**ALL_READY}
 
 
 def test_ready_is_503_while_the_listener_is_disconnected(
@@ -331,7 +342,7 @@ def test_ready_is_503_while_the_listener_is_disconnected(
             lambda: (r := _probe(worker, "/ready"))[0] == 200 and r,
             what="/ready after the listener reconnected",
         )
-        assert body["checks"] == {"database": True, "listener": True, "accepting": True}
+        assert body["checks"] == {**ALL_READY}
         assert worker.listener.reconnects >= 2
 
 
@@ -347,7 +358,7 @@ def test_ready_is_503_while_the_worker_drains(settings: Settings, conn: Conn) ->
         try:
             status, body = _probe(worker, "/ready")
             assert status == 503
-            assert body["checks"] == {"database": True, "listener": True, "accepting": False}
+            assert body["checks"] == {**ALL_READY, "accepting": False}
             assert _probe(worker, "/live")[0] == 200
         finally:
             release.set()
