@@ -377,7 +377,8 @@ UNREGISTER_WORKER: LiteralString = "DELETE FROM taskq_workers WHERE id = %(id)s"
 # merely stalls (paused, slow) keeps its session and its lock, and stays covered by its
 # leases and fencing. pg_locks is read once (a hashed NOT IN); SKIP LOCKED lets every
 # worker sweep without waiting on another. A dead worker's row is deleted once none of its
-# tasks is left running.
+# tasks is left running. run_at is kept: the task has been runnable all along and goes
+# back to the head of its queue, not behind what was enqueued while it ran.
 RECOVER_DEAD_WORKERS: LiteralString = (
     """
 WITH dead AS (
@@ -402,7 +403,6 @@ WITH dead AS (
                                t.worker_id, t.attempts),
            finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
            lease_expires_at = NULL,
-           run_at = now(),
            updated_at = now()
       FROM orphaned o
      WHERE t.id = o.id
