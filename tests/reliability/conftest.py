@@ -277,11 +277,8 @@ class ReplicatedPostgres:
                 os.chown(path, user.pw_uid, user.pw_gid)
 
     def start(self) -> None:
-        settings = ["wal_level=replica", "max_wal_senders=5", "synchronous_commit=on"]
-        if self.synchronous:
-            settings.append("synchronous_standby_names='*'")
         self.primary.init()
-        self.primary.start(*settings)
+        self.primary.start("wal_level=replica", "max_wal_senders=5", "synchronous_commit=on")
         with self.primary.admin() as admin:
             admin.execute("CREATE DATABASE taskq")
         migrate.apply(load_settings(database_url=self.primary.url()))
@@ -295,6 +292,9 @@ class ReplicatedPostgres:
         self.standby.start("hot_standby=on", "synchronous_commit=on")
         want = "sync" if self.synchronous else "async"
         with self.primary.admin() as admin:
+            if self.synchronous:  # only now: until the standby streams, commits would wait
+                admin.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+                admin.execute("SELECT pg_reload_conf()")
             wait_until(
                 lambda: admin.execute(
                     "SELECT count(*) FROM pg_stat_replication"
