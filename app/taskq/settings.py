@@ -79,6 +79,11 @@ class Settings(BaseSettings):
 
     # API.
     api_bind: str = "127.0.0.1:8080"
+    # /live and /ready of the API on a port of their own, answered by a thread in every
+    # gunicorn worker process (SO_REUSEPORT), so that probes are answered even while every
+    # request worker waits on the database. Port 0 turns it off (probes then use the API
+    # port, where they queue behind requests).
+    api_health_bind: str = "127.0.0.1:8082"
     api_workers: int = Field(4, ge=1, le=64)
     api_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     api_batch_max: int = Field(1000, ge=1, le=10_000)
@@ -170,7 +175,7 @@ class Settings(BaseSettings):
 
         return [check_queue_name(q) for q in value]
 
-    @field_validator("api_bind", "worker_health_bind")
+    @field_validator("api_bind", "api_health_bind", "worker_health_bind")
     @classmethod
     def _bind(cls, value: str) -> str:
         parse_bind(value)

@@ -438,6 +438,4 @@ SELECT set_config('synchronous_commit', 'on', %(local)s)
 
 # Readiness: this node answers and accepts writes (a read-only database or a standby is
 # not where a taskq process can work).
-PING_WRITABLE: LiteralString = (
-    "SELECT current_setting('transaction_read_only') = 'off' AS writable"
-)
+PING_WRITABLE: LiteralString = "SELECT current_setting('transaction_read_only') = 'off' AS writable"

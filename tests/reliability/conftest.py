@@ -296,12 +296,14 @@ class ReplicatedPostgres:
                 admin.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
                 admin.execute("SELECT pg_reload_conf()")
             wait_until(
-                lambda: admin.execute(
-                    "SELECT count(*) FROM pg_stat_replication"
-                    " WHERE state = 'streaming' AND sync_state = %s",
-                    (want,),
-                ).fetchone()[0]  # type: ignore[index]
-                == 1,
+                lambda: (
+                    admin.execute(
+                        "SELECT count(*) FROM pg_stat_replication"
+                        " WHERE state = 'streaming' AND sync_state = %s",
+                        (want,),
+                    ).fetchone()[0]  # type: ignore[index]
+                    == 1
+                ),
                 timeout=30,
                 what="the standby to stream",
             )

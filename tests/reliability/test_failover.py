@@ -94,9 +94,7 @@ def _failover(
             timeout=30,
             what="writes on the promoted standby",
         )
-        wait_until(
-            lambda: ready.all_seen(200, since=promoted_at), timeout=30, what="ready again"
-        )
+        wait_until(lambda: ready.all_seen(200, since=promoted_at), timeout=30, what="ready again")
     outcomes = load.snapshot()
     _assert_clean(outcomes)
     assert not [o for o in outcomes if o.status is None], "a request got no response"
@@ -111,8 +109,12 @@ def _failover(
     )
     # The worker claims on the new primary: it came back without a restart.
     assert worker.alive() and api.alive()
-    first_201 = min(o.sent + o.seconds for o in outcomes if o.status == 201 and o.sent > promoted_at)
-    ready_after = {n: round((ready.seen(n, 200, since=promoted_at) or 0) - promoted_at, 2) for n, _ in targets}
+    first_201 = min(
+        o.sent + o.seconds for o in outcomes if o.status == 201 and o.sent > promoted_at
+    )
+    ready_after = {
+        n: round((ready.seen(n, 200, since=promoted_at) or 0) - promoted_at, 2) for n, _ in targets
+    }
     slowest = max(o.seconds for o in outcomes if o.sent >= fault_at - 1)
 
     # SIGTERM still stops the worker promptly.
