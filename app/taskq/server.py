@@ -183,7 +183,7 @@ def watch_master(master: int, interval: float = 0.2) -> threading.Thread:
             time.sleep(interval)
         log.warning("the gunicorn master is gone; this worker exits")
         os.kill(os.getpid(), signal.SIGTERM)  # finish the request in hand, if quick
-        time.sleep(1.0)
+        time.sleep(0.5)
         os._exit(0)
 
     thread = threading.Thread(target=run, name="master-watch", daemon=True)

@@ -196,7 +196,7 @@ class PrivatePostgres:
 def private_pg() -> Iterator[PrivatePostgres]:
     """A private PostgreSQL with a migrated `taskq` database, running; stopped at teardown."""
     base = Path(tempfile.mkdtemp(prefix="taskq-rel-pg-"))
-    server = PrivatePostgres(base)
+    server = Node(base)  # a Node: tests may also freeze it
     try:
         server.init()
         server.start()
