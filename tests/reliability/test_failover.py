@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -45,7 +46,8 @@ def _assert_clean(outcomes: list[Outcome]) -> None:
     assert not bad, f"unexpected outcomes: {_statuses(bad)}; first: {bad[0]}"
     for o in outcomes:
         if o.status == 503:
-            assert o.json_error and o.retry_after, o
+            assert o.json_error, o
+            assert o.retry_after, o
 
 
 def _missing(url: str, ids: set[str]) -> set[str]:
@@ -108,7 +110,8 @@ def _failover(
         what="every accepted task to succeed on the new primary",
     )
     # The worker claims on the new primary: it came back without a restart.
-    assert worker.alive() and api.alive()
+    assert worker.alive()
+    assert api.alive()
     first_201 = min(
         o.sent + o.seconds for o in outcomes if o.status == 201 and o.sent > promoted_at
     )
@@ -192,7 +195,8 @@ def test_read_only_database_answers_503_and_recovers(
         interval=0.25,
         what="every accepted task to succeed",
     )
-    assert api.alive() and worker.alive(), "a process died"
+    assert api.alive(), "the API died"
+    assert worker.alive(), "the worker died"
     assert "Traceback" not in procs.logs()
     first_201 = min(o.sent + o.seconds for o in outcomes if o.status == 201 and o.sent > rw_at)
     metrics.record(
@@ -265,7 +269,8 @@ def test_pgbouncer(
             if row[0] != "on" or row[1] not in (None, "") or row[2] != "0":
                 leaks.append(row)
     assert not leaks, f"session settings leaked through the pool: {leaks}"
-    assert api.alive() and worker.alive()
+    assert api.alive()
+    assert worker.alive()
     assert "Traceback" not in procs.logs()
     metrics.record(
         f"pgbouncer_{mode}",
@@ -384,7 +389,8 @@ def test_api_workers_exit_when_the_gunicorn_master_is_killed(
 
     def gone(pid: int) -> bool:
         try:
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            state = stat.rsplit(")", 1)[1].split()[0]
         except OSError:
             return True
         return state == "Z"
