@@ -363,3 +363,60 @@ def test_ready_is_503_while_the_worker_drains(settings: Settings, conn: Conn) ->
         finally:
             release.set()
     assert q.get(conn, task.id).status == "succeeded"
+
+
+class _Broken:
+    """A maintenance service with a bug: it raises what no loop expects."""
+
+    name = "broken"
+    interval = 0.05
+    first_delay = 0.0
+
+    def __init__(self) -> None:
+        self.armed = threading.Event()
+
+    def run_once(self) -> None:
+        if self.armed.is_set():
+            raise RuntimeError("a bug")
+
+
+def test_a_dead_background_thread_takes_ready_down_and_stops_the_worker(
+    make_settings: Any,
+) -> None:
+    from taskq.worker import Worker
+
+    worker = Worker(make_settings(), registry=fresh_registry(), health_port=0)
+    broken = _Broken()
+    worker.maintenance.services.append(broken)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: all(worker.ready_checks().values()), what="the worker to be ready")
+        broken.armed.set()
+        thread.join(20)
+        assert not thread.is_alive(), "the worker kept running with a dead thread"
+    finally:
+        worker.stop()
+        thread.join(20)
+    assert result == [1]  # a supervisor restarts it
+    assert worker.failed_thread == "maintenance"
+    assert worker.ready_checks()["threads"] is False
+
+
+def test_ready_reports_a_claim_loop_that_makes_no_progress(
+    make_settings: Any, database_url: str
+) -> None:
+    """Readiness is progress, not a flag set at start: a claim that waits on the database
+    (here behind an ACCESS EXCLUSIVE lock, with no server-side timeout) for longer than the
+    client timeout is abandoned and retried, and the worker reports not ready meanwhile."""
+    settings = make_settings(db_client_timeout=1.0, db_statement_timeout_ms=0)
+    with running_worker(settings) as worker:
+        wait_until(lambda: all(worker.ready_checks().values()), what="the worker to be ready")
+        with psycopg.connect(database_url) as locker:
+            locker.execute("LOCK TABLE taskq_tasks IN ACCESS EXCLUSIVE MODE")
+            wait_until(
+                lambda: worker.ready_checks()["claiming"] is False, timeout=10, what="not ready"
+            )
+            locker.rollback()
+        wait_until(lambda: worker.ready_checks()["claiming"], timeout=10, what="ready again")
