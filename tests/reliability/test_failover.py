@@ -408,3 +408,48 @@ def test_api_workers_exit_when_the_gunicorn_master_is_killed(
         workers=len(children),
         workers_gone_and_port_free_seconds=round(seconds, 2),
     )
+
+
+def test_the_only_synchronous_standby_dies(
+    replicated_pg: Any, procs: Processes, metrics: Metrics
+) -> None:
+    """Commits wait for a synchronous standby that is gone, past any statement timeout: the
+    client timeout answers 503 (the task may be committed: clients retry with an
+    Idempotency-Key), and the API's probes answer meanwhile. Once the standby is back,
+    writes flow again. Two synchronous standbys with `ANY 1` avoid the stall."""
+    from tests.helpers import free_port
+
+    pair: ReplicatedPostgres = replicated_pg(synchronous=True)
+    health = free_port()
+    env = procs.env(pair.url(), **FAST, api_health_bind=f"127.0.0.1:{health}")
+    api, port = procs.api(env, workers=2)
+    created = request(port, "POST", "/tasks", {"kind": "echo"})
+    assert created.status == 201, created
+
+    pair.standby.signal_all(signal.SIGKILL)
+    t0 = time.monotonic()
+    stalled = request(port, "POST", "/tasks", {"kind": "echo"}, timeout=30)
+    stalled_seconds = time.monotonic() - t0
+    live = request(health, "GET", "/live", timeout=3)
+    assert stalled.status == 503, stalled
+    assert stalled.is_json_error
+    assert stalled.headers.get("retry-after")
+    assert stalled_seconds < 8  # the client timeout (3 s), not forever
+    assert live.status == 200
+
+    (pair.standby.data / "postmaster.pid").unlink(missing_ok=True)
+    pair.standby.start("hot_standby=on", "synchronous_commit=on")
+    back_at = time.monotonic()
+    wait_until(
+        lambda: request(port, "POST", "/tasks", {"kind": "echo"}, timeout=30).status == 201,
+        timeout=30,
+        what="writes once the standby is back",
+    )
+    assert api.alive()
+    metrics.record(
+        "sync_standby_lost",
+        stalled_enqueue_status=stalled.status,
+        stalled_enqueue_seconds=round(stalled_seconds, 2),
+        health_live_status=live.status,
+        first_201_seconds_after_standby_back=round(time.monotonic() - back_at, 2),
+    )
