@@ -149,9 +149,11 @@ def test_a_read_only_node_is_unavailable_and_its_connection_discarded(
             assert conn.info.backend_pid != pid  # ping closed the read-only session
             conn.execute("SET default_transaction_read_only = on")
             pid = conn.info.backend_pid
-        with pytest.raises(DatabaseUnavailable, match="ReadOnlySqlTransaction"):
-            with db.pooled(pool) as conn:
-                conn.execute("CREATE TEMP TABLE t (x int)")
+        with (
+            pytest.raises(DatabaseUnavailable, match="ReadOnlySqlTransaction"),
+            db.pooled(pool) as conn,
+        ):
+            conn.execute("CREATE TEMP TABLE t (x int)")
         with db.pooled(pool) as conn:  # a fresh session, writable again
             assert conn.info.backend_pid != pid
             conn.execute("CREATE TEMP TABLE t (x int)")

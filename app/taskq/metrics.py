@@ -82,7 +82,7 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("taskq_tasks_retried_total", "counter", ("queue", "kind"),
                "Attempts that raised and were queued again with a backoff.", "worker"),
     MetricInfo("taskq_tasks_recovered_total", "counter", ("queue", "kind"),
-               "Tasks taken back from a worker whose lease expired.", "worker"),
+               "Tasks taken back from a worker whose lease expired or whose session ended.", "worker"),
     MetricInfo("taskq_tasks_lease_lost_total", "counter", (),
                "Outcomes refused because the worker no longer held the lease.", "worker"),
     MetricInfo("taskq_task_queue_wait_seconds", "histogram", ("queue", "kind"),

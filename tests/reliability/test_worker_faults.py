@@ -53,6 +53,7 @@ def test_sigkill_mid_batch_reruns_only_in_flight_tasks(
     done_before = _status_counts(conn).get("succeeded", 0)
 
     procs.worker(env, "--concurrency", "4", name="survivor")
+    survivor_ready = time.monotonic() - killed_at
     reclaimed = wait_until(
         lambda: (
             (
@@ -82,9 +83,11 @@ def test_sigkill_mid_batch_reruns_only_in_flight_tasks(
     twice = {task_id for task_id, n in runs.items() if n > 1}
     assert twice <= in_flight, "a task that was not in flight ran twice"
     assert max(runs.values()) <= 2
-    # The lease is renewed every lease/3, so it expires at most `lease` after the kill;
-    # one sweep interval plus a claim later the task runs again.
-    assert reclaimed <= lease + 2.5
+    # The killed worker's session ended, so the survivor's dead-worker sweep requeues its
+    # tasks as soon as the survivor runs (else the lease, renewed every lease/3, expires
+    # at most `lease` after the kill); a sweep interval plus a free slot later each runs
+    # again. The survivor's own start-up counts: on a loaded machine it takes seconds.
+    assert reclaimed <= max(lease, survivor_ready) + 4.5  # three rounds of 0.6 s tasks, load
     metrics.record(
         "sigkill_mid_batch",
         tasks=24,
@@ -96,6 +99,7 @@ def test_sigkill_mid_batch_reruns_only_in_flight_tasks(
         duplicates=len(twice),
         duplicates_outside_in_flight=len(twice - in_flight),
         recovery_seconds=round(reclaimed, 2),
+        survivor_ready_seconds=round(survivor_ready, 2),
         all_done_seconds=round(all_done, 2),
     )
 
