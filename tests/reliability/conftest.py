@@ -370,19 +370,24 @@ PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
 class PgBouncer:
-    """Debian's PgBouncer in front of a private PostgreSQL, in the given pool mode."""
+    """Debian's PgBouncer in front of the test's database, in the given pool mode."""
 
-    def __init__(self, base: Path, server: PrivatePostgres, mode: str) -> None:
+    def __init__(self, base: Path, database_url: str, mode: str) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        target = conninfo_to_dict(database_url)
         self.base = base
         self.port = free_port()
-        self.user = server.user
+        self.dbname = str(target["dbname"])
+        self.user = _unprivileged_user()
         users = base / "users.txt"
         users.write_text('"root" ""\n')
         self.log = base / "pgbouncer.log"
         self.config = base / "pgbouncer.ini"
         self.config.write_text(
             "[databases]\n"
-            f"taskq = host=127.0.0.1 port={server.port} dbname=taskq\n"
+            f"taskq = host={target.get('host', '127.0.0.1')} port={target.get('port', 5432)}"
+            f" dbname={self.dbname}\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {users}\n"
@@ -427,8 +432,9 @@ class PgBouncer:
 
 
 @pytest.fixture
-def pgbouncer(private_pg: PrivatePostgres) -> Iterator[Any]:
-    """A factory: `pgbouncer("transaction")` starts PgBouncer in front of `private_pg`."""
+def pgbouncer(database_url: str) -> Iterator[Any]:
+    """A factory: `pgbouncer("transaction")` starts PgBouncer in front of the test's own
+    database (`database_url`); its clients name the database `taskq`."""
     started: list[PgBouncer] = []
     base = Path(tempfile.mkdtemp(prefix="taskq-rel-bouncer-"))
     base.chmod(0o755)  # PgBouncer runs as the server's (unprivileged) user
@@ -440,7 +446,7 @@ def pgbouncer(private_pg: PrivatePostgres) -> Iterator[Any]:
             pytest.skip("pgbouncer is not installed")
         sub = base / f"{mode}-{len(started)}"
         sub.mkdir()
-        bouncer = PgBouncer(sub, private_pg, mode)
+        bouncer = PgBouncer(sub, database_url, mode)
         started.append(bouncer)
         return bouncer
 

@@ -77,7 +77,7 @@ def _failover(
     targets = [("api", api_port), ("worker", worker_port)]
 
     with ReadyProbe(targets, interval=0.2) as ready, Load(api_port, clients=4) as load:
-        wait_until(lambda: load.count(201) >= 100, timeout=30, what="writes to flow")
+        wait_until(lambda: load.count(201) >= 60, timeout=30, what="writes to flow")
         fault_at = time.monotonic()
         if freeze:
             pair.freeze_primary()
@@ -214,27 +214,27 @@ def test_read_only_database_answers_503_and_recovers(
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_pgbouncer(
-    mode: str, private_pg: PrivatePostgres, pgbouncer: Any, procs: Processes, metrics: Metrics
+    mode: str, database_url: str, pgbouncer: Any, procs: Processes, metrics: Metrics
 ) -> None:
-    # synchronous_commit=on as the server default, so a leaked session `off` would show.
-    private_pg.stop("fast")
-    private_pg.start("synchronous_commit=on")
     bouncer = pgbouncer(mode)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        # The database's default, so that a leaked session `off` would show.
+        admin.execute(f'ALTER DATABASE "{bouncer.dbname}" SET synchronous_commit = on')
     settings: dict[str, Any] = {"db_pooler": mode}
     if mode == "transaction":
-        settings["listen_database_url"] = private_pg.url()
+        settings["listen_database_url"] = database_url
     env = procs.env(bouncer.url(), **settings, poll_interval=30)
     api, api_port = procs.api(env, workers=2)
     worker, worker_port = procs.worker(env, "--concurrency", "8", name="worker")
     with Load(api_port, clients=6) as load:
-        wait_until(lambda: load.count(201) >= 600, timeout=60, what="600 accepted tasks")
+        wait_until(lambda: load.count(201) >= 300, timeout=60, what="300 accepted tasks")
     outcomes = load.snapshot()
     statuses = _statuses(outcomes)
     assert set(statuses) == {"201"}, statuses
     accepted = {o.task_id for o in outcomes if o.task_id}
     started = time.monotonic()
     wait_until(
-        lambda: _unfinished(private_pg.url(), accepted) == 0,
+        lambda: _unfinished(database_url, accepted) == 0,
         timeout=60,
         interval=0.1,
         what="every task to succeed",
@@ -251,9 +251,9 @@ def test_pgbouncer(
     t0 = time.monotonic()
     wait_until(
         lambda: request(api_port, "GET", f"/tasks/{created}").json()["status"] == "succeeded",
-        timeout=10,
+        timeout=20,
         interval=0.02,
-        what="a notified task",
+        what="a notified task (polling is every 30 s)",
     )
     pickup = time.monotonic() - t0
     # No session state leaked into the pool: other clients see the server's defaults.
@@ -284,7 +284,7 @@ def test_pgbouncer(
 
 
 def test_a_deaf_listener_is_not_ready(
-    private_pg: PrivatePostgres, pgbouncer: Any, procs: Processes, metrics: Metrics
+    database_url: str, pgbouncer: Any, procs: Processes, metrics: Metrics
 ) -> None:
     """LISTEN through a transaction pooler hears nothing: the listener's own probe does
     not come back, and the worker's /ready says so (it still works, by polling)."""
@@ -302,7 +302,7 @@ def test_a_deaf_listener_is_not_ready(
     wait_until(lambda: get_status(port, "/live") == 200, timeout=30, what="worker live")
     wait_until(deaf, timeout=30, interval=0.2, what="/ready to report a deaf listener")
     detected = time.monotonic() - started
-    with psycopg.connect(private_pg.url(), autocommit=True, row_factory=dict_row) as conn:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
         task = q.enqueue(conn, "echo")
         wait_until(
             lambda: q.get(conn, task.id).status == "succeeded",
@@ -375,12 +375,12 @@ def test_api_probes_answer_while_every_request_waits_on_a_frozen_database(
 
 
 def test_api_workers_exit_when_the_gunicorn_master_is_killed(
-    private_pg: PrivatePostgres, procs: Processes, metrics: Metrics
+    database_url: str, procs: Processes, metrics: Metrics
 ) -> None:
     from tests.reliability.conftest import _children
     from tests.reliability.harness import port_is_closed
 
-    api, port = procs.api(procs.env(private_pg.url()), workers=2)
+    api, port = procs.api(procs.env(database_url), workers=2)
     children = _children(api.pid)
     assert len(children) >= 2, children
     api.signal(signal.SIGKILL)

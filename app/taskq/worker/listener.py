@@ -144,12 +144,13 @@ class Listener:
             return None, time.monotonic()
         self._probe_seq += 1
         payload = f"{sql.PROBE_PREFIX}{self._worker_id} {self._probe_seq}"
-        sent = time.monotonic()
         try:
             self._send_probe(payload)
         except DatabaseUnavailable:
-            return None, sent
-        return payload, sent
+            return None, time.monotonic()
+        # Timed from the commit: a pool or pooler slow to hand out a connection is not
+        # the listener's fault.
+        return payload, time.monotonic()
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
