@@ -160,6 +160,14 @@ def _configure(
     return configure
 
 
+def transaction_settings(conn: Connection, settings: Settings) -> None:
+    """Inside a caller's own transaction: give it taskq's settings when a transaction
+    pooler keeps them out of the session (a no-op otherwise)."""
+    if settings.db_pooler == "transaction":
+        with translate_errors():
+            _apply_settings(conn, session_settings(settings), local=True)
+
+
 @contextlib.contextmanager
 def scoped(conn: Connection, settings: Settings, pairs: tuple[str, ...]) -> Iterator[Connection]:
     """Behind a transaction pooler, run the caller's statements in one transaction that
