@@ -420,3 +420,48 @@ def test_ready_reports_a_claim_loop_that_makes_no_progress(
             )
             locker.rollback()
         wait_until(lambda: worker.ready_checks()["claiming"], timeout=10, what="ready again")
+
+
+def test_a_listener_reconnect_does_not_make_a_worker_look_dead(
+    make_settings: Any, conn: Conn
+) -> None:
+    """The liveness lock lives on the listener's session: when that connection is killed
+    the lock is free until the listener reconnects. The other worker's dead-worker sweep
+    needs two sweeps in a row to see it free, so the running task stays where it is."""
+    registry = fresh_registry()
+    release = threading.Event()
+    registry.register("hold", lambda payload: release.wait(30))
+    settings = make_settings(liveness_interval=1.0, lease_seconds=30)
+    with (
+        running_worker(settings, registry, concurrency=1) as holder,
+        running_worker(make_settings(liveness_interval=1.0), registry, concurrency=1) as other,
+    ):
+        wait_until(lambda: holder.listener.registered and other.listener.registered)
+        other.stop()  # claims nothing more; its sweeps go on
+        task = q.enqueue(conn, "hold")
+        wait_until(lambda: q.get(conn, task.id).status == "running", what="the task to start")
+        owner = q.get(conn, task.id).worker_id
+        assert owner == holder.worker_id
+        reconnects = holder.listener.reconnects
+        _kill_listener_of(conn, holder)
+        wait_until(lambda: holder.listener.reconnects > reconnects, what="a reconnect")
+        swept = other.dead_sweep.recovered
+        # Three more sweeps of the other worker pass over the reconnected holder.
+        deadline = time.monotonic() + 3.0
+        wait_until(lambda: time.monotonic() > deadline, timeout=10, what="three sweeps")
+        assert other.dead_sweep.recovered == swept
+        row = q.get(conn, task.id)
+        assert (row.status, row.attempts, row.worker_id) == ("running", 1, owner)
+        release.set()
+        wait_until(_finished(conn, task), what="the task to finish")
+
+
+def _kill_listener_of(conn: Conn, worker: Any) -> None:
+    """Terminate one worker's listener backend (the session holding its liveness lock)."""
+    row = conn.execute(
+        "SELECT count(pg_terminate_backend(l.pid)) AS n FROM pg_locks l"
+        " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.objid = %s::oid",
+        (q.liveness_key(worker.worker_id),),
+    ).fetchone()
+    assert row is not None
+    assert row["n"] == 1

@@ -295,9 +295,18 @@ def unregister_worker(conn: AnyConnection, worker_id: str) -> None:
     fetch(conn, sql.UNREGISTER_WORKER, {"id": worker_id})
 
 
-def recover_dead_workers(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
-    """Requeue (or fail) the running tasks of registered workers whose session is gone."""
-    rows = fetch(conn, sql.RECOVER_DEAD_WORKERS, {"limit": limit})
+def lock_free_workers(conn: AnyConnection, *, sweeper: str) -> set[str]:
+    """Registered workers (other than `sweeper`) whose liveness lock is free."""
+    return {row["id"] for row in fetch(conn, sql.LOCK_FREE_WORKERS, {"self": sweeper})}
+
+
+def recover_dead_workers(
+    conn: AnyConnection, worker_ids: Iterable[str], *, sweeper: str, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Requeue (or fail) the running tasks of these workers if their liveness lock is
+    still free (their session is gone)."""
+    params = {"ids": sorted(worker_ids), "self": sweeper, "limit": limit}
+    rows = fetch(conn, sql.RECOVER_DEAD_WORKERS, params)
     notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
     return rows
 

@@ -372,24 +372,41 @@ ON CONFLICT (id) DO NOTHING
 # Forget a worker that stops cleanly (its unfinished tasks were released already).
 UNREGISTER_WORKER: LiteralString = "DELETE FROM taskq_workers WHERE id = %(id)s"
 
-# Recover the running tasks of registered workers whose liveness lock is free: their
-# session is gone (killed, host lost), so they will never record those tasks. A worker that
-# merely stalls (paused, slow) keeps its session and its lock, and stays covered by its
-# leases and fencing. pg_locks is read once (a hashed NOT IN); SKIP LOCKED lets every
-# worker sweep without waiting on another. A dead worker's row is deleted once none of its
-# tasks is left running. run_at is kept: the task has been runnable all along and goes
-# back to the head of its queue, not behind what was enqueued while it ran.
-RECOVER_DEAD_WORKERS: LiteralString = (
+# The registered workers whose liveness lock is free (other than the sweeping worker).
+# pg_locks is read once (a hashed NOT IN).
+_LOCK_FREE: LiteralString = (
     """
-WITH dead AS (
     SELECT w.id FROM taskq_workers w
-     WHERE w.lock_key::oid NOT IN (
+     WHERE w.id <> %(self)s
+       AND w.lock_key::oid NOT IN (
            SELECT l.objid FROM pg_locks l
             WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
               AND l.classid = """
     + str(LIVENESS_LOCK_CLASS)
     + """::oid
               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+"""
+)
+
+# Workers that look dead: their liveness lock is free. A sweep recovers only those it saw
+# dead on its previous sweep too, so that a listener reconnecting (which drops and
+# retakes the lock within moments) is never taken for dead.
+LOCK_FREE_WORKERS: LiteralString = _LOCK_FREE
+
+# Recover the running tasks of the given workers if their liveness lock is still free:
+# their session is gone (killed, host lost), so they will never record those tasks. A
+# worker that merely stalls (paused, slow) keeps its session and its lock, and stays
+# covered by its leases and fencing. SKIP LOCKED lets every worker sweep without waiting
+# on another. A dead worker's row is deleted once none of its tasks is left running.
+# run_at is kept: the task has been runnable all along and goes back to the head of its
+# queue, not behind what was enqueued while it ran.
+RECOVER_DEAD_WORKERS: LiteralString = (
+    """
+WITH dead AS (
+    SELECT w.id FROM taskq_workers w
+     WHERE w.id = ANY(%(ids)s::text[]) AND w.id IN ("""
+    + _LOCK_FREE
+    + """)
        FOR UPDATE SKIP LOCKED
 ), orphaned AS (
     SELECT t.id FROM taskq_tasks t JOIN dead ON t.worker_id = dead.id

@@ -133,15 +133,20 @@ class DeadWorkerSweep:
     """Recovers at once the tasks of workers whose database session is gone (SIGKILL, a
     lost host): each worker holds a liveness lock on its listener's session
     (taskq/worker/listener.py), and PostgreSQL releases it when the session ends. A worker
-    that only stalls keeps its lock; leases and fencing cover it."""
+    that only stalls keeps its lock; leases and fencing cover it.
+
+    A worker counts as dead once two sweeps in a row found its lock free: a listener that
+    reconnects drops its lock for a moment, and must not lose its tasks for it."""
 
     name = "dead-worker sweep"
 
-    def __init__(self, pool: db.Pool, interval: float) -> None:
+    def __init__(self, pool: db.Pool, interval: float, worker_id: str) -> None:
         self._pool = pool
+        self._worker_id = worker_id
         self.interval = interval
         self.first_delay = random.uniform(0, interval)
         self.recovered = 0
+        self._suspects: set[str] = set()
         self._unavailable = False
 
     def run_once(self) -> None:
@@ -149,7 +154,9 @@ class DeadWorkerSweep:
             return
         try:
             with db.pooled(self._pool) as conn:
-                rows = q.recover_dead_workers(conn)
+                free = q.lock_free_workers(conn, sweeper=self._worker_id)
+                dead, self._suspects = free & self._suspects, free
+                rows = q.recover_dead_workers(conn, dead, sweeper=self._worker_id) if dead else []
         except SchemaOutdated:
             # The database predates migration 0011: leases alone recover tasks.
             self._unavailable = True

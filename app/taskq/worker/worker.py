@@ -93,7 +93,7 @@ class Worker:
             self.stopping,
         )
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
-        self.dead_sweep = DeadWorkerSweep(self._pool, settings.liveness_interval)
+        self.dead_sweep = DeadWorkerSweep(self._pool, settings.liveness_interval, self.worker_id)
         self.maintenance = Maintenance(
             [
                 LeaseHeartbeat(
