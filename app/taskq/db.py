@@ -151,6 +151,7 @@ def _configure(
     )
 
     def configure(conn: psycopg.Connection[Any]) -> None:
+        _watch_replication_notices(conn)
         if settings.db_pooler != "transaction":
             _apply_settings(conn, pairs, local=False)
         if reachability is not None and reachability.down:
@@ -166,6 +167,34 @@ def transaction_settings(conn: Connection, settings: Settings) -> None:
     if settings.db_pooler == "transaction":
         with translate_errors():
             _apply_settings(conn, session_settings(settings), local=True)
+
+
+# PostgreSQL's warning when a commit's wait for the synchronous standby was cancelled
+# (pg_cancel_backend, a failover manager): the transaction committed locally but may be
+# lost with this node. It is a notice, not an error, so psycopg would report success.
+_UNREPLICATED_DETAIL = "The transaction has already committed locally"
+_UNREPLICATED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
+def _watch_replication_notices(conn: psycopg.Connection[Any]) -> None:
+    ref = weakref.ref(conn)
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        owner = ref()
+        if owner is not None and (diag.message_detail or "").startswith(_UNREPLICATED_DETAIL):
+            _UNREPLICATED.add(owner)
+
+    conn.add_notice_handler(on_notice)
+
+
+def _check_replicated(conn: psycopg.Connection[Any]) -> None:
+    """Raise DatabaseUnavailable when a commit on `conn` was not confirmed by the
+    synchronous standby: the client must not take it as durable (503: retry, with an
+    Idempotency-Key), and the connection is dropped (its node may be on its way out)."""
+    if conn in _UNREPLICATED:
+        _UNREPLICATED.discard(conn)
+        conn.close()
+        raise DatabaseUnavailable("database unavailable: commit not confirmed by the standby")
 
 
 @contextlib.contextmanager
@@ -481,6 +510,7 @@ def pooled(pool: psycopg_pool.ConnectionPool[Connection]) -> Iterator[Connection
             if wrong_node(exc):
                 conn.close()  # the pool discards a closed connection on its return
             raise
+        _check_replicated(conn)
 
 
 def ping(pool: psycopg_pool.ConnectionPool[Connection], timeout: float = 1.0) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -437,6 +438,36 @@ def test_the_only_synchronous_standby_dies(
     assert stalled_seconds < 8  # the client timeout (3 s), not forever
     assert live.status == 200
 
+    # The replication wait cancelled (pg_cancel_backend, as a failover manager may do):
+    # PostgreSQL only warns and commits locally; the API answers 503 all the same.
+    patient, patient_port = procs.api(
+        procs.env(pair.url(), **{**FAST, "db_client_timeout": 60}), workers=1, name="patient"
+    )
+    answers: list[Any] = []
+    poster = threading.Thread(
+        target=lambda: answers.append(
+            request(patient_port, "POST", "/tasks", {"kind": "echo"}, timeout=60)
+        )
+    )
+    poster.start()
+    with psycopg.connect(pair.primary.url(), autocommit=True) as admin:
+
+        def cancel_the_wait() -> bool:
+            row = admin.execute(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity"
+                " WHERE wait_event = 'SyncRep' AND datname = 'taskq'"
+                " AND application_name = 'taskq-api'"
+            ).fetchone()
+            return bool(row and row[0])
+
+        wait_until(cancel_the_wait, timeout=20, what="a commit waiting for the standby")
+    poster.join(20)
+    assert answers, "no answer after the cancelled replication wait"
+    cancelled = answers[0]
+    assert cancelled.status == 503, cancelled
+    assert cancelled.headers.get("retry-after")
+    patient.stop()
+
     (pair.standby.data / "postmaster.pid").unlink(missing_ok=True)
     pair.standby.start("hot_standby=on", "synchronous_commit=on")
     back_at = time.monotonic()
@@ -450,6 +481,7 @@ def test_the_only_synchronous_standby_dies(
         "sync_standby_lost",
         stalled_enqueue_status=stalled.status,
         stalled_enqueue_seconds=round(stalled_seconds, 2),
+        cancelled_replication_wait_status=cancelled.status,
         health_live_status=live.status,
         first_201_seconds_after_standby_back=round(time.monotonic() - back_at, 2),
     )
