@@ -63,6 +63,7 @@ class Maintenance:
         """The maintenance thread's body (started by the worker)."""
         now = time.monotonic()
         due = [now + s.first_delay for s in self.services]
+        failing: set[int] = set()  # services whose last run failed
         while not self._halt.wait(max(0.0, min(due, default=now + 1.0) - time.monotonic())):
             for i, service in enumerate(self.services):
                 now = time.monotonic()
@@ -71,10 +72,14 @@ class Maintenance:
                 due[i] = now + service.interval
                 try:
                     service.run_once()
-                    self.progress.done()
+                    failing.discard(i)
                 except DatabaseUnavailable as exc:
-                    self.progress.waiting()
+                    failing.add(i)
                     log.warning("%s failed: %s", service.name, exc.message)
+                if failing:
+                    self.progress.waiting()
+                else:
+                    self.progress.done()
 
 
 class LeaseHeartbeat:
