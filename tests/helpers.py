@@ -26,6 +26,7 @@ TEST_SETTINGS: dict[str, Any] = {
     "shutdown_timeout": 5.0,
     "db_pool_timeout": 2.0,
     "worker_health_bind": "127.0.0.1:0",
+    "api_health_bind": "127.0.0.1:0",
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 from taskq import db
-from taskq.errors import DatabaseUnavailable, InvalidInput
+from taskq.errors import DatabaseUnavailable, InvalidInput, SchemaOutdated
 from taskq.settings import Settings, load_settings
 
 from tests.helpers import free_port, wait_until
@@ -89,8 +89,99 @@ def test_data_errors_become_invalid_input(conn: Any) -> None:
 
 
 def test_programming_errors_are_not_disguised(conn: Any) -> None:
-    with pytest.raises(psycopg.errors.UndefinedTable), db.translate_errors():
+    with pytest.raises(psycopg.errors.SyntaxError), db.translate_errors():
+        conn.execute("SELEKT 1")
+
+
+def test_a_missing_table_means_the_schema_is_outdated(conn: Any) -> None:
+    with pytest.raises(SchemaOutdated), db.translate_errors():
         conn.execute("SELECT * FROM no_such_table")
+
+
+def test_conninfo_bounds_waits_on_a_vanished_peer() -> None:
+    info = db.conninfo(load_settings(database_url="postgresql://h/d"), application_name="x")
+    params = psycopg.conninfo.conninfo_to_dict(info)
+    assert params["keepalives"] == "1"
+    assert params["keepalives_idle"] == "10"
+    assert params["tcp_user_timeout"] == "10000"
+    # The URL's own parameters win; zero turns a default off.
+    mine = load_settings(
+        database_url="postgresql://h/d?keepalives_idle=60", db_tcp_user_timeout_ms=0
+    )
+    params = psycopg.conninfo.conninfo_to_dict(db.conninfo(mine, application_name="x"))
+    assert params["keepalives_idle"] == "60"
+    assert "tcp_user_timeout" not in params
+
+
+def test_the_watchdog_abandons_a_connection_whose_server_stops_answering(
+    make_settings: Any,
+) -> None:
+    """A server that keeps its socket open but never answers (here: a statement without a
+    server-side timeout) costs TASKQ_DB_CLIENT_TIMEOUT, then DatabaseUnavailable; the
+    pool and a Dedicated connection serve again at once."""
+    settings = make_settings(db_statement_timeout_ms=0, db_client_timeout=0.5)
+    pool = db.create_pool(settings, name="watched", min_size=1, max_size=1, open_wait=True)
+    dedicated = db.Dedicated(settings, name="watched-dedicated")
+    try:
+        for use in (lambda: db.pooled(pool), dedicated.use):
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailable), use() as conn:
+                conn.execute("SELECT pg_sleep(30)")
+            assert time.monotonic() - started < 3
+            with use() as conn:
+                assert conn.execute("SELECT 1 AS x").fetchone() == {"x": 1}
+    finally:
+        dedicated.close()
+        pool.close()
+
+
+def test_a_read_only_node_is_unavailable_and_its_connection_discarded(
+    make_settings: Any,
+) -> None:
+    settings = make_settings()
+    pool = db.create_pool(settings, name="ro", min_size=1, max_size=1, open_wait=True)
+    try:
+        with db.pooled(pool) as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            pid = conn.info.backend_pid
+        assert db.ping(pool) is False  # a node that cannot write is not ready
+        with db.pooled(pool) as conn:
+            assert conn.info.backend_pid != pid  # ping closed the read-only session
+            conn.execute("SET default_transaction_read_only = on")
+            pid = conn.info.backend_pid
+        with (
+            pytest.raises(DatabaseUnavailable, match="ReadOnlySqlTransaction"),
+            db.pooled(pool) as conn,
+        ):
+            conn.execute("CREATE TEMP TABLE t (x int)")
+        with db.pooled(pool) as conn:  # a fresh session, writable again
+            assert conn.info.backend_pid != pid
+            conn.execute("CREATE TEMP TABLE t (x int)")
+        assert db.ping(pool) is True
+    finally:
+        pool.close()
+
+
+def test_behind_a_transaction_pooler_settings_last_one_transaction(make_settings: Any) -> None:
+    """TASKQ_DB_POOLER=transaction: no session state (the pooler would hand it to another
+    client); each borrowing runs in a transaction that carries the settings."""
+    settings = make_settings(db_pooler="transaction", db_statement_timeout_ms=1234)
+    assert settings.prepare_threshold is None
+    assert make_settings(db_pooler="transaction", db_prepare_threshold=3).prepare_threshold == 3
+    assert make_settings().prepare_threshold == 5
+    pool = db.create_pool(settings, name="tx", min_size=1, max_size=1, open_wait=True)
+    try:
+        with db.pooled(pool) as conn:
+            assert conn.prepare_threshold is None
+            assert conn.execute("SHOW statement_timeout").fetchone() == {
+                "statement_timeout": "1234ms"
+            }
+        with pool.connection() as raw:  # the same session, outside taskq's transaction
+            assert raw.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "0"}
+            notify = raw.execute("SELECT current_setting('taskq.notify', true) AS n").fetchone()
+            assert notify["n"] in (None, "")
+    finally:
+        pool.close()
 
 
 def test_redact_hides_passwords() -> None:

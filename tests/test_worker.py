@@ -25,6 +25,17 @@ from tests.worker_helpers import fresh_registry, running_worker
 
 Conn = psycopg.Connection[dict[str, Any]]
 
+# What a healthy worker's /ready reports.
+ALL_READY = {
+    "database": True,
+    "listener": True,
+    "claiming": True,
+    "recording": True,
+    "maintenance": True,
+    "threads": True,
+    "accepting": True,
+}
+
 
 def _finished(conn: Conn, task: Task, status: str = "succeeded") -> Callable[[], bool]:
     return lambda: q.get(conn, task.id).status == status
@@ -298,7 +309,7 @@ def test_health_endpoints(settings: Settings) -> None:
         assert _probe(worker, "/live") == (200, {"status": "live"})
         status, body = _probe(worker, "/ready")
         assert status == 200
-        assert body["checks"] == {"database": True, "listener": True, "accepting": True}
+        assert body["checks"] == {**ALL_READY}
 
 
 def test_ready_is_503_while_the_listener_is_disconnected(
@@ -331,7 +342,7 @@ def test_ready_is_503_while_the_listener_is_disconnected(
             lambda: (r := _probe(worker, "/ready"))[0] == 200 and r,
             what="/ready after the listener reconnected",
         )
-        assert body["checks"] == {"database": True, "listener": True, "accepting": True}
+        assert body["checks"] == {**ALL_READY}
         assert worker.listener.reconnects >= 2
 
 
@@ -347,8 +358,110 @@ def test_ready_is_503_while_the_worker_drains(settings: Settings, conn: Conn) ->
         try:
             status, body = _probe(worker, "/ready")
             assert status == 503
-            assert body["checks"] == {"database": True, "listener": True, "accepting": False}
+            assert body["checks"] == {**ALL_READY, "accepting": False}
             assert _probe(worker, "/live")[0] == 200
         finally:
             release.set()
     assert q.get(conn, task.id).status == "succeeded"
+
+
+class _Broken:
+    """A maintenance service with a bug: it raises what no loop expects."""
+
+    name = "broken"
+    interval = 0.05
+    first_delay = 0.0
+
+    def __init__(self) -> None:
+        self.armed = threading.Event()
+
+    def run_once(self) -> None:
+        if self.armed.is_set():
+            raise RuntimeError("a bug")
+
+
+def test_a_dead_background_thread_takes_ready_down_and_stops_the_worker(
+    make_settings: Any,
+) -> None:
+    from taskq.worker import Worker
+
+    worker = Worker(make_settings(), registry=fresh_registry(), health_port=0)
+    broken = _Broken()
+    worker.maintenance.services.append(broken)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: all(worker.ready_checks().values()), what="the worker to be ready")
+        broken.armed.set()
+        thread.join(20)
+        assert not thread.is_alive(), "the worker kept running with a dead thread"
+    finally:
+        worker.stop()
+        thread.join(20)
+    assert result == [1]  # a supervisor restarts it
+    assert worker.failed_thread == "maintenance"
+    assert worker.ready_checks()["threads"] is False
+
+
+def test_ready_reports_a_claim_loop_that_makes_no_progress(
+    make_settings: Any, database_url: str
+) -> None:
+    """Readiness is progress, not a flag set at start: a claim that waits on the database
+    (here behind an ACCESS EXCLUSIVE lock, with no server-side timeout) for longer than the
+    client timeout is abandoned and retried, and the worker reports not ready meanwhile."""
+    settings = make_settings(db_client_timeout=1.0, db_statement_timeout_ms=0)
+    with running_worker(settings) as worker:
+        wait_until(lambda: all(worker.ready_checks().values()), what="the worker to be ready")
+        with psycopg.connect(database_url) as locker:
+            locker.execute("LOCK TABLE taskq_tasks IN ACCESS EXCLUSIVE MODE")
+            wait_until(
+                lambda: worker.ready_checks()["claiming"] is False, timeout=10, what="not ready"
+            )
+            locker.rollback()
+        wait_until(lambda: worker.ready_checks()["claiming"], timeout=10, what="ready again")
+
+
+def test_a_listener_reconnect_does_not_make_a_worker_look_dead(
+    make_settings: Any, conn: Conn
+) -> None:
+    """The liveness lock lives on the listener's session: when that connection is killed
+    the lock is free until the listener reconnects. The other worker's dead-worker sweep
+    needs two sweeps in a row to see it free, so the running task stays where it is."""
+    registry = fresh_registry()
+    release = threading.Event()
+    registry.register("hold", lambda payload: release.wait(30))
+    settings = make_settings(liveness_interval=1.0, lease_seconds=30)
+    with (
+        running_worker(settings, registry, concurrency=1) as holder,
+        running_worker(make_settings(liveness_interval=1.0), registry, concurrency=1) as other,
+    ):
+        wait_until(lambda: holder.listener.registered and other.listener.registered)
+        other.stop()  # claims nothing more; its sweeps go on
+        task = q.enqueue(conn, "hold")
+        wait_until(lambda: q.get(conn, task.id).status == "running", what="the task to start")
+        owner = q.get(conn, task.id).worker_id
+        assert owner == holder.worker_id
+        reconnects = holder.listener.reconnects
+        _kill_listener_of(conn, holder)
+        wait_until(lambda: holder.listener.reconnects > reconnects, what="a reconnect")
+        swept = other.dead_sweep.recovered
+        # Three more sweeps of the other worker pass over the reconnected holder.
+        deadline = time.monotonic() + 3.0
+        wait_until(lambda: time.monotonic() > deadline, timeout=10, what="three sweeps")
+        assert other.dead_sweep.recovered == swept
+        row = q.get(conn, task.id)
+        assert (row.status, row.attempts, row.worker_id) == ("running", 1, owner)
+        release.set()
+        wait_until(_finished(conn, task), what="the task to finish")
+
+
+def _kill_listener_of(conn: Conn, worker: Any) -> None:
+    """Terminate one worker's listener backend (the session holding its liveness lock)."""
+    row = conn.execute(
+        "SELECT count(pg_terminate_backend(l.pid)) AS n FROM pg_locks l"
+        " WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.objid = %s::oid",
+        (q.liveness_key(worker.worker_id),),
+    ).fetchone()
+    assert row is not None
+    assert row["n"] == 1

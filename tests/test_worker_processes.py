@@ -22,6 +22,17 @@ from tests.helpers import free_port, spawn_taskq, stop_process, taskq_env, wait_
 pytestmark = pytest.mark.slow
 Conn = psycopg.Connection[dict[str, Any]]
 
+# What a healthy worker's /ready reports.
+ALL_READY = {
+    "database": True,
+    "listener": True,
+    "claiming": True,
+    "recording": True,
+    "maintenance": True,
+    "threads": True,
+    "accepting": True,
+}
+
 
 def _env(database_url: str, record: Path, **settings: Any) -> dict[str, str]:
     env = taskq_env(database_url, handler_modules="tests.handlers_for_tests", **settings)
@@ -137,7 +148,7 @@ def test_a_second_signal_exits_at_once(
     try:
         task = q.enqueue(conn, "sleep", {"seconds": 60})
         wait_until(lambda: q.get(conn, task.id).status == "running", what="claim")
-        ready = {"database": True, "listener": True, "accepting": True}
+        ready = {**ALL_READY}
         wait_until(lambda: _ready(port) == (200, ready), what="the worker to be ready")
         worker.send_signal(first)
         # The first signal has been handled once the worker stops accepting work: it

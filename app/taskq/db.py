@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
+import socket
+import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +20,11 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from taskq.errors import DatabaseUnavailable, InvalidInput
+from taskq import sql
+from taskq.errors import DatabaseUnavailable, InvalidInput, SchemaOutdated
 from taskq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,15 @@ Pool = psycopg_pool.ConnectionPool[Connection]
 
 # Data the server refused although the API validated it (e.g. a value out of range).
 _BAD_INPUT_CLASSES = ("22",)
+
+# "Not this node, not now": a read-only transaction (a database made read-only, a node
+# demoted to standby), an administrator's or the server's shutdown, recovery in progress,
+# too many connections. The connection that saw one is discarded: a new one, through a
+# multi-host URL with target_session_attrs=read-write, finds the node that can write.
+_WRONG_NODE_STATES = frozenset({"25006", "57P01", "57P02", "57P03", "53300"})
+
+# An undefined table or function: this release's migrations have not run on the database.
+_MISSING_OBJECT_STATES = frozenset({"42P01", "42883"})
 
 # Once the pool has failed to reach PostgreSQL, callers wait at most this long for a
 # connection instead of the full TASKQ_DB_POOL_TIMEOUT. During an outage every request
@@ -46,13 +61,37 @@ class _Reachability:
 
 
 _REACHABILITY: weakref.WeakKeyDictionary[Any, _Reachability] = weakref.WeakKeyDictionary()
+_IDLE = TransactionStatus.IDLE
 
 
-def conninfo(settings: Settings, *, application_name: str) -> str:
-    """The libpq conninfo for DATABASE_URL with our connection defaults added."""
-    params: dict[str, Any] = conninfo_to_dict(settings.database_url)
+class _PoolOptions:
+    """What `pooled` needs to know about a pool besides the pool itself."""
+
+    def __init__(self, settings: Settings, pairs: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.pairs = pairs
+
+
+_OPTIONS: weakref.WeakKeyDictionary[Any, _PoolOptions] = weakref.WeakKeyDictionary()
+
+
+def conninfo(settings: Settings, *, application_name: str, url: str | None = None) -> str:
+    """The libpq conninfo for DATABASE_URL (or `url`) with our connection defaults added.
+
+    Keepalives and tcp_user_timeout make the kernel give up on a peer that vanished (a
+    lost host, a cut network) in seconds instead of the kernel's two hours; parameters
+    in the URL win over these defaults.
+    """
+    params: dict[str, Any] = conninfo_to_dict(settings.database_url if url is None else url)
     params.setdefault("connect_timeout", str(settings.db_connect_timeout))
     params.setdefault("application_name", application_name)
+    if settings.db_keepalives_idle:
+        params.setdefault("keepalives", "1")
+        params.setdefault("keepalives_idle", str(settings.db_keepalives_idle))
+        params.setdefault("keepalives_interval", str(max(1, settings.db_keepalives_idle // 3)))
+        params.setdefault("keepalives_count", "3")
+    if settings.db_tcp_user_timeout_ms:
+        params.setdefault("tcp_user_timeout", str(settings.db_tcp_user_timeout_ms))
     return make_conninfo(**params)
 
 
@@ -67,6 +106,39 @@ def redact(url: str) -> str:
     return make_conninfo(**params)
 
 
+def session_settings(
+    settings: Settings, *, synchronous_commit: bool = True, notify_on_insert: bool = True
+) -> tuple[str, ...]:
+    """The settings a taskq session runs with, as `name` / `value` pairs flattened."""
+    pairs: list[str] = []
+    if settings.db_statement_timeout_ms:
+        pairs += ["statement_timeout", str(int(settings.db_statement_timeout_ms))]
+    if not notify_on_insert:
+        # This session wakes the workers itself after commit (app/taskq/notifier.py).
+        pairs += ["taskq.notify", "off"]
+    if not synchronous_commit:
+        # Worker-side transitions only (see TASKQ_WORKER_SYNCHRONOUS_COMMIT): a database
+        # crash may undo the last few, and leases then re-run those tasks.
+        pairs += ["synchronous_commit", "off"]
+    return tuple(pairs)
+
+
+def _apply_settings(conn: psycopg.Connection[Any], pairs: tuple[str, ...], *, local: bool) -> None:
+    """One round trip: every setting of `pairs` (sql.SESSION_SETTINGS).
+
+    `local`: for this transaction only (set_config(..., true)), which is what a
+    transaction pooler needs: a session setting would stay on the server connection and
+    reach whichever client the pooler hands it to next.
+    """
+    names = list(pairs[0::2])
+    durable = "synchronous_commit" not in names
+    conn.execute(
+        sql.SESSION_SETTINGS_DURABLE if durable else sql.SESSION_SETTINGS,
+        {"local": local, "names": names, "values": list(pairs[1::2])},
+        prepare=False,
+    )
+
+
 def _configure(
     settings: Settings,
     reachability: _Reachability | None = None,
@@ -74,28 +146,67 @@ def _configure(
     synchronous_commit: bool = True,
     notify_on_insert: bool = True,
 ) -> Any:
+    pairs = session_settings(
+        settings, synchronous_commit=synchronous_commit, notify_on_insert=notify_on_insert
+    )
+
     def configure(conn: psycopg.Connection[Any]) -> None:
-        if settings.db_statement_timeout_ms:
-            conn.execute(f"SET statement_timeout = {int(settings.db_statement_timeout_ms)}")
-        if not notify_on_insert:
-            # This session wakes the workers itself after commit (app/taskq/notifier.py).
-            conn.execute("SET taskq.notify = off")
-        if not synchronous_commit:
-            # Worker-side transitions only (see TASKQ_WORKER_SYNCHRONOUS_COMMIT): a database
-            # crash may undo the last few, and leases then re-run those tasks.
-            conn.execute("SET synchronous_commit = off")
-        else:
-            # An accepted task must be on disk whatever the server's default: raise `off`
-            # to `on`, and leave a stricter setting (remote_write, remote_apply) alone.
-            conn.execute(
-                "SELECT set_config('synchronous_commit', 'on', false)"
-                " WHERE current_setting('synchronous_commit') = 'off'"
-            )
+        _watch_replication_notices(conn)
+        if settings.db_pooler != "transaction":
+            _apply_settings(conn, pairs, local=False)
         if reachability is not None and reachability.down:
             reachability.down = False
             log.info("database reachable again")
 
     return configure
+
+
+def transaction_settings(conn: Connection, settings: Settings) -> None:
+    """Inside a caller's own transaction: give it taskq's settings when a transaction
+    pooler keeps them out of the session (a no-op otherwise)."""
+    if settings.db_pooler == "transaction":
+        with translate_errors():
+            _apply_settings(conn, session_settings(settings), local=True)
+
+
+# PostgreSQL's warning when a commit's wait for the synchronous standby was cancelled
+# (pg_cancel_backend, a failover manager): the transaction committed locally but may be
+# lost with this node. It is a notice, not an error, so psycopg would report success.
+_UNREPLICATED_DETAIL = "The transaction has already committed locally"
+_UNREPLICATED: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
+def _watch_replication_notices(conn: psycopg.Connection[Any]) -> None:
+    ref = weakref.ref(conn)
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        owner = ref()
+        if owner is not None and (diag.message_detail or "").startswith(_UNREPLICATED_DETAIL):
+            _UNREPLICATED.add(owner)
+
+    conn.add_notice_handler(on_notice)
+
+
+def _check_replicated(conn: psycopg.Connection[Any]) -> None:
+    """Raise DatabaseUnavailable when a commit on `conn` was not confirmed by the
+    synchronous standby: the client must not take it as durable (503: retry, with an
+    Idempotency-Key), and the connection is dropped (its node may be on its way out)."""
+    if conn in _UNREPLICATED:
+        _UNREPLICATED.discard(conn)
+        conn.close()
+        raise DatabaseUnavailable("database unavailable: commit not confirmed by the standby")
+
+
+@contextlib.contextmanager
+def scoped(conn: Connection, settings: Settings, pairs: tuple[str, ...]) -> Iterator[Connection]:
+    """Behind a transaction pooler, run the caller's statements in one transaction that
+    carries the session's settings; otherwise the settings are the session's already."""
+    if settings.db_pooler != "transaction" or conn.info.transaction_status != _IDLE:
+        yield conn
+        return
+    with conn.transaction():
+        _apply_settings(conn, pairs, local=True)
+        yield conn
 
 
 def _wait_for(pool: Any, timeout: float | None) -> float | None:
@@ -115,7 +226,16 @@ def _still_usable(conn: psycopg.Connection[Any]) -> None:
     """
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     if readable:
-        conn.execute("SELECT 1")
+        with WATCHDOG.watch(conn, 2.0):
+            conn.execute("SELECT 1")
+
+
+def _connect_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "autocommit": True,
+        "row_factory": dict_row,
+        "prepare_threshold": settings.prepare_threshold,
+    }
 
 
 def create_pool(
@@ -148,7 +268,7 @@ def create_pool(
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max if max_size is None else max_size,
         timeout=settings.db_pool_timeout,
-        kwargs={"autocommit": True, "row_factory": dict_row},
+        kwargs=_connect_kwargs(settings),
         configure=_configure(
             settings,
             reachability,
@@ -166,19 +286,44 @@ def create_pool(
         connection_class=psycopg.Connection[dict[str, Any]],
     )
     _REACHABILITY[pool] = reachability
+    _OPTIONS[pool] = _PoolOptions(
+        settings,
+        session_settings(
+            settings, synchronous_commit=synchronous_commit, notify_on_insert=notify_on_insert
+        ),
+    )
     pool.open(wait=open_wait)
     return pool
 
 
-def connect(settings: Settings, *, name: str, synchronous_commit: bool = True) -> Connection:
-    """A single dedicated autocommit connection (listener, CLI, worker hot paths)."""
+def connect(
+    settings: Settings,
+    *,
+    name: str,
+    synchronous_commit: bool = True,
+    url: str | None = None,
+    session: bool = False,
+) -> Connection:
+    """A single dedicated autocommit connection (listener, CLI, worker hot paths).
+
+    `url`: another URL than DATABASE_URL (the listener's direct one). `session`: the
+    connection keeps session state (LISTEN, advisory locks) and must not go through a
+    transaction pooler, so its settings are session settings and statements may be
+    prepared as usual.
+    """
     with translate_errors():
         conn = psycopg.connect(
-            conninfo(settings, application_name=f"taskq-{name}"),
-            autocommit=True,
-            row_factory=dict_row,
+            conninfo(settings, application_name=f"taskq-{name}", url=url),
+            **(
+                {"autocommit": True, "row_factory": dict_row}
+                if session
+                else _connect_kwargs(settings)
+            ),
         )
-        _configure(settings, synchronous_commit=synchronous_commit)(conn)
+        pairs = session_settings(settings, synchronous_commit=synchronous_commit)
+        if session or settings.db_pooler != "transaction":
+            with WATCHDOG.watch(conn, settings.client_timeout):
+                _apply_settings(conn, pairs, local=False)
     return conn
 
 
@@ -187,13 +332,15 @@ class Dedicated:
 
     The worker's claim loop and completer each talk to PostgreSQL thousands of times a
     second; a pool checkout costs more CPU than the statement itself, and a thread that
-    never shares its connection does not need one.
+    never shares its connection does not need one. Every use is watched: a server that
+    stops answering loses the connection after TASKQ_DB_CLIENT_TIMEOUT.
     """
 
     def __init__(self, settings: Settings, *, name: str, synchronous_commit: bool = True) -> None:
         self._settings = settings
         self._name = name
         self._synchronous_commit = synchronous_commit
+        self._pairs = session_settings(settings, synchronous_commit=synchronous_commit)
         self._conn: Connection | None = None
 
     @contextlib.contextmanager
@@ -203,9 +350,14 @@ class Dedicated:
             self._conn = connect(
                 self._settings, name=self._name, synchronous_commit=self._synchronous_commit
             )
+        conn = self._conn
         try:
-            with translate_errors():
-                yield self._conn
+            with (
+                translate_errors(),
+                WATCHDOG.watch(conn, self._settings.client_timeout),
+                scoped(conn, self._settings, self._pairs),
+            ):
+                yield conn
         except DatabaseUnavailable:
             self.close()
             raise
@@ -215,6 +367,94 @@ class Dedicated:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+class Watchdog:
+    """Abandons connections whose server stopped answering.
+
+    A frozen server (a stopped process, a hung disk, a paused VM) keeps its sockets open
+    and its kernel acknowledges every packet, so neither keepalives nor the server's own
+    statement_timeout ever fire and libpq would wait forever. Code that talks to the
+    database registers the connection for the duration (`watch`); a thread per process
+    shuts down the socket of one still busy after its bound, which fails the waiting call
+    at once (psycopg raises OperationalError: DatabaseUnavailable for the caller) and makes
+    the owner reconnect — through a multi-host URL, to whichever node now accepts writes.
+    """
+
+    TICK = 0.2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[psycopg.Connection[Any], float]] = {}
+        self._next = 0
+        self._pid = 0
+        self.abandoned = 0
+
+    @contextlib.contextmanager
+    def watch(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
+        with self._lock:
+            if self._pid != os.getpid():  # first use in this process (after a fork)
+                self._pid = os.getpid()
+                self._watched.clear()
+                threading.Thread(target=self._run, name="db-watchdog", daemon=True).start()
+            self._next += 1
+            key = self._next
+            self._watched[key] = (conn, time.monotonic() + seconds)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watched.pop(key, None)
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:  # held while abandoning: a connection cannot be reused meanwhile
+                expired = [k for k, (_, deadline) in self._watched.items() if deadline <= now]
+                for key in expired:
+                    conn, _ = self._watched.pop(key)
+                    if abandon(conn):
+                        self.abandoned += 1
+                        log.warning(
+                            "the database did not answer in time; connection abandoned",
+                            extra={"application_name": _application_name(conn)},
+                        )
+
+
+def _application_name(conn: psycopg.Connection[Any]) -> str:
+    with contextlib.suppress(Exception):
+        return str(conn.pgconn.parameter_status(b"application_name") or b"", "ascii", "replace")
+    return ""
+
+
+def abandon(conn: psycopg.Connection[Any]) -> bool:
+    """Shut down the connection's socket under whoever is waiting on it (any thread)."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return False  # closed already
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+WATCHDOG = Watchdog()
+
+
+def wrong_node(exc: BaseException) -> bool:
+    """True for errors that mean "not this node, not now" (see _WRONG_NODE_STATES)."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    return isinstance(cause, psycopg.Error) and (cause.sqlstate or "") in _WRONG_NODE_STATES
 
 
 @contextlib.contextmanager
@@ -234,6 +474,14 @@ def translate_errors() -> Iterator[None]:
         raise
     except psycopg.InterfaceError as exc:
         raise DatabaseUnavailable("database unavailable: connection closed") from exc
+    except psycopg.Error as exc:
+        if (exc.sqlstate or "") in _MISSING_OBJECT_STATES:
+            raise SchemaOutdated(f"database schema outdated: {type(exc).__name__}") from exc
+        if (exc.sqlstate or "") in _WRONG_NODE_STATES:
+            # A read-only transaction is an InternalError to psycopg; for us it is "not
+            # here, not now", like a shutdown.
+            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        raise
 
 
 def _first_line(exc: BaseException) -> str:
@@ -242,16 +490,44 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def pooled(pool: psycopg_pool.ConnectionPool[Connection]) -> Iterator[Connection]:
-    """Borrow a connection, translating every database failure on the way."""
+    """Borrow a connection, translating every database failure on the way.
+
+    The borrowing is watched (TASKQ_DB_CLIENT_TIMEOUT), and a connection that met a
+    "wrong node" error is closed, so the pool opens a new one instead of reusing it.
+    """
+    options = _OPTIONS.get(pool)
     with translate_errors(), pool.connection(timeout=_wait_for(pool, None)) as conn:
-        yield conn
+        if options is None:
+            yield conn
+            return
+        try:
+            with (
+                WATCHDOG.watch(conn, options.settings.client_timeout),
+                scoped(conn, options.settings, options.pairs),
+            ):
+                yield conn
+        except BaseException as exc:
+            if wrong_node(exc):
+                conn.close()  # the pool discards a closed connection on its return
+            raise
+        _check_replicated(conn)
 
 
 def ping(pool: psycopg_pool.ConnectionPool[Connection], timeout: float = 1.0) -> bool:
-    """True when a pooled connection answers `SELECT 1` within `timeout` seconds."""
+    """True when a pooled connection answers within `timeout` seconds and can write
+    (a database made read-only, or a node that became a standby, is not ready)."""
     try:
         with pool.connection(timeout=_wait_for(pool, timeout)) as conn:
-            conn.execute("SELECT 1")
+            try:
+                with WATCHDOG.watch(conn, max(timeout, 1.0) + 1.0):
+                    row = conn.execute(sql.PING_WRITABLE, prepare=False).fetchone()
+            except psycopg.Error as exc:
+                if wrong_node(exc):
+                    conn.close()
+                raise
+            if not (row and row["writable"]):
+                conn.close()  # a writable node is one reconnect away (target_session_attrs)
+                return False
         return True
     except (psycopg.Error, psycopg_pool.PoolTimeout):
         return False

@@ -43,6 +43,13 @@ class DatabaseUnavailable(TaskqError):
     code = "database_unavailable"
 
 
+class SchemaOutdated(TaskqError):
+    """The database lacks a table or function this release needs: its migrations have not
+    run yet (503: a rolling release applies them before long)."""
+
+    code = "schema_outdated"
+
+
 class UnknownKind(InvalidInput):
     """No handler is registered for the task's kind."""
 

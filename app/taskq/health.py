@@ -30,6 +30,13 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
 
 
+class _SharedPortWSGIServer(_ThreadingWSGIServer):
+    """Binds with SO_REUSEPORT: every API worker process of one gunicorn serves the same
+    health port, and the kernel spreads the probes over them."""
+
+    allow_reuse_port = True
+
+
 class LiveResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "live"}
@@ -78,9 +85,10 @@ class HealthServer:
     The port is bound by `start()`, not on construction: building a worker (tests, the
     CLI checking its settings) takes no port."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, *, shared: bool = False) -> None:
         self._app = app
         self._address = (host, port)
+        self._server_class = _SharedPortWSGIServer if shared else _ThreadingWSGIServer
         self._server: _ThreadingWSGIServer | None = None
         self._bound = threading.Event()
 
@@ -99,7 +107,7 @@ class HealthServer:
                 host,
                 port,
                 self._app,
-                server_class=_ThreadingWSGIServer,
+                server_class=self._server_class,
                 handler_class=_QuietHandler,
             )
         except OSError as exc:

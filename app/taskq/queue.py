@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -268,6 +269,44 @@ def release(conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str) -> 
 def recover_expired(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
     """Requeue (or fail) tasks whose lease expired; returns what was recovered."""
     rows = fetch(conn, sql.RECOVER_EXPIRED, {"limit": limit})
+    notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
+    return rows
+
+
+def liveness_key(worker_id: str) -> int:
+    """The second key of a worker's liveness lock: a stable non-negative int4 of its id."""
+    return zlib.crc32(worker_id.encode()) & 0x7FFFFFFF
+
+
+def register_worker(conn: AnyConnection, worker_id: str) -> bool:
+    """Take this worker's liveness lock on `conn` (a session that lives as long as the
+    worker, not through a transaction pooler) and register it, so that its tasks are
+    recovered at once when that session ends. False when the lock is held elsewhere."""
+    key = liveness_key(worker_id)
+    rows = fetch(conn, sql.LIVENESS_LOCK, {"key": key})
+    if not (rows and rows[0]["locked"]):
+        return False
+    fetch(conn, sql.REGISTER_WORKER, {"id": worker_id, "key": key})
+    return True
+
+
+def unregister_worker(conn: AnyConnection, worker_id: str) -> None:
+    """Forget a worker that stops cleanly."""
+    fetch(conn, sql.UNREGISTER_WORKER, {"id": worker_id})
+
+
+def lock_free_workers(conn: AnyConnection, *, sweeper: str) -> set[str]:
+    """Registered workers (other than `sweeper`) whose liveness lock is free."""
+    return {row["id"] for row in fetch(conn, sql.LOCK_FREE_WORKERS, {"self": sweeper})}
+
+
+def recover_dead_workers(
+    conn: AnyConnection, worker_ids: Iterable[str], *, sweeper: str, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Requeue (or fail) the running tasks of these workers if their liveness lock is
+    still free (their session is gone)."""
+    params = {"ids": sorted(worker_ids), "self": sweeper, "limit": limit}
+    rows = fetch(conn, sql.RECOVER_DEAD_WORKERS, params)
     notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
     return rows
 

@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import threading
+import time
 from typing import Any
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
-from taskq import metrics
-from taskq.settings import Settings
+from taskq import db, metrics
+from taskq.health import HealthServer, health_app
+from taskq.settings import Settings, parse_bind
+
+log = logging.getLogger(__name__)
 
 _GUNICORN_ERROR_CODES = {
     400: "bad_request",
@@ -129,12 +136,59 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Any:
+        """Build the app in a freshly forked worker process, with its probe thread and its
+        watch on the master."""
         from taskq import logs
         from taskq.api import create_app
+        from taskq.api.deps import Deps
 
         logs.configure(self._settings)
         logging.getLogger("gunicorn.error").addFilter(_WithholdRequestDetails())
-        return create_app(self._settings)
+        deps = Deps.from_settings(self._settings)
+        app = create_app(self._settings, deps)
+        start_worker_health(self._settings, deps.pool)
+        watch_master(os.getppid())
+        return app
+
+
+def start_worker_health(settings: Settings, pool: Any) -> HealthServer | None:
+    """/live and /ready on TASKQ_API_HEALTH_BIND from a thread of this worker process.
+
+    A sync worker serves one request at a time; were the probes to share its port they
+    would queue behind requests waiting on a hung database, and a liveness probe would
+    restart a healthy API. The probe thread answers apart from them; `/ready` asks the
+    process's own pool, bounded by the watchdog (taskq/db.py).
+    """
+    host, port = parse_bind(settings.api_health_bind)
+    if port == 0:
+        return None
+    server = HealthServer(health_app(lambda: {"database": db.ping(pool)}), host, port, shared=True)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("API health port %s unavailable (%s); probes need the API port", port, exc)
+        return None
+    return server
+
+
+def watch_master(master: int, interval: float = 0.2) -> threading.Thread:
+    """Exit when the gunicorn master is gone (killed with SIGKILL, say).
+
+    gunicorn's own check runs between requests, after up to half its timeout; meanwhile
+    orphaned workers keep serving and hold the port, so a restarted API cannot bind it.
+    """
+
+    def run() -> None:
+        while os.getppid() == master:
+            time.sleep(interval)
+        log.warning("the gunicorn master is gone; this worker exits")
+        os.kill(os.getpid(), signal.SIGTERM)  # finish the request in hand, if quick
+        time.sleep(0.5)
+        os._exit(0)
+
+    thread = threading.Thread(target=run, name="master-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve(settings: Settings, *, bind: str | None = None, workers: int | None = None) -> None:

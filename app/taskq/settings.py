@@ -55,9 +55,35 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(2.0, gt=0, le=60, description="wait for a connection, s")
     db_connect_timeout: int = Field(3, ge=1, le=60, description="libpq connect_timeout, s")
     db_statement_timeout_ms: int = Field(10_000, ge=0, description="0 disables")
+    # Client-side bounds on every wait, for a server that stops answering without closing
+    # its sockets (a frozen host, a hung storage): the server's statement_timeout cannot
+    # fire then. Keepalives and tcp_user_timeout drop a connection whose peer is gone; the
+    # watchdog (taskq/db.py) abandons one whose server is alive but silent.
+    db_keepalives_idle: int = Field(10, ge=0, le=3600, description="s; 0 turns keepalives off")
+    db_tcp_user_timeout_ms: int = Field(10_000, ge=0, le=3_600_000, description="0 disables")
+    db_client_timeout: float = Field(
+        0, ge=0, le=3600, description="s; 0: the statement timeout + 5 s (30 s without one)"
+    )
+    # A connection pooler in front of PostgreSQL. `transaction` (PgBouncer's
+    # pool_mode=transaction): no session state (settings are set per transaction), no
+    # prepared statements unless TASKQ_DB_PREPARE_THRESHOLD says otherwise, and LISTEN
+    # only on TASKQ_LISTEN_DATABASE_URL. `session` and `none` change nothing.
+    db_pooler: Literal["none", "session", "transaction"] = "none"
+    # psycopg prepares a statement after this many executions on a connection; unset: 5,
+    # or never with TASKQ_DB_POOLER=transaction (set it for PgBouncer >= 1.21 with
+    # max_prepared_statements).
+    db_prepare_threshold: int | None = Field(None, ge=0, le=1000)
+    # A direct connection (not through a transaction pooler) for the worker's LISTEN and
+    # its liveness lock; unset: DATABASE_URL.
+    listen_database_url: str | None = None
 
     # API.
     api_bind: str = "127.0.0.1:8080"
+    # /live and /ready of the API on a port of their own, answered by a thread in every
+    # gunicorn worker process (SO_REUSEPORT), so that probes are answered even while every
+    # request worker waits on the database. Port 0 turns it off (probes then use the API
+    # port, where they queue behind requests).
+    api_health_bind: str = "127.0.0.1:8082"
     api_workers: int = Field(4, ge=1, le=64)
     api_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     api_batch_max: int = Field(1000, ge=1, le=10_000)
@@ -88,6 +114,9 @@ class Settings(BaseSettings):
     poll_interval: float = Field(1.0, gt=0, le=60, description="fallback poll, s")
     lease_seconds: float = Field(30.0, ge=1, le=86_400)
     recover_interval: float = Field(2.0, gt=0, le=600, description="expired-lease sweep, s")
+    # How often each worker looks for tasks of workers whose session is gone (killed,
+    # host lost), which it recovers without waiting for their leases to expire.
+    liveness_interval: float = Field(0.5, gt=0, le=600, description="dead-worker sweep, s")
     shutdown_timeout: float = Field(25.0, ge=0, le=3600)
     handler_modules: Annotated[list[str], NoDecode] = []
 
@@ -146,15 +175,17 @@ class Settings(BaseSettings):
 
         return [check_queue_name(q) for q in value]
 
-    @field_validator("api_bind", "worker_health_bind")
+    @field_validator("api_bind", "api_health_bind", "worker_health_bind")
     @classmethod
     def _bind(cls, value: str) -> str:
         parse_bind(value)
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "listen_database_url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         from psycopg import ProgrammingError
         from psycopg.conninfo import conninfo_to_dict
 
@@ -177,6 +208,22 @@ class Settings(BaseSettings):
         if self.retry_backoff_base > self.retry_backoff_max:
             raise ValueError("TASKQ_RETRY_BACKOFF_BASE must not exceed TASKQ_RETRY_BACKOFF_MAX")
         return self
+
+    @property
+    def client_timeout(self) -> float:
+        """Seconds a database round trip may take before the client abandons it."""
+        if self.db_client_timeout:
+            return self.db_client_timeout
+        if self.db_statement_timeout_ms:
+            return self.db_statement_timeout_ms / 1000 + 5.0
+        return 30.0
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        """psycopg's prepare_threshold: None never prepares (what a transaction pooler needs)."""
+        if self.db_prepare_threshold is not None:
+            return self.db_prepare_threshold
+        return None if self.db_pooler == "transaction" else 5
 
     @property
     def heartbeat_interval(self) -> float:

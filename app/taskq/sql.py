@@ -349,3 +349,110 @@ SELECT id, queue, kind, attempts, max_attempts, last_error, finished_at, worker_
  ORDER BY finished_at DESC
  LIMIT %(limit)s
 """
+
+# ----------------------------------------------------------------------------- worker liveness
+# The class (first key) of every worker's liveness lock; the second key is the worker's
+# lock_key in taskq_workers. 0x74617371 ("tasq"): a namespace no other user of two-key
+# advisory locks in this database is likely to pick.
+LIVENESS_LOCK_CLASS = 0x74617371
+
+# Take this worker's liveness lock for as long as its session lives (never waits: the
+# key belongs to this worker id alone, and a hash collision only makes a dead worker look
+# alive, which leaves its tasks to lease expiry).
+LIVENESS_LOCK: LiteralString = (
+    "SELECT pg_try_advisory_lock(" + str(LIVENESS_LOCK_CLASS) + ", %(key)s) AS locked"
+)
+
+# Register a worker whose liveness lock is held (idempotent: a reconnect registers again).
+REGISTER_WORKER: LiteralString = """
+INSERT INTO taskq_workers (id, lock_key) VALUES (%(id)s, %(key)s)
+ON CONFLICT (id) DO NOTHING
+"""
+
+# Forget a worker that stops cleanly (its unfinished tasks were released already).
+UNREGISTER_WORKER: LiteralString = "DELETE FROM taskq_workers WHERE id = %(id)s"
+
+# The registered workers whose liveness lock is free (other than the sweeping worker).
+# pg_locks is read once (a hashed NOT IN).
+_LOCK_FREE: LiteralString = (
+    """
+    SELECT w.id FROM taskq_workers w
+     WHERE w.id <> %(self)s
+       AND w.lock_key::oid NOT IN (
+           SELECT l.objid FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+              AND l.classid = """
+    + str(LIVENESS_LOCK_CLASS)
+    + """::oid
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+"""
+)
+
+# Workers that look dead: their liveness lock is free. A sweep recovers only those it saw
+# dead on its previous sweep too, so that a listener reconnecting (which drops and
+# retakes the lock within moments) is never taken for dead.
+LOCK_FREE_WORKERS: LiteralString = _LOCK_FREE
+
+# Recover the running tasks of the given workers if their liveness lock is still free:
+# their session is gone (killed, host lost), so they will never record those tasks. A
+# worker that merely stalls (paused, slow) keeps its session and its lock, and stays
+# covered by its leases and fencing. SKIP LOCKED lets every worker sweep without waiting
+# on another. A dead worker's row is deleted once none of its tasks is left running.
+# run_at is kept: the task has been runnable all along and goes back to the head of its
+# queue, not behind what was enqueued while it ran.
+RECOVER_DEAD_WORKERS: LiteralString = (
+    """
+WITH dead AS (
+    SELECT w.id FROM taskq_workers w
+     WHERE w.id = ANY(%(ids)s::text[]) AND w.id IN ("""
+    + _LOCK_FREE
+    + """)
+       FOR UPDATE SKIP LOCKED
+), orphaned AS (
+    SELECT t.id FROM taskq_tasks t JOIN dead ON t.worker_id = dead.id
+     WHERE t.status = 'running'
+     LIMIT %(limit)s
+       FOR UPDATE OF t SKIP LOCKED
+), recovered AS (
+    UPDATE taskq_tasks t
+       SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+           last_error = format('worker %%s is gone (its session ended) during attempt %%s',
+                               t.worker_id, t.attempts),
+           finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+           lease_expires_at = NULL,
+           updated_at = now()
+      FROM orphaned o
+     WHERE t.id = o.id
+    RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts
+), forgotten AS (
+    DELETE FROM taskq_workers w USING dead
+     WHERE w.id = dead.id
+       AND NOT EXISTS (SELECT 1 FROM taskq_tasks t
+                        WHERE t.worker_id = dead.id AND t.status = 'running'
+                          AND t.id NOT IN (SELECT id FROM orphaned))
+)
+SELECT * FROM recovered
+"""
+)
+
+# A listener's self-check: a notification only this worker's listener waits for. The
+# payload is no queue name ('!' is not allowed in one), so other workers ignore it.
+PROBE_PREFIX = "!probe "
+
+# Settings of a taskq session: (name, value) pairs, with synchronous_commit raised from
+# `off` to `on` unless the session sets it (an accepted task must be on disk whatever the
+# server's default; a stricter remote_write or remote_apply is left alone). `local`:
+# for the current transaction only, which is what a transaction pooler needs.
+SESSION_SETTINGS: LiteralString = """
+SELECT set_config(n, v, %(local)s) FROM unnest(%(names)s::text[], %(values)s::text[]) AS s(n, v)
+"""
+SESSION_SETTINGS_DURABLE: LiteralString = """
+SELECT set_config(n, v, %(local)s) FROM unnest(%(names)s::text[], %(values)s::text[]) AS s(n, v)
+UNION ALL
+SELECT set_config('synchronous_commit', 'on', %(local)s)
+ WHERE current_setting('synchronous_commit') = 'off'
+"""
+
+# Readiness: this node answers and accepts writes (a read-only database or a standby is
+# not where a taskq process can work).
+PING_WRITABLE: LiteralString = "SELECT current_setting('transaction_read_only') = 'off' AS writable"

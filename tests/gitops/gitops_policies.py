@@ -701,8 +701,17 @@ def check_probes(objs: list[Obj], ctx: Context) -> list[str]:
     errors = []
     data = config_data(objs)
     contract = ctx.contract
+    # The API's probes go to its health port, answered apart from the request workers.
+    api_bound = bind_port(data.get("TASKQ_API_BIND", ":0"))
+    if api_bound != contract["api_port"]:
+        errors.append(
+            f"api: ConfigMap binds port {api_bound}, contract says {contract['api_port']}"
+        )
     expected = {
-        "api": (bind_port(data.get("TASKQ_API_BIND", ":0")), contract["api_port"]),
+        "api": (
+            bind_port(data.get("TASKQ_API_HEALTH_BIND", ":0")),
+            contract["api_health_port"],
+        ),
         "worker": (bind_port(data.get("TASKQ_WORKER_HEALTH_BIND", ":0")), contract["worker_port"]),
     }
     for comp, (bound, documented) in expected.items():

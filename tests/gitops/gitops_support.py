@@ -79,8 +79,9 @@ def parse_contract(text: str) -> dict[str, Any]:
     # A bullet and its indented continuation lines.
     api = re.search(r"^- API on (\d+): (.*\n(?:  .*\n)*)", text, re.MULTILINE)
     worker = re.search(r"^- Worker on (\d+): (.*\n(?:  .*\n)*)", text, re.MULTILINE)
+    api_health = re.search(r"^- API probes on (\d+): ", text, re.MULTILINE)
     table = re.search(r"^- Table `(\w+)`", text, re.MULTILINE)
-    if not (query and api and worker and table):
+    if not (query and api and worker and table and api_health):
         pytest.fail("docs/contract.md no longer states the queue-depth query, ports or table")
 
     def get_paths(line: str) -> set[str]:
@@ -89,6 +90,7 @@ def parse_contract(text: str) -> dict[str, Any]:
     return {
         "queue_depth_query": query.group(1),
         "api_port": int(api.group(1)),
+        "api_health_port": int(api_health.group(1)),
         "worker_port": int(worker.group(1)),
         "paths": {"api": get_paths(api.group(2)), "worker": get_paths(worker.group(2))},
         "table": table.group(1),

@@ -196,7 +196,7 @@ class PrivatePostgres:
 def private_pg() -> Iterator[PrivatePostgres]:
     """A private PostgreSQL with a migrated `taskq` database, running; stopped at teardown."""
     base = Path(tempfile.mkdtemp(prefix="taskq-rel-pg-"))
-    server = PrivatePostgres(base)
+    server = Node(base)  # a Node: tests may also freeze it
     try:
         server.init()
         server.start()
@@ -222,3 +222,237 @@ def api_server(
     with processes(tmp_path_factory.mktemp("api")) as collector:
         _, port = collector.api(collector.env(module_database_url), workers=2)
         yield port, collector
+
+
+# ----------------------------------------------------------------------------- replication
+def _children(pid: int) -> list[int]:
+    """Every descendant process of `pid` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Node(PrivatePostgres):
+    """A PostgreSQL server of a replicated pair; it can be frozen (every process SIGSTOPped,
+    its sockets left open) as well as stopped."""
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def processes(self) -> list[int]:
+        pid = self.postmaster_pid()
+        return [pid, *_children(pid)]
+
+    def signal_all(self, signum: int) -> None:
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
+class ReplicatedPostgres:
+    """A primary and a streaming standby (initdb, then pg_basebackup -R), each on a free
+    port in a temporary directory; `synchronous`: the standby is the synchronous one."""
+
+    def __init__(self, base: Path, *, synchronous: bool) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "primary").mkdir()
+        (base / "standby").mkdir()
+        self.primary = Node(base / "primary")
+        self.standby = Node(base / "standby")
+        self.synchronous = synchronous
+        self.frozen = False
+        user = self.primary.user
+        if user is not None:
+            for path in (base, base / "primary", base / "standby"):
+                os.chown(path, user.pw_uid, user.pw_gid)
+
+    def start(self) -> None:
+        self.primary.init()
+        self.primary.start("wal_level=replica", "max_wal_senders=5", "synchronous_commit=on")
+        with self.primary.admin() as admin:
+            admin.execute("CREATE DATABASE taskq")
+        migrate.apply(load_settings(database_url=self.primary.url()))
+        self.standby.sock.mkdir()
+        if self.standby.user is not None:
+            os.chown(self.standby.sock, self.standby.user.pw_uid, self.standby.user.pw_gid)
+        self.standby._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "root",
+            "-D", str(self.standby.data), "-R", "-X", "stream", "-c", "fast",
+        )  # fmt: skip
+        self.standby.start("hot_standby=on", "synchronous_commit=on")
+        want = "sync" if self.synchronous else "async"
+        with self.primary.admin() as admin:
+            if self.synchronous:  # only now: until the standby streams, commits would wait
+                admin.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+                admin.execute("SELECT pg_reload_conf()")
+            wait_until(
+                lambda: (
+                    admin.execute(
+                        "SELECT count(*) FROM pg_stat_replication"
+                        " WHERE state = 'streaming' AND sync_state = %s",
+                        (want,),
+                    ).fetchone()[0]  # type: ignore[index]
+                    == 1
+                ),
+                timeout=30,
+                what="the standby to stream",
+            )
+
+    def url(self, **params: str) -> str:
+        """The multi-host URL: whichever of the two accepts writes."""
+        extra = "".join(f"&{k}={v}" for k, v in params.items())
+        return (
+            f"postgresql://root@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+            f"/taskq?connect_timeout=2&target_session_attrs=read-write{extra}"
+        )
+
+    def kill_primary(self) -> None:
+        """The primary's host is lost: every process dies at once (SIGKILL)."""
+        self.primary.signal_all(signal.SIGKILL)
+
+    def freeze_primary(self) -> None:
+        """The primary hangs: every process stopped, sockets open, TCP still acknowledged."""
+        self.primary.signal_all(signal.SIGSTOP)
+        self.frozen = True
+
+    def promote(self) -> None:
+        self.standby._run("pg_ctl", "-D", str(self.standby.data), "-w", "promote")
+
+    def teardown(self) -> None:
+        for node in (self.primary, self.standby):
+            if node.running():
+                with contextlib.suppress(Exception):
+                    if node is self.primary and self.frozen:
+                        node.signal_all(signal.SIGCONT)
+                    node.stop("immediate")
+            if node.running():
+                with contextlib.suppress(Exception):
+                    node.signal_all(signal.SIGKILL)
+                (node.data / "postmaster.pid").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def replicated_pg() -> Iterator[Any]:
+    """A factory: `replicated_pg(synchronous=True)` starts a primary and a standby; both are
+    stopped and deleted at teardown, frozen or not."""
+    made: list[ReplicatedPostgres] = []
+    bases: list[Path] = []
+
+    def make(*, synchronous: bool = True) -> ReplicatedPostgres:
+        base = Path(tempfile.mkdtemp(prefix="taskq-rel-repl-"))
+        bases.append(base)
+        pair = ReplicatedPostgres(base, synchronous=synchronous)
+        made.append(pair)
+        pair.start()
+        return pair
+
+    try:
+        yield make
+    finally:
+        for pair in made:
+            pair.teardown()
+        for base in bases:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- PgBouncer
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+class PgBouncer:
+    """Debian's PgBouncer in front of the test's database, in the given pool mode."""
+
+    def __init__(self, base: Path, database_url: str, mode: str) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        target = conninfo_to_dict(database_url)
+        self.base = base
+        self.port = free_port()
+        self.dbname = str(target["dbname"])
+        self.user = _unprivileged_user()
+        users = base / "users.txt"
+        users.write_text('"root" ""\n')
+        self.log = base / "pgbouncer.log"
+        self.config = base / "pgbouncer.ini"
+        self.config.write_text(
+            "[databases]\n"
+            f"taskq = host={target.get('host', '127.0.0.1')} port={target.get('port', 5432)}"
+            f" dbname={self.dbname}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {users}\n"
+            f"pool_mode = {mode}\ndefault_pool_size = {4 if mode == 'transaction' else 60}\n"
+            "max_client_conn = 500\n"
+            f"logfile = {self.log}\npidfile = {base / 'pgbouncer.pid'}\n"
+        )
+        if self.user is not None:
+            for path in (base, users, self.config):
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+        self.proc = subprocess.Popen(
+            [PGBOUNCER, str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **kwargs,
+        )
+        wait_until(self._answers, timeout=15, what="PgBouncer to accept connections")
+
+    def _answers(self) -> bool:
+        try:
+            with psycopg.connect(self.url(), prepare_threshold=None) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            assert self.proc.poll() is None, self.log.read_text() if self.log.exists() else ""
+            return False
+
+    def url(self) -> str:
+        return f"postgresql://root@127.0.0.1:{self.port}/taskq?connect_timeout=2"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def pgbouncer(database_url: str) -> Iterator[Any]:
+    """A factory: `pgbouncer("transaction")` starts PgBouncer in front of the test's own
+    database (`database_url`); its clients name the database `taskq`."""
+    started: list[PgBouncer] = []
+    base = Path(tempfile.mkdtemp(prefix="taskq-rel-bouncer-"))
+    base.chmod(0o755)  # PgBouncer runs as the server's (unprivileged) user
+
+    def make(mode: str) -> PgBouncer:
+        if not Path(PGBOUNCER).exists():
+            if os.environ.get("CI"):
+                pytest.fail("pgbouncer is not installed (CI is set)")
+            pytest.skip("pgbouncer is not installed")
+        sub = base / f"{mode}-{len(started)}"
+        sub.mkdir()
+        bouncer = PgBouncer(sub, database_url, mode)
+        started.append(bouncer)
+        return bouncer
+
+    try:
+        yield make
+    finally:
+        for bouncer in started:
+            bouncer.stop()
+        shutil.rmtree(base, ignore_errors=True)

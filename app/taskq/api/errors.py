@@ -22,6 +22,7 @@ from taskq.errors import (
     DatabaseUnavailable,
     InvalidInput,
     InvalidTransition,
+    SchemaOutdated,
     TaskNotFound,
     TaskqError,
 )
@@ -34,6 +35,7 @@ STATUS_BY_ERROR: list[tuple[type[TaskqError], str, dict[str, str]]] = [
     (TaskNotFound, falcon.HTTP_404, {}),
     (InvalidTransition, falcon.HTTP_409, {}),
     (DatabaseUnavailable, falcon.HTTP_503, {"Retry-After": "1"}),
+    (SchemaOutdated, falcon.HTTP_503, {"Retry-After": "5"}),
 ]
 
 

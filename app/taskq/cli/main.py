@@ -14,7 +14,7 @@ from taskq import db, logs
 from taskq.cli.parser import UsageError, build_parser
 from taskq.cli.services import cmd_api, cmd_dev, cmd_migrate, cmd_worker
 from taskq.cli.tasks import cmd_prune, cmd_stats, cmd_status, cmd_submit
-from taskq.errors import DatabaseUnavailable, TaskqError
+from taskq.errors import DatabaseUnavailable, SchemaOutdated, TaskqError
 from taskq.settings import Settings, SettingsError, load_settings
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except psycopg.errors.UndefinedTable:
+    except (psycopg.errors.UndefinedTable, SchemaOutdated):
         print(
             f"taskq: the database at {db.redact(settings.database_url)} has no taskq schema\n"
             "  run `taskq migrate` (or check that DATABASE_URL names the right database)",

@@ -66,6 +66,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         "submitting", args.count, enabled=args.count > 1 and show_progress(args.progress)
     )
     with db.connect(settings, name="cli") as conn, conn.transaction():
+        db.transaction_settings(conn, settings)
         if args.count == 1:
             task = q.enqueue(conn, spec, default_max_attempts=settings.default_max_attempts)
             print_json(task.to_json())
@@ -112,6 +113,7 @@ def _submit_file(args: argparse.Namespace, settings: Settings) -> int:
         stack.callback(progress.finish)
         conn = stack.enter_context(db.connect(settings, name="cli"))
         with conn.transaction():
+            db.transaction_settings(conn, settings)
             for chunk in _chunks(_read_specs(stream, source), SUBMIT_CHUNK):
                 tasks = q.enqueue_many(
                     conn, chunk, default_max_attempts=settings.default_max_attempts

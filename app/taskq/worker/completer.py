@@ -19,6 +19,7 @@ from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable, InvalidInput
 from taskq.settings import Settings
 from taskq.worker.inflight import InFlight
+from taskq.worker.maintenance import Progress
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class Completer:
         )
         self.closing = False  # past the drain deadline: give up on a database that is away
         self.counts = {"succeeded": 0, "retried": 0, "failed": 0, "lost": 0}
-        self.thread = threading.Thread(target=self._loop, name="completer", daemon=True)
+        self.progress = Progress()  # outcomes waiting for the database
+        self._done = threading.Event()
 
     def put(self, done: Done) -> None:
         self._outbox.put(done)
@@ -55,7 +57,7 @@ class Completer:
     def stop(self, timeout: float) -> None:
         """Flush what is queued, stop the thread, then record what arrived after it."""
         self._outbox.put(_STOP)
-        self.thread.join(timeout=timeout)
+        self._done.wait(timeout=timeout)
         self.closing = True
         leftovers: list[q.Finish] = []
         while True:
@@ -70,6 +72,13 @@ class Completer:
 
     def close(self) -> None:
         self._db.close()
+
+    def run(self) -> None:
+        """The completer thread's body (started by the worker)."""
+        try:
+            self._loop()
+        finally:
+            self._done.set()
 
     def _loop(self) -> None:
         while True:
@@ -95,10 +104,12 @@ class Completer:
     def record(self, batch: list[q.Finish]) -> None:
         """Write outcomes, retrying while the database is away (until halted)."""
         retry = Backoff(0.05, 2.0)
+        self.progress.waiting()
         while True:
             try:
                 with self._db.use() as conn:
                     applied, rejected = q.finish(conn, batch, worker_id=self._worker_id)
+                self.progress.done()
                 break
             except InvalidInput:
                 if len(batch) == 1:  # the database refused this result: fail the task
@@ -111,6 +122,7 @@ class Completer:
                 return
             except DatabaseUnavailable:
                 if self._halt.is_set() or self.closing:
+                    self.progress.done()
                     return  # give up: leases expire and the tasks run again elsewhere
                 self._halt.wait(retry.next())
         metrics.tasks_finished(applied, lost=len(rejected))

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from taskq import db, metrics
 from taskq import queue as q
-from taskq.errors import DatabaseUnavailable
+from taskq.errors import DatabaseUnavailable, SchemaOutdated
 from taskq.worker.inflight import InFlight
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,40 @@ class Service(Protocol):
     def run_once(self) -> None: ...
 
 
+class Progress:
+    """Whether a loop that talks to the database is getting anywhere: `waiting()` when it
+    has work the database must take, `done()` when the database took it. `stalled()` is
+    how long it has been waiting (0 when it is not): a readiness check compares it with a
+    bound, so a loop stuck on a silent server or failing for long reports not ready."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def waiting(self) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
+
+    def done(self) -> None:
+        self._since = None
+
+    def stalled(self) -> float:
+        since = self._since
+        return 0.0 if since is None else time.monotonic() - since
+
+
 class Maintenance:
     """Runs each service when due; a database failure in one is logged, never fatal."""
 
     def __init__(self, services: Sequence[Service], halt: threading.Event) -> None:
         self.services = list(services)
         self._halt = halt
-        self.thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
+        self.progress = Progress()
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """The maintenance thread's body (started by the worker)."""
         now = time.monotonic()
         due = [now + s.first_delay for s in self.services]
+        failing: set[int] = set()  # services whose last run failed
         while not self._halt.wait(max(0.0, min(due, default=now + 1.0) - time.monotonic())):
             for i, service in enumerate(self.services):
                 now = time.monotonic()
@@ -49,8 +72,14 @@ class Maintenance:
                 due[i] = now + service.interval
                 try:
                     service.run_once()
+                    failing.discard(i)
                 except DatabaseUnavailable as exc:
+                    failing.add(i)
                     log.warning("%s failed: %s", service.name, exc.message)
+                if failing:
+                    self.progress.waiting()
+                else:
+                    self.progress.done()
 
 
 class LeaseHeartbeat:
@@ -98,6 +127,51 @@ class LeaseSweep:
             self.recovered += 1
             log.warning(
                 "task %s: lease of worker %s expired on attempt %d; now %s",
+                row["id"],
+                row["worker_id"],
+                row["attempts"],
+                row["status"],
+            )
+
+
+class DeadWorkerSweep:
+    """Recovers at once the tasks of workers whose database session is gone (SIGKILL, a
+    lost host): each worker holds a liveness lock on its listener's session
+    (taskq/worker/listener.py), and PostgreSQL releases it when the session ends. A worker
+    that only stalls keeps its lock; leases and fencing cover it.
+
+    A worker counts as dead once two sweeps in a row found its lock free: a listener that
+    reconnects drops its lock for a moment, and must not lose its tasks for it."""
+
+    name = "dead-worker sweep"
+
+    def __init__(self, pool: db.Pool, interval: float, worker_id: str) -> None:
+        self._pool = pool
+        self._worker_id = worker_id
+        self.interval = interval
+        self.first_delay = random.uniform(0, interval)
+        self.recovered = 0
+        self._suspects: set[str] = set()
+        self._unavailable = False
+
+    def run_once(self) -> None:
+        if self._unavailable:
+            return
+        try:
+            with db.pooled(self._pool) as conn:
+                free = q.lock_free_workers(conn, sweeper=self._worker_id)
+                dead, self._suspects = free & self._suspects, free
+                rows = q.recover_dead_workers(conn, dead, sweeper=self._worker_id) if dead else []
+        except SchemaOutdated:
+            # The database predates migration 0011: leases alone recover tasks.
+            self._unavailable = True
+            log.warning("taskq_workers is missing (run `taskq migrate`): dead-worker sweep off")
+            return
+        metrics.tasks_recovered(rows)
+        for row in rows:
+            self.recovered += 1
+            log.warning(
+                "task %s: worker %s is gone; attempt %d recovered, now %s",
                 row["id"],
                 row["worker_id"],
                 row["attempts"],

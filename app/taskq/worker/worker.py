@@ -5,10 +5,16 @@ Threads and what each owns:
   statement, then sleeps until a notification, a freed slot, or the poll interval.
 - runners (runner.py, `concurrency` threads): run handlers.
 - completer (completer.py): records outcomes in batches.
-- maintenance (maintenance.py): lease heartbeat, expired-lease sweep.
-- listener (listener.py): LISTEN on a dedicated connection.
+- maintenance (maintenance.py): lease heartbeat, expired-lease and dead-worker sweeps.
+- listener (listener.py): LISTEN on a dedicated connection, which also holds the worker's
+  liveness lock.
 - health (taskq/health.py): /live, /ready, /metrics.
 In-flight book-keeping (slots, leases) is owned by inflight.py.
+
+Readiness means progress: /ready fails while the claim loop, the completer or the
+maintenance thread has been waiting on the database for longer than the client timeout,
+while the listener does not hear its own probe, and for good once a background thread
+died (the worker then stops claiming, drains and exits 1, for its supervisor to restart).
 
 A crash at any point leaves each task either recorded or running under a lease that will
 expire and be recovered: at-least-once, never lost.
@@ -21,20 +27,26 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from taskq import db, metrics
 from taskq import queue as q
 from taskq.backoff import Backoff
-from taskq.errors import DatabaseUnavailable
+from taskq.errors import DatabaseUnavailable, TaskqError
 from taskq.handlers import Registry, default_registry
 from taskq.health import HealthServer, health_app
 from taskq.settings import Settings, parse_bind
 from taskq.worker.completer import Completer
 from taskq.worker.inflight import InFlight, Snapshot
 from taskq.worker.listener import Listener
-from taskq.worker.maintenance import LeaseHeartbeat, LeaseSweep, Maintenance
+from taskq.worker.maintenance import (
+    DeadWorkerSweep,
+    LeaseHeartbeat,
+    LeaseSweep,
+    Maintenance,
+    Progress,
+)
 from taskq.worker.runner import Runners
 
 log = logging.getLogger(__name__)
@@ -81,6 +93,7 @@ class Worker:
             self.stopping,
         )
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
+        self.dead_sweep = DeadWorkerSweep(self._pool, settings.liveness_interval, self.worker_id)
         self.maintenance = Maintenance(
             [
                 LeaseHeartbeat(
@@ -91,10 +104,20 @@ class Worker:
                     settings.lease_seconds,
                 ),
                 self.sweep,
+                self.dead_sweep,
             ],
             self._halt,
         )
-        self.listener = Listener(settings, self.queues, self._wake.set, self._halt)
+        self.listener = Listener(
+            settings,
+            self.queues,
+            self._wake.set,
+            self._halt,
+            send_probe=self._send_probe,
+            worker_id=self.worker_id,
+        )
+        self.claim_progress = Progress()
+        self.failed_thread: str | None = None
         host, port = parse_bind(settings.worker_health_bind)
         self.health = HealthServer(
             health_app(self.ready_checks), host, port if health_port is None else health_port
@@ -109,8 +132,8 @@ class Worker:
 
     @property
     def recovered(self) -> int:
-        """Tasks this worker's sweeps recovered from expired leases (any worker's)."""
-        return self.sweep.recovered
+        """Tasks this worker's sweeps recovered from expired leases or dead workers."""
+        return self.sweep.recovered + self.dead_sweep.recovered
 
     def snapshot(self) -> Snapshot:
         """Slots, tasks in flight and free slots, for the metrics."""
@@ -134,15 +157,33 @@ class Worker:
             self.concurrency,
             " (burst)" if self.burst else "",
         )
-        threading.Thread(target=self.listener.run, name="listener", daemon=True).start()
-        self.completer.thread.start()
-        self.maintenance.thread.start()
+        self._start("listener", self.listener.run)
+        self._start("completer", self.completer.run)
+        self._start("maintenance", self.maintenance.run)
         self.runners.start()
         try:
             self._claim_loop()
         finally:
             self._drain()
-        return 0
+        return 0 if self.failed_thread is None else 1
+
+    def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        """A background thread that, should it die, stops the worker instead of leaving a
+        process that looks alive and does nothing."""
+
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException:
+                if self._halt.is_set():
+                    return
+                log.critical("the %s thread died; stopping the worker", name, exc_info=True)
+                self.failed_thread = name
+                self.stop()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         """Stop claiming; `run` then drains in-flight tasks and returns."""
@@ -178,6 +219,11 @@ class Worker:
                 log.warning(
                     "could not release %d task(s); they recover when leases expire", len(unfinished)
                 )
+        try:
+            with db.pooled(self._pool) as conn:
+                q.unregister_worker(conn, self.worker_id)
+        except TaskqError:
+            pass  # the dead-worker sweep forgets it once its liveness lock is gone
         self._halt.set()
         self.runners.stop()
         self.health.stop()
@@ -190,11 +236,21 @@ class Worker:
         self._pool.close(timeout=1.0)
 
     def ready_checks(self) -> dict[str, bool]:
+        bound = self.settings.client_timeout
         return {
             "database": db.ping(self._pool),
-            "listener": self.listener.connected.is_set(),
+            "listener": self.listener.healthy(),
+            "claiming": self.claim_progress.stalled() < bound,
+            "recording": self.completer.progress.stalled() < bound,
+            "maintenance": self.maintenance.progress.stalled() < bound,
+            "threads": self.failed_thread is None,
             "accepting": not self.stopping.is_set(),
         }
+
+    def _send_probe(self, payload: str) -> None:
+        """The listener's probe, sent the way the API's notifications travel."""
+        with db.pooled(self._pool) as conn:
+            q.notify(conn, [payload], durable=False)
 
     # ----------------------------------------------------------------- claiming
     def _claim_loop(self) -> None:
@@ -204,6 +260,7 @@ class Worker:
             free = self.inflight.free_slots()
             claimed: list[q.Claimed] = []
             if free > 0:
+                self.claim_progress.waiting()
                 try:
                     with self._claim_db.use() as conn:
                         claimed = q.claim(
@@ -214,6 +271,7 @@ class Worker:
                             lease=self.settings.lease_seconds,
                         )
                     retry.reset()
+                    self.claim_progress.done()
                 except DatabaseUnavailable as exc:
                     if retry.failures == 0:
                         log.warning("cannot claim: %s; retrying", exc.message)
