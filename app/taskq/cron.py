@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from cronsim import CronSim, CronSimError
 
+
 class CronError(ValueError):
     """The expression or timezone is not usable; the message says why."""
 
@@ -63,7 +64,7 @@ class Slots:
             raise CronError("every must be at least 1 second")
 
     @property
-    def _fields(self) -> tuple[str | None, list[int]]:
+    def _fields(self) -> tuple[str, list[int]]:
         """(5-field expression, seconds within each of its minutes)."""
         assert self.cron is not None
         parts = self.cron.split()

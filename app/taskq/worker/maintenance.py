@@ -46,11 +46,13 @@ class Maintenance:
                 now = time.monotonic()
                 if now < due[i]:
                     continue
-                due[i] = now + service.interval
                 try:
                     service.run_once()
                 except DatabaseUnavailable as exc:
                     log.warning("%s failed: %s", service.name, exc.message)
+                # Read after the run: a service may adapt its interval (the scheduler
+                # sleeps until its next slot is due).
+                due[i] = now + service.interval
 
 
 class LeaseHeartbeat:

@@ -16,6 +16,7 @@ expire and be recovered: at-least-once, never lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from taskq import db, metrics
+from taskq import db, metrics, settings_file
 from taskq import queue as q
 from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable
@@ -36,6 +37,7 @@ from taskq.worker.inflight import InFlight, Snapshot
 from taskq.worker.listener import Listener
 from taskq.worker.maintenance import LeaseHeartbeat, LeaseSweep, Maintenance
 from taskq.worker.runner import Runners
+from taskq.worker.scheduler import Presence, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,11 @@ class Worker:
         self._wake = threading.Event()
         self.claimed = 0
         self.inflight = InFlight(self.concurrency)
+        # The settings file is read now, so a bad one stops the worker before it starts.
+        self.settings_file = None
+        if settings.config_file is not None:
+            self.settings_file = settings_file.load(settings.config_file)
+            self.settings_file.check_kinds(set(registry.kinds()))
         durable = settings.worker_synchronous_commit
         # The claim loop and the completer each own a connection; maintenance, probes and
         # shutdown share a small pool.
@@ -81,6 +88,8 @@ class Worker:
             self.stopping,
         )
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
+        self.scheduler = Scheduler(self._pool, settings)
+        self.presence = Presence(self._pool, self.worker_id, self.queues)
         self.maintenance = Maintenance(
             [
                 LeaseHeartbeat(
@@ -91,6 +100,8 @@ class Worker:
                     settings.lease_seconds,
                 ),
                 self.sweep,
+                self.scheduler,
+                self.presence,
             ],
             self._halt,
         )
@@ -134,6 +145,7 @@ class Worker:
             self.concurrency,
             " (burst)" if self.burst else "",
         )
+        self._apply_settings_file()
         threading.Thread(target=self.listener.run, name="listener", daemon=True).start()
         self.completer.thread.start()
         self.maintenance.thread.start()
@@ -178,6 +190,8 @@ class Worker:
                 log.warning(
                     "could not release %d task(s); they recover when leases expire", len(unfinished)
                 )
+        with contextlib.suppress(DatabaseUnavailable):
+            self.presence.gone()
         self._halt.set()
         self.runners.stop()
         self.health.stop()
@@ -188,6 +202,29 @@ class Worker:
         self._claim_db.close()
         self.completer.close()
         self._pool.close(timeout=1.0)
+
+    def _apply_settings_file(self) -> None:
+        """Apply TASKQ_CONFIG_FILE before claiming, retrying while the database is away."""
+        if self.settings_file is None:
+            return
+        retry = Backoff(0.2, 5.0)
+        while not self.stopping.is_set():
+            try:
+                with db.pooled(self._pool) as conn:
+                    applied = settings_file.apply(conn, self.settings_file)
+            except DatabaseUnavailable as exc:
+                if retry.failures == 0:
+                    log.warning("cannot apply the settings file: %s; retrying", exc.message)
+                self.stopping.wait(retry.next())
+                continue
+            log.info(
+                "settings file %s applied: %d schedule(s) created, %d updated, %d deleted",
+                self.settings_file.path,
+                len(applied.schedules_created),
+                len(applied.schedules_updated),
+                len(applied.schedules_deleted),
+            )
+            return
 
     def ready_checks(self) -> dict[str, bool]:
         return {
