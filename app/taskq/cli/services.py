@@ -29,14 +29,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from taskq.health import BindError
     from taskq.worker import Worker
 
+    from taskq.settings_file import SettingsFileError
+
     default_registry.load_modules(settings.handler_modules)
-    worker = Worker(
-        settings,
-        queues=args.queues,
-        concurrency=args.concurrency,
-        burst=args.burst,
-        health_port=args.health_port,
-    )
+    try:
+        worker = Worker(
+            settings,
+            queues=args.queues,
+            concurrency=args.concurrency,
+            burst=args.burst,
+            health_port=args.health_port,
+        )
+    except SettingsFileError as exc:  # TASKQ_CONFIG_FILE: line and field named
+        raise UsageError(f"TASKQ_CONFIG_FILE: {exc}") from None
     try:
         return worker.run()
     except BindError as exc:  # the health server could not bind its address
