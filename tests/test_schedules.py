@@ -3,8 +3,8 @@ racing, catch-up after downtime, the REST surface and its 422s, the CLI."""
 
 from __future__ import annotations
 
+import itertools
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -130,7 +130,8 @@ def test_a_slot_enqueued_twice_is_one_task(conn: psycopg.Connection[Any]) -> Non
     schedules.put(conn, "tick", spec)
     wait_until(lambda: schedules.enqueue_due(conn), timeout=5, what="a due slot")
     first = schedules.get(conn, "tick")
-    assert first.last_task_id is not None and first.last_run_at is not None
+    assert first.last_task_id is not None
+    assert first.last_run_at is not None
     # A second scheduler that saw the same slot (a slow worker, another clock) inserts
     # nothing: put the schedule back to that slot and enqueue it again elsewhere.
     conn.execute(
@@ -139,7 +140,8 @@ def test_a_slot_enqueued_twice_is_one_task(conn: psycopg.Connection[Any]) -> Non
     with psycopg.connect(conn.info.dsn, autocommit=True) as other:
         again = [e for e in schedules.enqueue_due(other) if e.slot == first.last_run_at]
     if again:  # the database's clock may have reached the next slot meanwhile
-        assert again[0].created is False and again[0].task.id == first.last_task_id
+        assert again[0].created is False
+        assert again[0].task.id == first.last_task_id
     tasks = _tasks_of(conn, "tick")
     assert Counter(t["idempotency_key"] for t in tasks).most_common(1)[0][1] == 1
     task = tasks[0]
@@ -163,7 +165,8 @@ def test_catch_up_after_downtime_enqueues_only_the_latest_slot(
     assert done[0].slot.second == 0
     assert len(_tasks_of(conn, "minutely")) == 1
     after = schedules.get(conn, "minutely")
-    assert after.next_run_at is not None and after.next_run_at > now
+    assert after.next_run_at is not None
+    assert after.next_run_at > now
     assert schedules.enqueue_due(conn) == []  # nothing else is due
 
 
@@ -189,7 +192,8 @@ def test_disabled_schedules_enqueue_nothing_and_enable_from_the_next_slot(
     assert schedules.enqueue_due(conn) == []
     enabled = schedules.set_enabled(conn, "off", True)
     now = conn.execute("SELECT now() AS now").fetchone()["now"]
-    assert enabled.spec.enabled and enabled.next_run_at is not None
+    assert enabled.spec.enabled
+    assert enabled.next_run_at is not None
     assert enabled.next_run_at > now - timedelta(seconds=1)
 
 
@@ -209,7 +213,8 @@ def test_three_workers_racing_enqueue_each_slot_exactly_once(
         running = [w.poll() is None for w in workers]
     finally:
         codes = [stop_process(w) for w in workers]
-    assert all(running) and codes == [0, 0, 0]
+    assert all(running)
+    assert codes == [0, 0, 0]
     tasks = _tasks_of(conn, "race")
     keys = [t["idempotency_key"] for t in tasks]
     assert len(keys) == len(set(keys))  # one task per slot
@@ -220,7 +225,7 @@ def test_three_workers_racing_enqueue_each_slot_exactly_once(
     lateness = [(t["created_at"] - _slot(t["idempotency_key"])).total_seconds() for t in tasks]
     assert min(lateness) >= 0
     assert sorted(lateness)[len(lateness) // 2] < 1.0, lateness
-    gaps = [(b - a).total_seconds() for a, b in zip(slots, slots[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
     assert all(g >= 1 for g in gaps)
     assert sum(1 for g in gaps if g == 1) >= len(gaps) * 0.7, gaps
 
@@ -257,17 +262,22 @@ def test_put_get_list_delete(client: falcon.testing.TestClient) -> None:
         True,
     )
     next_run = datetime.fromisoformat(got["next_run_at"].replace("Z", "+00:00"))
-    assert next_run.astimezone(BERLIN).hour == 3 and next_run.minute == 0
-    assert got["last_run_at"] is None and got["last_task_id"] is None
+    assert next_run.astimezone(BERLIN).hour == 3
+    assert next_run.minute == 0
+    assert got["last_run_at"] is None
+    assert got["last_task_id"] is None
     replaced = _put(client, "nightly", {**body, "cron": None, "every": 60})
-    assert replaced.status_code == 200 and replaced.json["every"] == 60
+    assert replaced.status_code == 200
+    assert replaced.json["every"] == 60
     assert client.simulate_get("/schedules/nightly").json["every"] == 60
     assert [s["name"] for s in client.simulate_get("/schedules").json["schedules"]] == ["nightly"]
     disabled = client.simulate_post("/schedules/nightly/disable").json
-    assert disabled["enabled"] is False and disabled["next_run_at"] is None
+    assert disabled["enabled"] is False
+    assert disabled["next_run_at"] is None
     assert client.simulate_post("/schedules/nightly/enable").json["enabled"] is True
     deleted = client.simulate_delete("/schedules/nightly")
-    assert deleted.status_code == 204 and not deleted.content
+    assert deleted.status_code == 204
+    assert not deleted.content
     assert client.simulate_get("/schedules/nightly").status_code == 404
     assert client.simulate_delete("/schedules/nightly").status_code == 404
 
@@ -300,7 +310,8 @@ def test_every_invalid_schedule_is_a_422_naming_the_field(
 
 def test_an_invalid_schedule_name_is_a_422(client: falcon.testing.TestClient) -> None:
     result = _put(client, "x" * 65, {"every": 5, "kind": "echo"})
-    assert result.status_code == 422 and result.json["error"]["field"] == "name"
+    assert result.status_code == 422
+    assert result.json["error"]["field"] == "name"
 
 
 def test_cli_schedule_set_list_delete(database_url: str) -> None:
@@ -313,18 +324,26 @@ def test_cli_schedule_set_list_delete(database_url: str) -> None:
 
     code, out, _ = run("schedule", "set", "nightly", "--cron", "0 3 * * *", "--kind", "echo",
                        "--timezone", "Europe/Berlin", "--payload", '{"a": 1}')  # fmt: skip
-    assert code == 0 and json.loads(out)["timezone"] == "Europe/Berlin"
+    assert code == 0
+    assert json.loads(out)["timezone"] == "Europe/Berlin"
     code, out, _ = run("schedule", "list", "--json")
-    assert code == 0 and [s["name"] for s in json.loads(out)] == ["nightly"]
+    assert code == 0
+    assert [s["name"] for s in json.loads(out)] == ["nightly"]
     code, out, _ = run("schedule", "list")
-    assert code == 0 and "nightly" in out and "0 3 * * *" in out
+    assert code == 0
+    assert "nightly" in out
+    assert "0 3 * * *" in out
     code, _, err = run("schedule", "set", "bad", "--cron", "0 3 * *", "--kind", "echo")
-    assert code == 2 and "--cron" in err and "5 fields" in err
+    assert code == 2
+    assert "--cron" in err
+    assert "5 fields" in err
     code, _, err = run(
         "schedule", "set", "bad", "--every", "5", "--kind", "echo", "--timezone", "X/Y"
     )
-    assert code == 2 and "--timezone" in err
+    assert code == 2
+    assert "--timezone" in err
     code, _, _ = run("schedule", "delete", "nightly")
     assert code == 0
     code, _, err = run("schedule", "delete", "nightly")
-    assert code == 1 and "no schedule" in err
+    assert code == 1
+    assert "no schedule" in err

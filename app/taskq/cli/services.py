@@ -27,9 +27,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from taskq.handlers import default_registry
     from taskq.health import BindError
-    from taskq.worker import Worker
-
     from taskq.settings_file import SettingsFileError
+    from taskq.worker import Worker
 
     default_registry.load_modules(settings.handler_modules)
     try:
