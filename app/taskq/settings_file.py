@@ -142,12 +142,13 @@ def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
     """The 1-based line of the node at `loc` (or of its nearest existing parent)."""
     node = root
     line = 1 if root is None else root.start_mark.line + 1
-    for part in loc:
+    for depth, part in enumerate(loc, 1):
         child = None
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if str(key.value) == str(part):
-                    child = value if not isinstance(value, yaml.ScalarNode) else key
+                    # The key's line for the field named last; its value to go deeper.
+                    child = key if depth == len(loc) else value
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part >= 0:
             child = node.value[part] if part < len(node.value) else None
