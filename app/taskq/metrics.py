@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskq import stats
+from taskq import registry, stats
 from taskq.stats import STATS_CAP
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; see the module docstring
@@ -119,6 +119,9 @@ METRICS: tuple[MetricInfo, ...] = (
                "How long the oldest runnable task has been waiting (0 when none).", "api"),
     MetricInfo("taskq_queue_stats_up", "gauge", (),
                "1 when the scrape could read the queue statistics from PostgreSQL.", "api"),
+    MetricInfo("taskq_queue_paused", "gauge", ("queue",),
+               "1 while the queue is paused (workers claim nothing from it), 0 when it has "
+               "settings and is not; read at scrape time.", "api"),
 )  # fmt: skip
 _INFO = {m.name: m for m in METRICS}
 
@@ -371,6 +374,7 @@ class QueueCollector:
         try:
             with pooled(self._pool) as conn:
                 rows = stats.depths(conn)
+                paused = registry.paused_queues(conn)
         except TaskqError as exc:
             log.warning("queue statistics unavailable for /metrics: %s", exc.message)
             up.add_metric([], 0)
@@ -393,8 +397,14 @@ class QueueCollector:
         for row in rows:
             for column, family in families.items():
                 family.add_metric([row["queue"]], float(row[column]))
+        paused_family = GaugeMetricFamily(
+            "taskq_queue_paused", _INFO["taskq_queue_paused"].help, labels=["queue"]
+        )
+        for name, is_paused in paused.items():
+            paused_family.add_metric([name], 1.0 if is_paused else 0.0)
         yield up
         yield from families.values()
+        yield paused_family
 
 
 # ------------------------------------------------------------------ exposition
