@@ -67,6 +67,16 @@ def set_paused(conn: AnyConnection, name: str, paused: bool) -> QueueState:
     return QueueState(row["name"], row["paused"], row["paused_at"], row["source"])
 
 
+def pause(conn: AnyConnection, name: str) -> QueueState:
+    """Pause queue `name`: every worker stops claiming from it (stored; outlives restarts)."""
+    return set_paused(conn, name, True)
+
+
+def resume(conn: AnyConnection, name: str) -> QueueState:
+    """Resume queue `name`; its workers are woken and claim at once."""
+    return set_paused(conn, name, False)
+
+
 def settings_rows(conn: AnyConnection) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in q.fetch(conn, sql.LIST_QUEUE_SETTINGS, {})}
 
