@@ -281,3 +281,39 @@ def test_a_worker_applies_the_file_at_start_and_runs_its_schedules(
     got = schedules.get(conn, "every-second")
     assert got.source == "file"
     assert got.last_task_status == "succeeded"
+
+
+def test_a_running_worker_applies_the_file_again_when_it_changes(
+    tmp_path: Path, make_settings: Callable[..., Settings], conn: Conn
+) -> None:
+    """A ConfigMap update reaches the mounted file without a restart: the worker notices
+    and applies it; a bad new version is logged and the current settings stay."""
+    import hashlib
+    import threading
+
+    from taskq.worker import Worker
+    from taskq.worker.scheduler import SettingsFileWatch
+
+    path = tmp_path / "taskq.yaml"
+    path.write_text("schedules:\n  - name: first\n    every: 3600\n    kind: echo\n")
+    worker = Worker(
+        make_settings(config_file=path), registry=fresh_registry(), health_port=0, queues=["x"]
+    )
+    (watch,) = [s for s in worker.maintenance.services if isinstance(s, SettingsFileWatch)]
+    watch.interval = watch.first_delay = 0.1
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: [s.name for s in schedules.list_all(conn)] == ["first"], timeout=20)
+        path.write_text("schedules:\n  - name: second\n    every: 3600\n    kind: echo\n")
+        wait_until(lambda: [s.name for s in schedules.list_all(conn)] == ["second"], timeout=20)
+        bad = b"schedules:\n  - name: third\n    every: 0\n    kind: echo\n"
+        path.write_bytes(bad)
+        seen = hashlib.sha256(bad).hexdigest()
+        wait_until(lambda: watch.applied_digest == seen, timeout=20, what="the bad file seen")
+        assert watch.reapplied == 1
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert [s.name for s in schedules.list_all(conn)] == ["second"]  # the bad one was ignored

@@ -1,4 +1,5 @@
-"""Two maintenance services of every worker: the scheduler and the worker's presence.
+"""Maintenance services of every worker: the scheduler, the worker's presence, and the
+settings file's watch.
 
 Scheduler: enqueues the due slots of schedules (taskq/schedules.py). Every worker runs it;
 the slot keys make concurrent runs harmless, so no leader is elected. It sleeps until the
@@ -7,14 +8,20 @@ schedule created or changed elsewhere is picked up within a second.
 
 Presence: renews this worker's row in taskq_workers (the queues it serves), so GET /queues
 lists queues that have a worker even while they have no task.
+
+SettingsFileWatch: applies TASKQ_CONFIG_FILE again when its content changes (a ConfigMap
+update reaches a mounted file without a restart). A bad new version is logged and
+ignored: a running worker keeps the settings it has.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from taskq import db, metrics, registry, schedules
+from taskq import db, metrics, registry, schedules, settings_file
 from taskq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,3 +81,48 @@ class Presence:
     def gone(self) -> None:
         with db.pooled(self._pool) as conn:
             registry.worker_gone(conn, self._worker_id)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class SettingsFileWatch:
+    """Re-applies the settings file when its content changes."""
+
+    name = "settings file watch"
+    interval = first_delay = 10.0
+
+    def __init__(self, pool: db.Pool, path: Path, kinds: Callable[[], set[str]]) -> None:
+        self._pool = pool
+        self._path = path
+        self._kinds = kinds
+        self.applied_digest = _digest(path)  # the worker applied this version at start
+        self.reapplied = 0
+
+    def run_once(self) -> None:
+        digest = _digest(self._path)
+        if digest is None or digest == self.applied_digest:
+            return
+        try:
+            loaded = settings_file.load(self._path)
+            loaded.check_kinds(self._kinds())
+        except settings_file.SettingsFileError as exc:
+            log.error("settings file changed but cannot be used; keeping the current: %s", exc)
+            self.applied_digest = digest  # report it once, not every interval
+            return
+        with db.pooled(self._pool) as conn:
+            applied = settings_file.apply(conn, loaded)
+        self.applied_digest = digest
+        self.reapplied += 1
+        log.info(
+            "settings file %s changed and was applied: %d schedule(s) created, %d updated, "
+            "%d deleted",
+            self._path,
+            len(applied.schedules_created),
+            len(applied.schedules_updated),
+            len(applied.schedules_deleted),
+        )

@@ -37,7 +37,7 @@ from taskq.worker.inflight import InFlight, Snapshot
 from taskq.worker.listener import Listener
 from taskq.worker.maintenance import LeaseHeartbeat, LeaseSweep, Maintenance
 from taskq.worker.runner import Runners
-from taskq.worker.scheduler import Presence, Scheduler
+from taskq.worker.scheduler import Presence, Scheduler, SettingsFileWatch
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,14 @@ class Worker:
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
         self.scheduler = Scheduler(self._pool, settings)
         self.presence = Presence(self._pool, self.worker_id, self.queues)
+        watch: list[SettingsFileWatch] = []
+        if settings.config_file is not None:
+            watch.append(
+                SettingsFileWatch(self._pool, settings.config_file, lambda: set(registry.kinds()))
+            )
         self.maintenance = Maintenance(
             [
+                *watch,
                 LeaseHeartbeat(
                     self._pool,
                     self.inflight,
