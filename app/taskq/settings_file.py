@@ -10,7 +10,8 @@
       reports:
         paused: false
 
-Workers load it at start and apply it: schedules and queues it lists are upserted by name
+Workers load it at start and apply it, and again when it changes (worker/scheduler.py
+SettingsFileWatch): schedules and queues it lists are upserted by name
 (source 'file'); rows that came from the file and are no longer in it are deleted; rows
 made through the API or CLI are left alone. A file that cannot be used stops the worker
 with an error naming the line and the field, before it claims anything.

@@ -58,8 +58,8 @@ SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s
 # RETURNING has none of its own), with the time the task waited after becoming runnable.
 # With several queues, each probe locks up to `limit` rows and only the best `limit` of
 # them are claimed; the others are unlocked when the statement commits, a moment later.
-# Paused queues (taskq_queues.paused) are dropped before any probe: one primary-key probe
-# of a small table per queue, so a pause takes effect at the next claim of every worker.
+# Paused queues (taskq_queues.paused) are dropped before any probe, by an anti-join with
+# that small table (microseconds), so a pause takes effect at every worker's next claim.
 CLAIM: LiteralString = """
 WITH ready AS (
     SELECT c.id
