@@ -52,12 +52,12 @@ def test_pause_stops_claims_within_a_second_across_workers_and_resume_wakes_them
     try:
         # Both workers serve the queue (their presence rows say so).
         wait_until(lambda: registry.workers_per_queue(conn).get("p") == 2, timeout=30)
-        # A steady stream: a task becomes runnable every 25 ms for 6 seconds, and one
+        # A steady stream: a task becomes runnable every 25 ms for 10 seconds, and one
         # long task that is running when the pause comes.
         q.enqueue(conn, "sleep", {"seconds": 2.0}, queue="p")
         specs = [
             q.TaskSpec(kind="echo", queue="p", delay=0.5 + i * 0.025, payload={"i": i})
-            for i in range(240)
+            for i in range(400)
         ]
         q.enqueue_many(conn, specs)
         wait_until(lambda: len(_started(conn, "p")) >= 20, timeout=20, what="claims before")

@@ -72,8 +72,8 @@ class MetricInfo:
 # test that scrapes both processes are all checked against this table.
 METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("taskq_tasks_enqueued_total", "counter", ("queue", "kind"),
-               "Tasks inserted by this process (the API; idempotent repeats not counted).",
-               "api"),
+               "Tasks inserted by this process (the API, or a worker's scheduler; idempotent "
+               "repeats not counted).", "both"),
     MetricInfo("taskq_tasks_succeeded_total", "counter", ("queue", "kind"),
                "Tasks whose handler returned.", "worker"),
     MetricInfo("taskq_tasks_failed_total", "counter", ("queue", "kind"),
