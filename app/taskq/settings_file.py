@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
 from taskq import queue as q
@@ -34,6 +33,9 @@ from taskq import registry, schedules, sql
 from taskq.models import check_queue_name
 from taskq.queue import AnyConnection
 from taskq.validation import problems
+
+if TYPE_CHECKING:  # imported on first use: workers without a settings file never load it
+    import yaml
 
 _TOP = ("schedules", "queues")
 
@@ -65,6 +67,8 @@ def load(path: Path) -> SettingsFile:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsFileError(f"{path}: cannot read it ({type(exc).__name__})") from None
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -141,6 +145,8 @@ def _split(field: str) -> list[str]:
 
 def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
     """The 1-based line of the node at `loc` (or of its nearest existing parent)."""
+    import yaml
+
     node = root
     line = 1 if root is None else root.start_mark.line + 1
     for depth, part in enumerate(loc, 1):
