@@ -465,3 +465,49 @@ def test_the_dashboard_behind_bearer_tokens(
         expect(form).to_be_hidden()
     finally:
         assert stop_process(api) == 0
+
+
+def test_the_schedules_panel_and_pausing_queues_in_a_browser(
+    browser: Any, running_taskq: dict[str, Any]
+) -> None:
+    """The schedules panel shows next and last runs and the last task's status, and
+    enables/disables; each queue's button pauses and resumes it."""
+    from playwright.sync_api import expect
+
+    port = running_taskq["port"]
+    _http(port, "PUT", "/schedules/tick", {"every": 1, "kind": "echo"})
+    _http(port, "PUT", "/schedules/nightly", {"cron": "0 3 * * *", "kind": "echo",
+                                             "timezone": "Europe/Berlin"})  # fmt: skip
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(f"http://127.0.0.1:{port}/dashboard")
+    timeout = 20_000
+
+    tick = page.locator('[data-schedule="tick"]')
+    expect(tick).to_contain_text("every 1s", timeout=timeout)
+    expect(tick.locator('[data-field="last-status"]')).to_contain_text("succeeded", timeout=timeout)
+    nightly = page.locator('[data-schedule="nightly"]')
+    expect(nightly).to_contain_text("0 3 * * * (Europe/Berlin)")
+    nightly.locator('button[data-action="disable"]').click()
+    expect(nightly.locator('[data-field="next"]')).to_have_text("disabled", timeout=timeout)
+    assert _http(port, "GET", "/schedules/nightly")["enabled"] is False
+    nightly.locator('button[data-action="enable"]').click()
+    expect(nightly.locator('button[data-action="disable"]')).to_be_visible(timeout=timeout)
+    assert _http(port, "GET", "/schedules/nightly")["enabled"] is True
+
+    # The worker serves "emails": the queue is listed although it has no task.
+    emails = page.locator('[data-queue-state="emails"]')
+    expect(emails).to_contain_text("active", timeout=timeout)
+    emails.locator('button[data-action="pause"]').click()
+    expect(emails).to_contain_text("paused", timeout=timeout)
+    states = {q["name"]: q["paused"] for q in _http(port, "GET", "/queues")["queues"]}
+    assert states["emails"] is True
+    held = _http(port, "POST", "/tasks", {"queue": "emails"})  # accepted while paused
+    emails.locator('button[data-action="resume"]').click()
+    expect(emails).to_contain_text("active", timeout=timeout)
+    wait_until(
+        lambda: _http(port, "GET", f"/tasks/{held['id']}")["status"] == "succeeded",
+        what="the held task to run after resume",
+    )
+    assert problems == []

@@ -282,3 +282,19 @@ def test_dev_stops_everything_when_a_child_fails(database_url: str, tmp_path: Pa
     assert proc.returncode == 1, out
     assert "the api exited" in out
     wait_until(lambda: not any(_alive(p) for p in children), timeout=10, what="children to exit")
+
+
+def test_dev_refuses_a_bad_settings_file_before_starting_anything(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`taskq dev` picks up TASKQ_CONFIG_FILE: a bad one stops it at once, naming the line."""
+    path = tmp_path / "taskq.yaml"
+    path.write_text("schedules:\n  - name: a\n    cron: '0 3 * *'\n    kind: echo\n")
+    env = taskq_env(database_url, config_file=path)
+    proc = spawn_taskq(["dev", "--bind", f"127.0.0.1:{free_port()}"], env, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 2
+    assert "line 3: schedules[0].cron" in err

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskq import stats
+from taskq import registry, stats
 from taskq.stats import STATS_CAP
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; see the module docstring
@@ -72,8 +72,8 @@ class MetricInfo:
 # test that scrapes both processes are all checked against this table.
 METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("taskq_tasks_enqueued_total", "counter", ("queue", "kind"),
-               "Tasks inserted by this process (the API; idempotent repeats not counted).",
-               "api"),
+               "Tasks inserted by this process (the API, or a worker's scheduler; idempotent "
+               "repeats not counted).", "both"),
     MetricInfo("taskq_tasks_succeeded_total", "counter", ("queue", "kind"),
                "Tasks whose handler returned.", "worker"),
     MetricInfo("taskq_tasks_failed_total", "counter", ("queue", "kind"),
@@ -120,6 +120,9 @@ METRICS: tuple[MetricInfo, ...] = (
                "How long the oldest runnable task has been waiting (0 when none).", "api"),
     MetricInfo("taskq_queue_stats_up", "gauge", (),
                "1 when the scrape could read the queue statistics from PostgreSQL.", "api"),
+    MetricInfo("taskq_queue_paused", "gauge", ("queue",),
+               "1 while the queue is paused (workers claim nothing from it), 0 when it has "
+               "settings and is not; read at scrape time.", "api"),
 )  # fmt: skip
 _INFO = {m.name: m for m in METRICS}
 
@@ -372,6 +375,7 @@ class QueueCollector:
         try:
             with pooled(self._pool) as conn:
                 rows = stats.depths(conn)
+                paused = registry.paused_queues(conn)
         except TaskqError as exc:
             log.warning("queue statistics unavailable for /metrics: %s", exc.message)
             up.add_metric([], 0)
@@ -394,8 +398,14 @@ class QueueCollector:
         for row in rows:
             for column, family in families.items():
                 family.add_metric([row["queue"]], float(row[column]))
+        paused_family = GaugeMetricFamily(
+            "taskq_queue_paused", _INFO["taskq_queue_paused"].help, labels=["queue"]
+        )
+        for name, is_paused in paused.items():
+            paused_family.add_metric([name], 1.0 if is_paused else 0.0)
         yield up
         yield from families.values()
+        yield paused_family
 
 
 # ------------------------------------------------------------------ exposition

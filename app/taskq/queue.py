@@ -290,11 +290,6 @@ def register_worker(conn: AnyConnection, worker_id: str) -> bool:
     return True
 
 
-def unregister_worker(conn: AnyConnection, worker_id: str) -> None:
-    """Forget a worker that stops cleanly."""
-    fetch(conn, sql.UNREGISTER_WORKER, {"id": worker_id})
-
-
 def lock_free_workers(conn: AnyConnection, *, sweeper: str) -> set[str]:
     """Registered workers (other than `sweeper`) whose liveness lock is free."""
     return {row["id"] for row in fetch(conn, sql.LOCK_FREE_WORKERS, {"self": sweeper})}

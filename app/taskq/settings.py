@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     liveness_interval: float = Field(0.5, gt=0, le=600, description="dead-worker sweep, s")
     shutdown_timeout: float = Field(25.0, ge=0, le=3600)
     handler_modules: Annotated[list[str], NoDecode] = []
+    # The settings file (YAML): schedules and queue settings, applied by workers at start
+    # (app/taskq/settings_file.py).
+    config_file: Path | None = None
 
     # Retries.
     default_max_attempts: int = Field(5, ge=1, le=1000)

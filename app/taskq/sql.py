@@ -58,6 +58,8 @@ SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s
 # RETURNING has none of its own), with the time the task waited after becoming runnable.
 # With several queues, each probe locks up to `limit` rows and only the best `limit` of
 # them are claimed; the others are unlocked when the statement commits, a moment later.
+# Paused queues (taskq_queues.paused) are dropped before any probe, by an anti-join with
+# that small table (microseconds), so a pause takes effect at every worker's next claim.
 CLAIM: LiteralString = """
 WITH ready AS (
     SELECT c.id
@@ -70,6 +72,7 @@ WITH ready AS (
              LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED
            ) AS c
+     WHERE NOT EXISTS (SELECT 1 FROM taskq_queues p WHERE p.name = q.name AND p.paused)
      ORDER BY c.priority DESC, c.run_at, c.id
      LIMIT %(limit)s
 ), claimed AS (
@@ -364,13 +367,13 @@ LIVENESS_LOCK: LiteralString = (
 )
 
 # Register a worker whose liveness lock is held (idempotent: a reconnect registers again).
+# Its presence row (WORKER_SEEN) may exist already, without a lock key: that row is the
+# one that gains it. A row without a lock key is never taken for dead (NULL NOT IN ...).
 REGISTER_WORKER: LiteralString = """
 INSERT INTO taskq_workers (id, lock_key) VALUES (%(id)s, %(key)s)
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT (id) DO UPDATE SET lock_key = EXCLUDED.lock_key
 """
 
-# Forget a worker that stops cleanly (its unfinished tasks were released already).
-UNREGISTER_WORKER: LiteralString = "DELETE FROM taskq_workers WHERE id = %(id)s"
 
 # The registered workers whose liveness lock is free (other than the sweeping worker).
 # pg_locks is read once (a hashed NOT IN).
@@ -456,3 +459,176 @@ SELECT set_config('synchronous_commit', 'on', %(local)s)
 # Readiness: this node answers and accepts writes (a read-only database or a standby is
 # not where a taskq process can work).
 PING_WRITABLE: LiteralString = "SELECT current_setting('transaction_read_only') = 'off' AS writable"
+
+
+# ------------------------------------------------------------------ schedules (0006)
+# Recurring tasks. Each slot's task carries the idempotency key 'schedule:<name>:<slot>',
+# so concurrent schedulers (every worker runs one) insert it once: no leader election.
+
+# Every column of a schedule, with the status of the task it created last (the dashboard
+# and GET /schedules show it); a primary-key probe per schedule.
+_SCHEDULE_COLUMNS = """
+s.name, s.cron, s.every_seconds, s.timezone, s.kind, s.payload, s.queue, s.priority,
+s.max_attempts, s.enabled, s.source, s.next_run_at, s.last_run_at, s.last_task_id,
+s.created_at, s.updated_at, t.status AS last_task_status
+"""
+
+# Create or replace a schedule; `created` tells which. The stored next_run_at is kept when
+# the timing (cron, every, timezone) is unchanged and the schedule was enabled: a worker
+# re-applying the settings file at start must not skip a slot that came due while it was
+# down. Otherwise it is the given one (the next slot after now).
+UPSERT_SCHEDULE: LiteralString = """
+INSERT INTO taskq_schedules AS s
+       (name, cron, every_seconds, timezone, kind, payload, queue, priority, max_attempts,
+        enabled, source, next_run_at)
+VALUES (%(name)s, %(cron)s, %(every)s, %(timezone)s, %(kind)s, %(payload)s, %(queue)s,
+        %(priority)s, %(max_attempts)s, %(enabled)s, %(source)s, %(next_run_at)s)
+ON CONFLICT (name) DO UPDATE
+   SET cron = EXCLUDED.cron, every_seconds = EXCLUDED.every_seconds,
+       timezone = EXCLUDED.timezone, kind = EXCLUDED.kind, payload = EXCLUDED.payload,
+       queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+       max_attempts = EXCLUDED.max_attempts, enabled = EXCLUDED.enabled,
+       source = EXCLUDED.source,
+       next_run_at = CASE
+           WHEN s.enabled AND s.next_run_at IS NOT NULL
+            AND s.cron IS NOT DISTINCT FROM EXCLUDED.cron
+            AND s.every_seconds IS NOT DISTINCT FROM EXCLUDED.every_seconds
+            AND s.timezone = EXCLUDED.timezone
+           THEN s.next_run_at ELSE EXCLUDED.next_run_at END,
+       updated_at = now()
+RETURNING (xmax = 0) AS created
+"""
+
+# One schedule, or all of them by name.
+GET_SCHEDULE: LiteralString = (
+    "SELECT"
+    + _SCHEDULE_COLUMNS
+    + "FROM taskq_schedules s LEFT JOIN taskq_tasks t ON t.id = s.last_task_id"
+    + " WHERE s.name = %(name)s"
+)
+LIST_SCHEDULES: LiteralString = (
+    "SELECT"
+    + _SCHEDULE_COLUMNS
+    + "FROM taskq_schedules s LEFT JOIN taskq_tasks t ON t.id = s.last_task_id ORDER BY s.name"
+)
+
+# Delete one schedule (its tasks stay).
+DELETE_SCHEDULE: LiteralString = "DELETE FROM taskq_schedules WHERE name = %(name)s RETURNING name"
+
+# Enable or disable a schedule. Enabling starts from the next slot after now (the given
+# next_run_at): slots that passed while it was disabled are not caught up.
+SET_SCHEDULE_ENABLED: LiteralString = """
+UPDATE taskq_schedules
+   SET enabled = %(enabled)s,
+       next_run_at = CASE WHEN %(enabled)s AND NOT enabled THEN %(next_run_at)s
+                          ELSE next_run_at END,
+       updated_at = now()
+ WHERE name = %(name)s
+RETURNING name
+"""
+
+# The schedules whose next slot has come, locked for this scheduler; SKIP LOCKED lets the
+# other workers' schedulers pass over them instead of waiting (they would find the slot
+# enqueued anyway). Runs inside the transaction that enqueues and advances them. The
+# database's clock decides what is due, so the workers' own clocks do not matter.
+LOCK_DUE_SCHEDULES: LiteralString = """
+SELECT name, cron, every_seconds, timezone, kind, payload, queue, priority, max_attempts,
+       next_run_at, now() AS db_now
+  FROM taskq_schedules
+ WHERE enabled AND next_run_at <= now()
+ ORDER BY next_run_at
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED
+"""
+
+# After enqueueing a slot: remember it and the task, and move to the next slot (NULL:
+# the schedule cannot run any more, e.g. its timezone vanished).
+ADVANCE_SCHEDULE: LiteralString = """
+UPDATE taskq_schedules
+   SET last_run_at = COALESCE(%(slot)s::timestamptz, last_run_at),
+       last_task_id = COALESCE(%(task_id)s::uuid, last_task_id),
+       next_run_at = %(next_run_at)s
+ WHERE name = %(name)s
+"""
+
+# Seconds until the earliest enabled schedule is due (negative: overdue), by the
+# database's clock; NULL when no schedule is enabled. Reads the due index's first entry.
+NEXT_SCHEDULE_DUE: LiteralString = """
+SELECT extract(epoch FROM min(next_run_at) - now())::float8 AS seconds
+  FROM taskq_schedules WHERE enabled
+"""
+
+# Schedules owned by the settings file that it no longer lists.
+DELETE_FILE_SCHEDULES_EXCEPT: LiteralString = """
+DELETE FROM taskq_schedules
+ WHERE source = 'file' AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name
+"""
+
+# The database's clock, for computing a new schedule's next slot.
+SCHEDULE_NOW: LiteralString = "SELECT now() AS now"
+
+# Serialises settings-file applies (workers starting together apply the same file).
+LOCK_SETTINGS_APPLY: LiteralString = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('taskq settings file', 0))"
+)
+
+
+# ------------------------------------------------------------------ queue registry (0005, 0006)
+# Queues with settings have a row in taskq_queues; paused queues are skipped by CLAIM.
+
+# Pause or resume a queue, creating its row if needed; the row's source is kept.
+SET_QUEUE_PAUSED: LiteralString = """
+INSERT INTO taskq_queues AS q (name, paused, paused_at)
+VALUES (%(name)s, %(paused)s, CASE WHEN %(paused)s THEN now() END)
+ON CONFLICT (name) DO UPDATE
+   SET paused = EXCLUDED.paused,
+       paused_at = CASE WHEN EXCLUDED.paused THEN COALESCE(q.paused_at, now()) END,
+       updated_at = now()
+RETURNING name, paused, paused_at, source
+"""
+
+# The settings file's queue settings; a setting the file leaves out keeps its value.
+UPSERT_FILE_QUEUE: LiteralString = """
+INSERT INTO taskq_queues AS q (name, paused, paused_at, source)
+VALUES (%(name)s, COALESCE(%(paused)s, false), CASE WHEN %(paused)s THEN now() END, 'file')
+ON CONFLICT (name) DO UPDATE
+   SET paused = COALESCE(%(paused)s, q.paused),
+       paused_at = CASE WHEN COALESCE(%(paused)s, q.paused)
+                        THEN COALESCE(q.paused_at, now()) END,
+       source = 'file',
+       updated_at = now()
+"""
+
+# Queue rows owned by the settings file that it no longer lists.
+DELETE_FILE_QUEUES_EXCEPT: LiteralString = """
+DELETE FROM taskq_queues
+ WHERE source = 'file' AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name
+"""
+
+# Every queue row (settings), by name.
+LIST_QUEUE_SETTINGS: LiteralString = """
+SELECT name, paused, paused_at, source, created_at, updated_at FROM taskq_queues ORDER BY name
+"""
+
+# Workers seen within `fresh` seconds, per queue they serve.
+WORKERS_PER_QUEUE: LiteralString = """
+SELECT q AS queue, count(*) AS n
+  FROM taskq_workers w CROSS JOIN LATERAL unnest(w.queues) AS q
+ WHERE w.seen_at > now() - %(fresh)s * interval '1 second'
+ GROUP BY q
+"""
+
+# A worker says it is alive and which queues it serves; rows of workers gone for an hour
+# are deleted on the way (any worker does it; there are few).
+WORKER_SEEN: LiteralString = """
+WITH gone AS (
+    DELETE FROM taskq_workers WHERE seen_at < now() - interval '1 hour'
+)
+INSERT INTO taskq_workers (id, queues) VALUES (%(id)s, %(queues)s)
+ON CONFLICT (id) DO UPDATE SET queues = EXCLUDED.queues, seen_at = now()
+"""
+
+# A worker that stops says so.
+WORKER_GONE: LiteralString = "DELETE FROM taskq_workers WHERE id = %(id)s"

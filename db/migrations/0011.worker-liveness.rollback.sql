@@ -1,2 +1,2 @@
 -- Forget worker liveness (workers then rely on lease expiry alone).
-DROP TABLE IF EXISTS taskq_workers;
+ALTER TABLE taskq_workers DROP COLUMN IF EXISTS lock_key;

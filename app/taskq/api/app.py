@@ -13,6 +13,8 @@ from taskq.api.dashboard import DashboardResource
 from taskq.api.deps import Deps
 from taskq.api.observability import RequestObserver
 from taskq.api.openapi import OpenApiResource, build
+from taskq.api.queues import QueueResource, QueuesResource
+from taskq.api.schedules import ScheduleResource, SchedulesResource
 from taskq.api.stats import StatsResource
 from taskq.api.tasks import BatchResource, TaskResource, TasksResource
 from taskq.health import LiveResource, MetricsResource, ReadyResource
@@ -37,6 +39,15 @@ def create_app(
     app.add_route("/tasks/{task_id:uuid}", task)
     app.add_route("/tasks/{task_id:uuid}/cancel", task, suffix="cancel")
     app.add_route("/tasks/{task_id:uuid}/retry", task, suffix="retry")
+    app.add_route("/schedules", SchedulesResource(settings, deps))
+    schedule = ScheduleResource(settings, deps)
+    app.add_route("/schedules/{name}", schedule)
+    app.add_route("/schedules/{name}/enable", schedule, suffix="enable")
+    app.add_route("/schedules/{name}/disable", schedule, suffix="disable")
+    app.add_route("/queues", QueuesResource(settings, deps))
+    queue_resource = QueueResource(settings, deps)
+    app.add_route("/queues/{name}/pause", queue_resource, suffix="pause")
+    app.add_route("/queues/{name}/resume", queue_resource, suffix="resume")
     app.add_route("/live", LiveResource())
     app.add_route("/ready", ReadyResource(lambda: {"database": db.ping(deps.pool)}))
     app.add_route("/metrics", MetricsResource([metrics.QueueCollector(deps.pool)]))

@@ -26,6 +26,8 @@ from pydantic.json_schema import models_json_schema
 from taskq import __version__, stats
 from taskq.api.observability import public_template
 from taskq.models import STATUSES, BatchSpec, Task, TaskSpec
+from taskq.registry import QueueEntry
+from taskq.schedules import ScheduleSpec
 from taskq.settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -77,6 +79,7 @@ def _with_errors(ok: dict[int, Response], *statuses: int) -> dict[int, Response]
 
 
 _TASK = Response("the task", "Task")
+_SCHEDULE_404 = _error("no schedule with that name")
 _READ = (401, 404, 500, 503)
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -149,6 +152,91 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "couple of seconds.",
         tags=("operations",),
     ),
+    # ---- schedules (recurring tasks)
+    ("GET", "/schedules"): Operation(
+        "List schedules",
+        _with_errors({200: Response("every schedule, by name", "ScheduleList")}, 401, 500, 503),
+        tags=("schedules",),
+    ),
+    ("PUT", "/schedules/{name}"): Operation(
+        "Create or replace a schedule",
+        _with_errors(
+            {
+                201: Response("created", "Schedule", headers=("Location",)),
+                200: Response("replaced", "Schedule", headers=("Location",)),
+            },
+            400,
+            401,
+            413,
+            415,
+            422,
+            500,
+            503,
+        ),
+        description="Exactly one of `cron` (5 fields, or 6 with seconds first) and `every` "
+        "(seconds). `timezone` is an IANA name (default UTC); daylight saving follows "
+        "Debian cron. Each slot creates one task, with the idempotency key "
+        "`schedule:NAME:SLOT`, however many workers run. A schedule made here is left "
+        "alone by the settings file unless the file lists the same name.",
+        request="ScheduleSpec",
+        parameters=("name",),
+        tags=("schedules",),
+    ),
+    ("GET", "/schedules/{name}"): Operation(
+        "Read a schedule (with next_run_at, last_run_at, last_task_id)",
+        _with_errors({200: Response("the schedule", "Schedule")}, 401, 500, 503)
+        | {404: _SCHEDULE_404},
+        parameters=("name",),
+        tags=("schedules",),
+    ),
+    ("DELETE", "/schedules/{name}"): Operation(
+        "Delete a schedule (the tasks it created stay)",
+        {
+            **_with_errors({}, 401, 500, 503),
+            204: Response("deleted; no body", content_type=""),
+            404: _SCHEDULE_404,
+        },
+        parameters=("name",),
+        tags=("schedules",),
+    ),
+    ("POST", "/schedules/{name}/enable"): Operation(
+        "Enable a schedule from its next slot",
+        _with_errors({200: Response("the schedule", "Schedule")}, 401, 500, 503)
+        | {404: _SCHEDULE_404},
+        description="Slots that passed while it was disabled are not caught up.",
+        parameters=("name",),
+        tags=("schedules",),
+    ),
+    ("POST", "/schedules/{name}/disable"): Operation(
+        "Disable a schedule",
+        _with_errors({200: Response("the schedule", "Schedule")}, 401, 500, 503)
+        | {404: _SCHEDULE_404},
+        parameters=("name",),
+        tags=("schedules",),
+    ),
+    # ---- the queue registry
+    ("GET", "/queues"): Operation(
+        "List queues: counts by status, paused, workers",
+        _with_errors({200: Response("every queue", "QueueList")}, 401, 500, 503),
+        description="Every queue with queued or running tasks, tasks finished in the last "
+        "hour, settings, or a worker serving it. Counts are those of /stats.",
+        tags=("queues",),
+    ),
+    ("POST", "/queues/{name}/pause"): Operation(
+        "Pause a queue",
+        _with_errors({200: Response("the queue's settings", "QueueState")}, 401, 422, 500, 503),
+        description="Workers stop claiming from it at their next claim; submits are still "
+        "accepted and running tasks finish. Stored: it outlives restarts.",
+        parameters=("name",),
+        tags=("queues",),
+    ),
+    ("POST", "/queues/{name}/resume"): Operation(
+        "Resume a paused queue",
+        _with_errors({200: Response("the queue's settings", "QueueState")}, 401, 422, 500, 503),
+        description="Its workers are woken and claim at once.",
+        parameters=("name",),
+        tags=("queues",),
+    ),
     ("GET", "/live"): Operation(
         "Liveness: the process answers",
         {200: Response("alive", "Live")},
@@ -197,6 +285,13 @@ def _parameters(settings: Settings) -> dict[str, dict[str, Any]]:
         }
 
     return {
+        "name": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_.:-]+$"},
+            "description": "the schedule's or queue's name",
+        },
         "task_id": {
             "name": "task_id",
             "in": "path",
@@ -279,6 +374,8 @@ def _schemas() -> dict[str, Any]:
         (TaskSpec, "validation"),
         (BatchSpec, "validation"),
         (stats.Stats, "serialization"),
+        (ScheduleSpec, "validation"),
+        (QueueEntry, "serialization"),
     ]
     _, defs = models_json_schema(models, ref_template=REF)
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
@@ -299,6 +396,7 @@ def _schemas() -> dict[str, Any]:
         "properties": {"tasks": {"type": "array", "items": _ref("Task")}},
     }
     schemas["Error"] = _ERROR_SCHEMA
+    schemas.update(_schedule_and_queue_schemas())
     schemas["Live"] = {
         "type": "object",
         "required": ["status"],
@@ -318,6 +416,65 @@ def _schemas() -> dict[str, Any]:
         "properties": {"openapi": {"type": "string", "pattern": "^3\\.1\\."}},
     }
     return schemas
+
+
+def _schedule_and_queue_schemas() -> dict[str, Any]:
+    """Schedule (Schedule.to_json), its list, QueueState and the /queues list."""
+    nullable_time = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+    schedule_fields: dict[str, Any] = {
+        "name": {"type": "string"},
+        "cron": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "every": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+        "timezone": {"type": "string"},
+        "kind": {"type": "string"},
+        "payload": {"type": "object"},
+        "queue": {"type": "string"},
+        "priority": {"type": "integer"},
+        "max_attempts": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+        "enabled": {"type": "boolean"},
+        "source": {"enum": ["api", "file"], "description": "who owns it"},
+        "next_run_at": nullable_time | {"description": "the next slot (null when disabled)"},
+        "last_run_at": nullable_time | {"description": "the slot enqueued last"},
+        "last_task_id": {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}]},
+        "last_task_status": {
+            "anyOf": [{"enum": list(STATUSES)}, {"type": "null"}],
+            "description": "null when the task was pruned or none ran yet",
+        },
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    }
+    return {
+        "Schedule": {
+            "type": "object",
+            "description": "A schedule and its state. Timestamps are UTC (…Z).",
+            "required": list(schedule_fields),
+            "additionalProperties": False,
+            "properties": schedule_fields,
+        },
+        "ScheduleList": {
+            "type": "object",
+            "required": ["schedules"],
+            "additionalProperties": False,
+            "properties": {"schedules": {"type": "array", "items": _ref("Schedule")}},
+        },
+        "QueueState": {
+            "type": "object",
+            "required": ["name", "paused", "paused_at", "source"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "paused": {"type": "boolean"},
+                "paused_at": nullable_time,
+                "source": {"enum": ["api", "file"]},
+            },
+        },
+        "QueueList": {
+            "type": "object",
+            "required": ["queues"],
+            "additionalProperties": False,
+            "properties": {"queues": {"type": "array", "items": _ref("QueueEntry")}},
+        },
+    }
 
 
 def routes(app: falcon.App[Any, Any]) -> set[tuple[str, str]]:
@@ -347,6 +504,8 @@ def _response(status: int, response: Response) -> dict[str, Any]:
     for name in response.headers:
         headers[name] = {"$ref": f"#/components/headers/{name}"}
     out["headers"] = headers
+    if not response.content_type:  # no body (204)
+        return out
     if response.schema is not None:
         out["content"] = {response.content_type: {"schema": _ref(response.schema)}}
     else:
@@ -395,6 +554,8 @@ def build(app: falcon.App[Any, Any], settings: Settings) -> dict[str, Any]:
         },
         "tags": [
             {"name": "tasks", "description": "submit, read, cancel, retry"},
+            {"name": "schedules", "description": "recurring tasks: cron or every N seconds"},
+            {"name": "queues", "description": "the queue registry: list, pause, resume"},
             {"name": "operations", "description": "probes, metrics, statistics, dashboard"},
         ],
         "paths": paths,

@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from taskq import db, logs
 from taskq.cli.parser import UsageError, build_parser
+from taskq.cli.schedules import cmd_queue, cmd_schedule
 from taskq.cli.services import cmd_api, cmd_dev, cmd_migrate, cmd_worker
 from taskq.cli.tasks import cmd_prune, cmd_stats, cmd_status, cmd_submit
 from taskq.errors import DatabaseUnavailable, SchemaOutdated, TaskqError
@@ -26,6 +27,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "prune": cmd_prune,
     "stats": cmd_stats,
     "dev": cmd_dev,
+    "schedule": cmd_schedule,
+    "queue": cmd_queue,
 }
 
 

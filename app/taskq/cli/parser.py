@@ -150,6 +150,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_flag(stats, "print the statistics as JSON (the shape of GET /stats)")
 
+    schedule = sub.add_parser(
+        "schedule",
+        help="recurring tasks: list, set (create or replace), delete",
+        description="Schedules enqueue a task per slot of a cron expression (5 fields, or "
+        "6 with seconds first) or every N seconds. The same as /schedules.",
+    )
+    schedule_actions = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
+    schedule_list = schedule_actions.add_parser("list", help="every schedule, next and last run")
+    _json_flag(schedule_list, "print the schedules as JSON (the shape of GET /schedules)")
+    schedule_set = schedule_actions.add_parser("set", help="create or replace a schedule")
+    schedule_set.add_argument("name")
+    when = schedule_set.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='e.g. "0 3 * * *" (quote it)')
+    when.add_argument("--every", type=_positive_int, metavar="SECONDS")
+    schedule_set.add_argument("--timezone", default="UTC", help="IANA name (default UTC)")
+    schedule_set.add_argument("--kind", required=True, help="handler name")
+    schedule_set.add_argument("--payload", default="{}", help="JSON object")
+    schedule_set.add_argument("--queue", default="default")
+    schedule_set.add_argument("--priority", type=int, default=0)
+    schedule_set.add_argument("--max-attempts", type=_positive_int)
+    schedule_set.add_argument("--disabled", action="store_true", help="store it disabled")
+    schedule_delete = schedule_actions.add_parser("delete", help="delete a schedule")
+    schedule_delete.add_argument("name")
+
+    queue = sub.add_parser(
+        "queue",
+        help="the queue registry: list, pause, resume",
+        description="Pausing stops every worker claiming from the queue within a second; "
+        "submits are still accepted and running tasks finish. The same as /queues.",
+    )
+    queue_actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    queue_list = queue_actions.add_parser("list", help="queues: state, workers, counts")
+    _json_flag(queue_list, "print the queues as JSON (the shape of GET /queues)")
+    for action in ("pause", "resume"):
+        queue_actions.add_parser(action, help=f"{action} a queue").add_argument("name")
+
     dev = sub.add_parser("dev", help="migrate, then run the API and a worker together")
     dev.add_argument(
         "--bind", type=_bind, default=None, help="API HOST:PORT (default TASKQ_API_BIND)"

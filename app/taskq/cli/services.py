@@ -27,16 +27,20 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from taskq.handlers import default_registry
     from taskq.health import BindError
+    from taskq.settings_file import SettingsFileError
     from taskq.worker import Worker
 
     default_registry.load_modules(settings.handler_modules)
-    worker = Worker(
-        settings,
-        queues=args.queues,
-        concurrency=args.concurrency,
-        burst=args.burst,
-        health_port=args.health_port,
-    )
+    try:
+        worker = Worker(
+            settings,
+            queues=args.queues,
+            concurrency=args.concurrency,
+            burst=args.burst,
+            health_port=args.health_port,
+        )
+    except SettingsFileError as exc:  # TASKQ_CONFIG_FILE: line and field named
+        raise UsageError(f"TASKQ_CONFIG_FILE: {exc}") from None
     try:
         return worker.run()
     except BindError as exc:  # the health server could not bind its address
@@ -67,6 +71,14 @@ def names_a_database(settings: Settings) -> bool:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.config_file is not None:  # the worker applies it; refuse a bad one now
+        from taskq.settings_file import SettingsFileError, load
+
+        try:
+            load(settings.config_file)
+        except SettingsFileError as exc:
+            print(f"taskq: TASKQ_CONFIG_FILE: {exc}", file=sys.stderr)
+            return 2
     env = dict(os.environ)
     server = None
     if not names_a_database(settings):
@@ -117,7 +129,12 @@ def _run_dev_children(bind: str, env: dict[str, str], settings: Settings) -> int
             f"""-d '{{"kind":"echo","payload":{{"input":"hello"}}}}'\n"""
             f"  curl -s {bind}/tasks/<id>\n"
             f"Dashboard: http://{bind}/dashboard   Metrics: http://{bind}/metrics\n"
-            "Ctrl-C stops everything.\n",
+            + (
+                f"Settings file: {settings.config_file} (schedules and queue settings)\n"
+                if settings.config_file
+                else ""
+            )
+            + "Ctrl-C stops everything.\n",
             flush=True,
         )
         while not stopping and all(child.poll() is None for child in children.values()):

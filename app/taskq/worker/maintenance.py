@@ -69,13 +69,15 @@ class Maintenance:
                 now = time.monotonic()
                 if now < due[i]:
                     continue
-                due[i] = now + service.interval
                 try:
                     service.run_once()
                     failing.discard(i)
                 except DatabaseUnavailable as exc:
                     failing.add(i)
                     log.warning("%s failed: %s", service.name, exc.message)
+                # Read after the run: a service may adapt its interval (the scheduler
+                # sleeps until its next slot is due).
+                due[i] = now + service.interval
                 if failing:
                     self.progress.waiting()
                 else:

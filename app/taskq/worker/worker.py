@@ -22,6 +22,7 @@ expire and be recovered: at-least-once, never lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from taskq import db, metrics
+from taskq import db, metrics, settings_file
 from taskq import queue as q
 from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable, TaskqError
@@ -48,6 +49,7 @@ from taskq.worker.maintenance import (
     Progress,
 )
 from taskq.worker.runner import Runners
+from taskq.worker.scheduler import Presence, Scheduler, SettingsFileWatch
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class Worker:
         self._wake = threading.Event()
         self.claimed = 0
         self.inflight = InFlight(self.concurrency)
+        # The settings file is read now, so a bad one stops the worker before it starts.
+        self.settings_file = None
+        if settings.config_file is not None:
+            self.settings_file = settings_file.load(settings.config_file)
+            self.settings_file.check_kinds(set(registry.kinds()))
         durable = settings.worker_synchronous_commit
         # The claim loop and the completer each own a connection; maintenance, probes and
         # shutdown share a small pool.
@@ -94,8 +101,16 @@ class Worker:
         )
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
         self.dead_sweep = DeadWorkerSweep(self._pool, settings.liveness_interval, self.worker_id)
+        self.scheduler = Scheduler(self._pool, settings)
+        self.presence = Presence(self._pool, self.worker_id, self.queues)
+        watch: list[SettingsFileWatch] = []
+        if settings.config_file is not None:
+            watch.append(
+                SettingsFileWatch(self._pool, settings.config_file, lambda: set(registry.kinds()))
+            )
         self.maintenance = Maintenance(
             [
+                *watch,
                 LeaseHeartbeat(
                     self._pool,
                     self.inflight,
@@ -105,6 +120,8 @@ class Worker:
                 ),
                 self.sweep,
                 self.dead_sweep,
+                self.scheduler,
+                self.presence,
             ],
             self._halt,
         )
@@ -157,6 +174,7 @@ class Worker:
             self.concurrency,
             " (burst)" if self.burst else "",
         )
+        self._apply_settings_file()
         self._start("listener", self.listener.run)
         self._start("completer", self.completer.run)
         self._start("maintenance", self.maintenance.run)
@@ -219,11 +237,9 @@ class Worker:
                 log.warning(
                     "could not release %d task(s); they recover when leases expire", len(unfinished)
                 )
-        try:
-            with db.pooled(self._pool) as conn:
-                q.unregister_worker(conn, self.worker_id)
-        except TaskqError:
-            pass  # the dead-worker sweep forgets it once its liveness lock is gone
+        with contextlib.suppress(TaskqError):
+            # The dead-worker sweep forgets it otherwise, once its liveness lock is gone.
+            self.presence.gone()
         self._halt.set()
         self.runners.stop()
         self.health.stop()
@@ -234,6 +250,29 @@ class Worker:
         self._claim_db.close()
         self.completer.close()
         self._pool.close(timeout=1.0)
+
+    def _apply_settings_file(self) -> None:
+        """Apply TASKQ_CONFIG_FILE before claiming, retrying while the database is away."""
+        if self.settings_file is None:
+            return
+        retry = Backoff(0.2, 5.0)
+        while not self.stopping.is_set():
+            try:
+                with db.pooled(self._pool) as conn:
+                    applied = settings_file.apply(conn, self.settings_file)
+            except DatabaseUnavailable as exc:
+                if retry.failures == 0:
+                    log.warning("cannot apply the settings file: %s; retrying", exc.message)
+                self.stopping.wait(retry.next())
+                continue
+            log.info(
+                "settings file %s applied: %d schedule(s) created, %d updated, %d deleted",
+                self.settings_file.path,
+                len(applied.schedules_created),
+                len(applied.schedules_updated),
+                len(applied.schedules_deleted),
+            )
+            return
 
     def ready_checks(self) -> dict[str, bool]:
         bound = self.settings.client_timeout

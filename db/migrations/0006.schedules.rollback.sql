@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS taskq_workers;
+DROP TABLE IF EXISTS taskq_schedules;
