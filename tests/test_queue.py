@@ -249,7 +249,7 @@ def test_heartbeat_extends_only_owned_leases(conn: Conn) -> None:
     owned = q.heartbeat(
         conn, [q.Lease(t.id, t.attempts) for t in mine + theirs], worker_id=W1, lease=300
     )
-    assert owned == {mine[0].id}
+    assert owned == {mine[0].id: False}
     assert q.get(conn, mine[0].id).lease_expires_at > mine_before.lease_expires_at  # type: ignore[operator]
     assert q.get(conn, theirs[0].id).lease_expires_at == theirs_before.lease_expires_at
 

@@ -3,11 +3,13 @@
 Threads and what each owns:
 - main: the claim loop. Claims at most as many tasks as there are free slots, in one
   statement, then sleeps until a notification, a freed slot, or the poll interval.
-- runners (runner.py, `concurrency` threads): run handlers.
+- runners (runner.py, `concurrency` threads): run handlers, on the thread itself or, in
+  the process pool, in a child process each (children.py).
 - completer (completer.py): records outcomes in batches.
 - maintenance (maintenance.py): lease heartbeat, expired-lease and dead-worker sweeps.
-- listener (listener.py): LISTEN on a dedicated connection, which also holds the worker's
-  liveness lock.
+- control (control.py): timeouts and the escalation of stops, on a thread of its own.
+- listener (listener.py): LISTEN on a dedicated connection (wake-ups and cancel
+  requests), which also holds the worker's liveness lock.
 - health (taskq/health.py): /live, /ready, /metrics.
 In-flight book-keeping (slots, leases) is owned by inflight.py.
 
@@ -27,6 +29,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -38,6 +41,7 @@ from taskq.handlers import Registry, default_registry
 from taskq.health import HealthServer, health_app
 from taskq.settings import Settings, parse_bind
 from taskq.worker.completer import Completer
+from taskq.worker.control import ControlWatcher
 from taskq.worker.inflight import InFlight, Snapshot
 from taskq.worker.listener import Listener
 from taskq.worker.maintenance import (
@@ -65,7 +69,12 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.queues = list(queues or settings.worker_queues)
-        self.concurrency = concurrency or settings.worker_concurrency
+        self.pool = settings.worker_pool
+        if self.pool == "process":
+            slots = settings.worker_processes or os.cpu_count() or 2
+            self.concurrency = concurrency or slots
+        else:
+            self.concurrency = concurrency or settings.worker_concurrency
         self.burst = burst
         self.worker_id = settings.worker_id
         self.stopping = threading.Event()  # no more claims
@@ -91,6 +100,7 @@ class Worker:
             self.completer,
             self._wake,
             self.stopping,
+            pool=self.pool,
         )
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
         self.dead_sweep = DeadWorkerSweep(self._pool, settings.liveness_interval, self.worker_id)
@@ -102,12 +112,15 @@ class Worker:
                     self.worker_id,
                     settings.heartbeat_interval,
                     settings.lease_seconds,
+                    self._cancel_requested,
                 ),
                 self.sweep,
                 self.dead_sweep,
             ],
             self._halt,
         )
+        self.watcher = ControlWatcher(self.inflight.controls, settings.worker_kill_grace)
+        self.control = Maintenance([self.watcher], self._halt)
         self.listener = Listener(
             settings,
             self.queues,
@@ -115,6 +128,7 @@ class Worker:
             self._halt,
             send_probe=self._send_probe,
             worker_id=self.worker_id,
+            on_cancel=self._cancel_requested,
         )
         self.claim_progress = Progress()
         self.failed_thread: str | None = None
@@ -135,6 +149,10 @@ class Worker:
         """Tasks this worker's sweeps recovered from expired leases or dead workers."""
         return self.sweep.recovered + self.dead_sweep.recovered
 
+    def _cancel_requested(self, task_id: uuid.UUID) -> None:
+        if self.inflight.cancel(task_id):
+            log.info("task %s: cancel requested; stopping its attempt", task_id)
+
     def snapshot(self) -> Snapshot:
         """Slots, tasks in flight and free slots, for the metrics."""
         return self.inflight.snapshot()
@@ -151,15 +169,17 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         log.info(
-            "worker %s serving queues %s with concurrency %d%s",
+            "worker %s serving queues %s with concurrency %d (%s pool)%s",
             self.worker_id,
             ",".join(self.queues),
             self.concurrency,
+            self.pool,
             " (burst)" if self.burst else "",
         )
         self._start("listener", self.listener.run)
         self._start("completer", self.completer.run)
         self._start("maintenance", self.maintenance.run)
+        self._start("control", self.control.run)
         self.runners.start()
         try:
             self._claim_loop()
