@@ -202,13 +202,14 @@ def _echo(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _sleep(payload: dict[str, Any]) -> dict[str, float]:
-    """Sleep `seconds` (default 1): a stand-in for slow work in demos and drills."""
+def _sleep(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """Sleep `seconds` (default 1): a stand-in for slow work in demos and drills. Stops
+    early when cancelled or past its timeout."""
     seconds = payload.get("seconds", 1)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise NonRetryableError("payload.seconds must be a non-negative number")
     started = time.monotonic()
-    time.sleep(seconds)
+    ctx.sleep(seconds)
     return {"slept": round(time.monotonic() - started, 3)}
 
 
@@ -222,7 +223,7 @@ def _fail(payload: dict[str, Any]) -> None:
 
 def register_builtins(registry: Registry) -> None:
     registry.register("echo", _echo)
-    registry.register("sleep", _sleep)
+    registry.register("sleep", _sleep, takes_context=True)
     registry.register("fail", _fail)
 
 
