@@ -332,6 +332,11 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def process_worker(process_settings: Settings) -> Iterator[Any]:
     with running_worker(process_settings, default_registry) as worker:
+        wait_until(
+            lambda: all(child.is_ready for child in worker.runners.children),
+            timeout=60,
+            what="the children to start",
+        )
         yield worker
 
 

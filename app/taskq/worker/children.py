@@ -59,6 +59,11 @@ class Child:
         self.started = 0  # children started in this slot, replacements included
 
     @property
+    def is_ready(self) -> bool:
+        """A child is up and has imported the handler modules."""
+        return self._ready and self._proc is not None and self._proc.is_alive()
+
+    @property
     def pid(self) -> int | None:
         return None if self._proc is None else int(self._proc.pid)
 
@@ -172,9 +177,12 @@ class _Terminated:
 
 
 def child_main(conn: multiprocessing.connection.Connection, settings: Settings) -> None:
-    """The child's loop. Ctrl-C goes to the parent only: it decides what stops."""
+    """The child's loop. Signals meant for the worker (Ctrl-C, a SIGTERM to its process
+    group) go to the parent only: it decides what stops, and lets running tasks finish
+    on a graceful shutdown. A child whose parent is gone exits at its next receive."""
     from taskq.worker.attempt import run_attempt
 
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     terminated = _Terminated()
     signal.signal(signal.SIGTERM, terminated)

@@ -71,6 +71,10 @@ class Runners:
         try:
             if child is not None:
                 child.start()  # every child boots at once, in parallel with the others
+                try:
+                    child.ready()
+                except RuntimeError as exc:  # tried again before each task
+                    log.error("process pool slot %d: %s", index, exc)
             while (task := self._todo.get()) is not None:
                 if not self.closing:  # shutting down: the task is released, not started
                     self._run_one(task, child)
