@@ -301,11 +301,15 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
             "The same backlog and worker command; only TASKQ_WORKER_POOL (and the number of "
             "children) differs. CPU includes the children.\n"
         )
-        add("| pool | slots | drain jobs/s | first handler after ms | CPU us/job | parent RSS MB |")
-        add("| --- | ---: | ---: | ---: | ---: | ---: |")
+        add(
+            "| pool | threads or children | prefetch | drain jobs/s | first handler after ms "
+            "| CPU us/job | parent RSS MB |"
+        )
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for row in (v["median"] for v in results["pools"].values()):
             add(
-                f"| {row['pool']} | {row['slots']} | {_n(row['drain_per_s'])} | "
+                f"| {row['pool']} | {row['slots']} | {row['prefetch']} | "
+                f"{_n(row['drain_per_s'])} | "
                 f"{_n(row['startup_ms'])} | {_n(row['cpu_us_per_job'])} | {_n(row['maxrss_mb'])} |"
             )
         add("")

@@ -154,17 +154,24 @@ def run_ceiling(cfg: Config, taskq: Taskq, say: Progress) -> Any:
 
 def run_pools(cfg: Config, taskq: Taskq, col: Collector, say: Progress) -> Any:
     """taskq's thread pool (default concurrency) vs its process pool, rounds interleaved."""
-    variants = [("thread", DEFAULT_CONCURRENCY)] + [("process", p) for p in cfg.pools_processes]
+    # The process pool with no prefetch (a claim takes one task per free child) and with
+    # enough prefetch to claim as many tasks at once as the thread pool does.
+    variants = [("thread", DEFAULT_CONCURRENCY, 0)]
+    for p in cfg.pools_processes:
+        variants += [("process", p, 0), ("process", p, max(0, DEFAULT_CONCURRENCY - p))]
     rows: dict[str, list[dict[str, Any]]] = {}
     for i in range(cfg.rounds):
-        for pool, slots in variants:
-            res = pools.run(taskq, pool, slots, cfg.pools_n, col, cfg.out / "logs.tmp")
+        for pool, slots, prefetch in variants:
+            res = pools.run(
+                taskq, pool, slots, cfg.pools_n, col, cfg.out / "logs.tmp", prefetch=prefetch
+            )
             say(
-                f"pools {pool} x{slots} round {i + 1}/{cfg.rounds}: {res.drain_per_s:,.0f} "
-                f"jobs/s (first handler after {res.startup_ms:,.0f} ms, "
+                f"pools {pool} x{slots} prefetch {prefetch} round {i + 1}/{cfg.rounds}: "
+                f"{res.drain_per_s:,.0f} jobs/s (first handler after {res.startup_ms:,.0f} ms, "
                 f"{res.cpu_us_per_job:,.0f} us CPU/job)"
             )
-            rows.setdefault(f"{pool}-{slots}", []).append(dataclasses.asdict(res))
+            key = f"{pool}-{slots}" + (f"+{prefetch}" if prefetch else "")
+            rows.setdefault(key, []).append(dataclasses.asdict(res))
     return {key: {"rounds": r, "median": _median(r)} for key, r in rows.items()}
 
 

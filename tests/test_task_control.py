@@ -24,7 +24,7 @@ from taskq.settings import Settings
 from taskq.worker.inflight import InFlight
 from taskq.worker.maintenance import LeaseHeartbeat
 
-from tests.helpers import wait_until
+from tests.helpers import spawn_taskq, stop_process, taskq_env, wait_until
 from tests.worker_helpers import fresh_registry, running_worker
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -207,8 +207,9 @@ def test_cancel_races_completion_and_exactly_one_wins(database_url: str, conn: C
             assert row.status == "cancelled"
             assert row.result is None
             assert row.cancel_requested_at is not None
+            # (finished_at is the FINISH transaction's start, which may precede the
+            # cancel's: it waited on the cancel's row lock, then saw it committed.)
             assert row.finished_at is not None
-            assert row.cancel_requested_at <= row.finished_at
         else:
             assert row.status == "succeeded"
             assert row.cancel_requested_at is None
@@ -396,3 +397,49 @@ def test_cancel_a_running_process_pool_task(conn: Conn, record: Path, process_wo
     assert done.finished_at is not None
     assert (done.finished_at - done.cancel_requested_at).total_seconds() < 1.0 + 0.5
     wait_until(lambda: not _alive(pid), what="the child to be stopped")
+
+
+def test_process_pool_prefetch_claims_beyond_its_children(
+    make_settings: Callable[..., Settings], conn: Conn
+) -> None:
+    default_registry.load_modules(["tests.handlers_for_tests"])
+    settings = make_settings(
+        worker_pool="process",
+        worker_processes=1,
+        worker_prefetch=3,
+        handler_modules=["tests.handlers_for_tests"],
+    )
+    tasks = q.enqueue_many(
+        conn, [TaskSpec(kind="typed_order", payload={"order_id": i}) for i in range(6)]
+    )
+    with running_worker(settings, default_registry) as worker:
+        assert (worker.concurrency, len(worker.runners.children)) == (4, 1)
+        wait_until(
+            lambda: all(q.get(conn, t.id).status == "succeeded" for t in tasks),
+            timeout=60,
+            what="every task",
+        )
+
+
+def test_the_taskq_worker_command_runs_a_process_pool(
+    database_url: str, conn: Conn, record: Path
+) -> None:
+    """The real CLI (`python -m taskq.cli worker`), whose main module must not run again
+    in the children."""
+    tasks = q.enqueue_many(conn, [TaskSpec(kind="record", payload={"n": i}) for i in range(4)])
+    env = taskq_env(
+        database_url,
+        handler_modules="tests.handlers_for_tests",
+        worker_pool="process",
+        worker_processes=2,
+    )
+    env["TASKQ_TEST_RECORD"] = str(record)
+    proc = spawn_taskq(["worker", "--burst", "--health-port", "0"], env)
+    try:
+        assert proc.wait(timeout=90) == 0
+    finally:
+        stop_process(proc)
+    assert all(q.get(conn, t.id).status == "succeeded" for t in tasks)
+    pids = {pid for _, _, pid in _records(record)}
+    assert proc.pid not in pids
+    assert 1 <= len(pids) <= 2

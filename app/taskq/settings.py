@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     worker_pool: Literal["thread", "process"] = "thread"
     # Children of the process pool (its slots); 0: one per CPU. The thread pool ignores it.
     worker_processes: int = Field(0, ge=0, le=256)
+    # Process pool: tasks claimed beyond its children, waiting for a free one. Larger
+    # claims cost less per task; a waiting task's timeout starts when a child takes it.
+    worker_prefetch: int = Field(0, ge=0, le=1024)
     # Seconds between SIGTERM and SIGKILL for a stopped child; in the thread pool, how long
     # a handler may ignore its stop before it is reported.
     worker_kill_grace: float = Field(5.0, gt=0, le=3600)

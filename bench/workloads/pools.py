@@ -20,7 +20,8 @@ from bench.systems import Taskq
 @dataclasses.dataclass(frozen=True, slots=True)
 class PoolResult:
     pool: str
-    slots: int
+    slots: int  # threads, or children
+    prefetch: int  # process pool: tasks claimed beyond its children
     jobs: int
     drain_per_s: float
     startup_ms: float  # from the worker's start to its first handler
@@ -28,7 +29,9 @@ class PoolResult:
     cpu_us_per_job: float  # worker and children, start-up included
 
 
-def run(system: Taskq, pool: str, slots: int, n: int, col: Collector, logs: Path) -> PoolResult:
+def run(
+    system: Taskq, pool: str, slots: int, n: int, col: Collector, logs: Path, prefetch: int = 0
+) -> PoolResult:
     system.reset()
     system.bulk_enqueue(n)
     system.analyze()
@@ -38,12 +41,13 @@ def run(system: Taskq, pool: str, slots: int, n: int, col: Collector, logs: Path
         **col.env(total=n),
         "TASKQ_WORKER_POOL": pool,
         "TASKQ_WORKER_PROCESSES": str(slots),
+        "TASKQ_WORKER_PREFETCH": str(prefetch),
     }
     cmd = system.worker_cmd("drain")
     if pool == "thread":
         cmd = [*cmd, "--concurrency", str(slots)]
     started = now_ns()
-    proc = procs.start(cmd, env=env, log=logs / f"pools-{pool}-{slots}.log")
+    proc = procs.start(cmd, env=env, log=logs / f"pools-{pool}-{slots}-{prefetch}.log")
     rss = procs.PeakRss(proc.pid)
     try:
         # Every child counts its own handlers from 1: the first "count 1" is the first
@@ -61,6 +65,7 @@ def run(system: Taskq, pool: str, slots: int, n: int, col: Collector, logs: Path
     return PoolResult(
         pool=pool,
         slots=slots,
+        prefetch=prefetch,
         jobs=n,
         drain_per_s=n / ((done.stamp_ns - first.stamp_ns) / 1e9),
         startup_ms=(first.stamp_ns - started) / 1e6,

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -24,7 +24,9 @@ from taskq.handlers import Handler, Registry, TaskContext
 from taskq.queue import Claimed, Finish
 from taskq.settings import Settings
 from taskq.validation import problems
-from taskq.worker.control import Control
+
+if TYPE_CHECKING:
+    from taskq.worker.control import Control
 
 log = logging.getLogger(__name__)
 

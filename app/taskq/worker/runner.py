@@ -4,8 +4,10 @@ A runner frees the task's slot the moment the handler returns (the claim loop ma
 more at once) and passes the outcome to the completer, which records it in a batch.
 
 Two pools (TASKQ_WORKER_POOL): `thread` runs the handler on the runner thread itself, and
-stopping it is cooperative (ctx.cancelled); `process` gives each runner a long-lived child
-process (children.py) that runs the handler, and stopping it is SIGTERM, then SIGKILL.
+stopping it is cooperative (ctx.cancelled); `process` has a runner take an idle
+long-lived child process (children.py) for each task, and stopping it is SIGTERM, then
+SIGKILL. With more runners than children (TASKQ_WORKER_PREFETCH), claimed tasks wait for
+a free child; their timeout starts when one takes them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Runners:
         wake: threading.Event,
         stopping: threading.Event,
         pool: str = "thread",
+        processes: int = 0,
     ) -> None:
         self.pool = pool
         self._settings = settings
@@ -49,13 +52,18 @@ class Runners:
         self._stopping = stopping
         self._todo: stdqueue.SimpleQueue[Claimed | None] = stdqueue.SimpleQueue()
         self.closing = False  # shutting down: tasks still waiting here are released
-        self.children = [Child(settings, i) for i in range(count)] if pool == "process" else []
+        self.children = [Child(settings, i) for i in range(processes)] if pool == "process" else []
+        self._idle: stdqueue.SimpleQueue[Child] = stdqueue.SimpleQueue()  # ready children
         self.threads = [
             threading.Thread(target=self._loop, args=(i,), name=f"runner-{i}", daemon=True)
             for i in range(count)
         ]
 
     def start(self) -> None:
+        for child in self.children:
+            # Every child boots at once; each joins the idle ones when it is ready.
+            child.start()
+            threading.Thread(target=self._boot, args=(child,), daemon=True).start()
         for thread in self.threads:
             thread.start()
 
@@ -66,21 +74,30 @@ class Runners:
         for _ in self.threads:
             self._todo.put(None)
 
-    def _loop(self, index: int) -> None:
-        child = self.children[index] if self.children else None
+    def _boot(self, child: Child) -> None:
         try:
-            if child is not None:
-                child.start()  # every child boots at once, in parallel with the others
-                try:
-                    child.ready()
-                except RuntimeError as exc:  # tried again before each task
-                    log.error("process pool slot %d: %s", index, exc)
-            while (task := self._todo.get()) is not None:
-                if not self.closing:  # shutting down: the task is released, not started
-                    self._run_one(task, child)
-        finally:
-            if child is not None:
-                child.close()
+            child.ready()
+        except RuntimeError as exc:  # tried again before its first task
+            log.error("process pool: %s", exc)
+        self._idle.put(child)
+
+    def _loop(self, index: int) -> None:
+        while (task := self._todo.get()) is not None:
+            if self.closing:  # shutting down: the task is released, not started
+                continue
+            if not self.children:
+                self._run_one(task, None)
+                continue
+            child = self._idle.get()
+            try:
+                self._run_one(task, child)
+            finally:
+                self._idle.put(child)
+
+    def close_children(self) -> None:
+        """Let every child go (the worker is done with them)."""
+        for child in self.children:
+            child.close()
 
     def _execute(self, task: Claimed, control: Control | None, child: Child | None) -> Finish:
         timeout = timeout_of(task, self._registry)

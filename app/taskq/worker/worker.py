@@ -70,9 +70,10 @@ class Worker:
         self.settings = settings
         self.queues = list(queues or settings.worker_queues)
         self.pool = settings.worker_pool
+        self.processes = 0
         if self.pool == "process":
-            slots = settings.worker_processes or os.cpu_count() or 2
-            self.concurrency = concurrency or slots
+            self.processes = settings.worker_processes or os.cpu_count() or 2
+            self.concurrency = concurrency or self.processes + settings.worker_prefetch
         else:
             self.concurrency = concurrency or settings.worker_concurrency
         self.burst = burst
@@ -101,6 +102,7 @@ class Worker:
             self._wake,
             self.stopping,
             pool=self.pool,
+            processes=self.processes,
         )
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
         self.dead_sweep = DeadWorkerSweep(self._pool, settings.liveness_interval, self.worker_id)
@@ -246,6 +248,7 @@ class Worker:
             pass  # the dead-worker sweep forgets it once its liveness lock is gone
         self._halt.set()
         self.runners.stop()
+        self.runners.close_children()
         self.health.stop()
         self._close()
         log.info("worker %s stopped: %s", self.worker_id, self.counts)
