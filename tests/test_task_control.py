@@ -443,3 +443,45 @@ def test_the_taskq_worker_command_runs_a_process_pool(
     pids = {pid for _, _, pid in _records(record)}
     assert proc.pid not in pids
     assert 1 <= len(pids) <= 2
+
+
+def test_cancels_racing_a_real_worker_never_both_take_effect(
+    settings: Settings, conn: Conn, database_url: str
+) -> None:
+    """A real worker runs short tasks while a client cancels each as soon as it exists:
+    whatever moment each cancel lands in, the answer and the final row agree."""
+    registry = fresh_registry()
+    registry.register("brief", lambda payload: time.sleep(payload["ms"] / 1000))
+    n = 120
+    # Every fifth task is scheduled for later, so some cancels surely find a queued task.
+    specs = [
+        TaskSpec(kind="brief", payload={"ms": 2 + i % 15}, delay=60 if i % 5 == 0 else None)
+        for i in range(n)
+    ]
+    answers: dict[uuid.UUID, str] = {}
+    with running_worker(settings, registry, concurrency=8):
+        tasks = q.enqueue_many(conn, specs)
+        with psycopg.connect(database_url, autocommit=True) as c:
+            for i, task in enumerate(tasks):
+                if i % 3 == 0:
+                    # Let some run or finish first, so every moment is hit.
+                    time.sleep(0.004)
+                try:
+                    answers[task.id] = q.cancel(c, task.id).status  # cancelled or running
+                except InvalidTransition:
+                    answers[task.id] = "finished"
+        wait_until(lambda: all(q.get(conn, t.id).finished for t in tasks), timeout=60, what="all")
+    rows = {t.id: q.get(conn, t.id) for t in tasks}
+    for task_id, answer in answers.items():
+        row = rows[task_id]
+        if answer == "cancelled":  # queued when the cancel landed: never ran
+            assert (row.status, row.attempts) == ("cancelled", 0)
+        elif answer == "running":  # 202: the cancel won over the completion
+            assert row.status == "cancelled"
+            assert row.attempts == 1
+            assert row.result is None
+        else:  # 409: the completion had committed first
+            assert row.status == "succeeded"
+            assert row.cancel_requested_at is None
+    assert "cancelled" in answers.values()
+    assert {"running", "finished"} & set(answers.values())
