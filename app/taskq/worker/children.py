@@ -1,6 +1,7 @@
 """The process pool: long-lived child processes that run attempts, one task at a time each.
 
-Each runner thread owns one Child, started once (not per task) as a fresh interpreter
+Runner threads take an idle Child for each task. A child is started once (not per task)
+as a fresh interpreter
 (`python -m taskq.worker.child FD`, child.py), so it inherits no threads, locks or database
 connections of the worker, and nothing of the program that started the worker is run
 again (multiprocessing's spawn would re-import its main module). Parent and child talk
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing.connection
-import os
 import signal
 import socket
 import subprocess
@@ -46,8 +46,8 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class Child:
-    """One child process and the pipe to it. Used by one runner thread only; `terminate`
-    and `kill` may be called from others (they only send signals)."""
+    """One child process and the socket to it. Used by one runner thread at a time;
+    `terminate` and `kill` may be called from others (they only send signals)."""
 
     def __init__(self, settings: Settings, index: int) -> None:
         self._settings = settings
@@ -135,10 +135,11 @@ class Child:
         self._signal(signal.SIGKILL)
 
     def _signal(self, signum: signal.Signals) -> None:
-        pid = self.pid
-        if pid is not None:
+        proc = self._proc
+        if proc is not None:
+            # Popen checks that it has not reaped the child yet: a recycled pid is safe.
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                proc.send_signal(signum)
 
     def retire(self, grace: float) -> None:
         """End this child (it ran a stopped attempt): SIGTERM, SIGKILL after the grace."""
