@@ -485,3 +485,19 @@ def test_cancels_racing_a_real_worker_never_both_take_effect(
             assert row.cancel_requested_at is None
     assert "cancelled" in answers.values()
     assert {"running", "finished"} & set(answers.values())
+
+
+def test_the_library_enqueue_applies_the_kinds_policy(conn: Conn) -> None:
+    import taskq
+    from taskq.errors import InvalidInput
+
+    default_registry.load_modules(["tests.handlers_for_tests"])
+    with pytest.raises(InvalidInput) as info:
+        taskq.enqueue(conn, "typed_order", {"order_id": "seven"})
+    assert info.value.field == "payload.order_id"
+    with pytest.raises(InvalidInput) as info:
+        taskq.enqueue_many(conn, [TaskSpec(kind="echo"), TaskSpec(kind="typed_order")])
+    assert info.value.field == "tasks[1].payload.order_id"
+    task = taskq.enqueue(conn, "typed_order", {"order_id": 7}, timeout_seconds=3)
+    assert (task.max_attempts, task.timeout_seconds) == (2, 3)
+    assert q.get(conn, task.id).timeout_seconds == 3
