@@ -96,41 +96,47 @@ class ControlWatcher:
     def run_once(self) -> None:
         now = time.monotonic()
         for control in self._controls():
-            if control.reason is None:
-                if control.deadline is not None and now >= control.deadline:
-                    task = control.task
-                    log.warning(
-                        "task %s (%s) attempt %d: timed out after %g s; stopping it",
-                        task.id,
-                        task.kind,
-                        task.attempts,
-                        control.timeout,
-                    )
-                    control.stop("timeout")
-                continue
-            stopped_at = control.stopped_at
-            if control.escalated or stopped_at is None or now - stopped_at < self._grace:
-                continue
-            kill = control.escalate()
-            task = control.task
-            if kill is not None:
+            try:
+                self._check(control, now)
+            except Exception:  # one attempt's trouble must not stop the watcher
+                log.exception("task %s: checking its timeout failed", control.task.id)
+
+    def _check(self, control: Control, now: float) -> None:
+        if control.reason is None:
+            if control.deadline is not None and now >= control.deadline:
+                task = control.task
                 log.warning(
-                    "task %s (%s): child still running %g s after SIGTERM (%s); SIGKILL",
-                    task.id,
-                    task.kind,
-                    self._grace,
-                    control.reason,
-                )
-                kill()
-            else:
-                self.overruns += 1
-                metrics.task_overran(task.queue, task.kind)
-                log.warning(
-                    "task %s (%s) attempt %d: handler ignores its %s and still runs %g s "
-                    "later; it keeps its slot until it returns",
+                    "task %s (%s) attempt %d: timed out after %g s; stopping it",
                     task.id,
                     task.kind,
                     task.attempts,
-                    control.reason,
-                    self._grace,
+                    control.timeout,
                 )
+                control.stop("timeout")
+            return
+        stopped_at = control.stopped_at
+        if control.escalated or stopped_at is None or now - stopped_at < self._grace:
+            return
+        kill = control.escalate()
+        task = control.task
+        if kill is not None:
+            log.warning(
+                "task %s (%s): child still running %g s after SIGTERM (%s); SIGKILL",
+                task.id,
+                task.kind,
+                self._grace,
+                control.reason,
+            )
+            kill()
+        else:
+            self.overruns += 1
+            metrics.task_overran(task.queue, task.kind)
+            log.warning(
+                "task %s (%s) attempt %d: handler ignores its %s and still runs %g s "
+                "later; it keeps its slot until it returns",
+                task.id,
+                task.kind,
+                task.attempts,
+                control.reason,
+                self._grace,
+            )
