@@ -24,22 +24,40 @@ log = logging.getLogger(__name__)
 
 Reason = Literal["timeout", "cancel"]
 
+# One lock for every Control: each holds it for a few assignments, and one is made per
+# claimed task, so a lock (and an Event) each would cost every task for the rare stop.
+_LOCK = threading.Lock()
+
 
 class Control:
     """One attempt's stop switch. Thread-safe: the watcher, the listener, the heartbeat
     and the runner all touch it."""
 
+    __slots__ = (
+        "_event", "_kill", "_terminate", "deadline", "escalated", "reason", "stopped_at",
+        "task", "timeout",
+    )  # fmt: skip
+
     def __init__(self, task: Claimed) -> None:
         self.task = task
-        self.cancelled = threading.Event()  # the handler's ctx.cancelled
         self.timeout: float | None = None
         self.deadline: float | None = None  # monotonic; set when the attempt starts
         self.reason: Reason | None = None
         self.stopped_at: float | None = None
         self.escalated = False
-        self._lock = threading.Lock()
+        self._event: threading.Event | None = None  # made for handlers that ask for it
         self._terminate: Callable[[], None] | None = None
         self._kill: Callable[[], None] | None = None
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """The handler's ctx.cancelled: set once the attempt is stopped."""
+        with _LOCK:
+            if self._event is None:
+                self._event = threading.Event()
+                if self.reason is not None:
+                    self._event.set()
+            return self._event
 
     def start(
         self,
@@ -48,7 +66,7 @@ class Control:
         kill: Callable[[], None] | None = None,
     ) -> bool:
         """The attempt begins now; False when it was stopped before it could start."""
-        with self._lock:
+        with _LOCK:
             self.timeout = timeout
             self.deadline = None if timeout is None else time.monotonic() + timeout
             self._terminate, self._kill = terminate, kill
@@ -56,25 +74,26 @@ class Control:
 
     def finished(self) -> None:
         """The attempt is over: nothing may be terminated any more."""
-        with self._lock:
+        with _LOCK:
             self._terminate = self._kill = None
 
     def stop(self, reason: Reason) -> bool:
         """Stop the attempt for `reason`; False if it was already stopped."""
-        with self._lock:
+        with _LOCK:
             if self.reason is not None:
                 return False
             self.reason = reason
             self.stopped_at = time.monotonic()
-            terminate = self._terminate
-        self.cancelled.set()
+            terminate, event = self._terminate, self._event
+        if event is not None:
+            event.set()
         if terminate is not None:
             terminate()
         return True
 
     def escalate(self) -> Callable[[], None] | None:
         """Mark the stop as escalated; the kill to run, if the attempt has one."""
-        with self._lock:
+        with _LOCK:
             self.escalated = True
             return self._kill
 
