@@ -99,7 +99,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             500,
             503,
         ),
-        description="`kind` defaults to `echo`. Schedule with `run_at` or `delay`, not both.",
+        description="`kind` defaults to `echo`. Schedule with `run_at` or `delay`, not both. "
+        "A kind with a payload model (`Payload.<kind>`) gets its payload checked: a wrong "
+        "field is a 422 naming it (`payload.order_id`).",
         request="TaskSpec",
         parameters=("Idempotency-Key",),
     ),
