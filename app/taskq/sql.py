@@ -434,8 +434,9 @@ LOCK_FREE_WORKERS: LiteralString = _LOCK_FREE
 # Recover the running tasks of the given workers if their liveness lock is still free:
 # their session is gone (killed, host lost), so they will never record those tasks. A
 # worker that merely stalls (paused, slow) keeps its session and its lock, and stays
-# covered by its leases and fencing. SKIP LOCKED lets every worker sweep without waiting
-# on another. A dead worker's row is deleted once none of its tasks is left running.
+# covered by its leases and fencing; a task whose cancel was requested ends cancelled.
+# SKIP LOCKED lets every worker sweep without waiting on another. A dead worker's row is
+# deleted once none of its tasks is left running.
 # run_at is kept: the task has been runnable all along and goes back to the head of its
 # queue, not behind what was enqueued while it ran.
 RECOVER_DEAD_WORKERS: LiteralString = (
@@ -453,10 +454,12 @@ WITH dead AS (
        FOR UPDATE OF t SKIP LOCKED
 ), recovered AS (
     UPDATE taskq_tasks t
-       SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+       SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                         WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
            last_error = format('worker %%s is gone (its session ended) during attempt %%s',
                                t.worker_id, t.attempts),
-           finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+           finished_at = CASE WHEN t.cancel_requested_at IS NOT NULL
+                                OR t.attempts >= t.max_attempts THEN now() END,
            lease_expires_at = NULL,
            updated_at = now()
       FROM orphaned o
