@@ -14,7 +14,7 @@ from pathlib import Path
 from taskq.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("drain", "latency", "ingest", "ceiling", "scale")
+WORKLOADS = ("drain", "latency", "ingest", "ceiling", "scale", "pools")
 SYSTEMS = ("taskq", "pgqueuer", "procrastinate")
 # taskq's default worker concurrency: the most tasks one of its claims takes.
 DEFAULT_CONCURRENCY: int = Settings.model_fields["worker_concurrency"].default
@@ -50,6 +50,10 @@ class Config:
     scale_n: int = 10_000
     scale_n_procrastinate: int = 1_000
     scale_rounds: int = 2
+    # Pools: no-op tasks per round for taskq's thread pool and process pool, and the
+    # process pool's sizes measured (children).
+    pools_n: int = 10_000
+    pools_processes: tuple[int, ...] = (2, 4)
     out: Path = RESULTS
     # Before starting, wait up to this long for the 1-minute load average to fall below
     # QUIET_LOAD (other work on a 2-core machine skews every figure).
@@ -104,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--scale-n", type=int, default=d.scale_n)
     p.add_argument("--scale-n-procrastinate", type=int, default=d.scale_n_procrastinate)
     p.add_argument("--scale-rounds", type=int, default=d.scale_rounds)
+    p.add_argument("--pools-n", type=int, default=d.pools_n)
+    p.add_argument("--pools-processes", type=_ints, default=d.pools_processes)
     p.add_argument("--out", type=Path, default=d.out, help="results directory")
     p.add_argument("--name", default=d.name, help="file stem of the results")
     p.add_argument(
@@ -135,5 +141,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             scale_n=300,
             scale_n_procrastinate=100,
             scale_rounds=1,
+            pools_n=200,
+            pools_processes=(2,),
         )
     return cfg

@@ -45,6 +45,7 @@ def insert_script() -> str:
                 "delay": "0",
                 "max_attempts": "5",
                 "idempotency_key": "NULL",
+                "timeout": "NULL",
             },
         )
         + ";\n"

@@ -293,6 +293,26 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
                 )
             )
         add("")
+    if results.get("pools"):
+        add(
+            f"## taskq thread pool vs process pool ({results['config']['pools_n']:,} no-op tasks)\n"
+        )
+        add(
+            "The same backlog and worker command; only TASKQ_WORKER_POOL (and the number of "
+            "children) differs. CPU includes the children.\n"
+        )
+        add(
+            "| pool | threads or children | prefetch | drain jobs/s | first handler after ms "
+            "| CPU us/job | parent RSS MB |"
+        )
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for row in (v["median"] for v in results["pools"].values()):
+            add(
+                f"| {row['pool']} | {row['slots']} | {row['prefetch']} | "
+                f"{_n(row['drain_per_s'])} | "
+                f"{_n(row['startup_ms'])} | {_n(row['cpu_us_per_job'])} | {_n(row['maxrss_mb'])} |"
+            )
+        add("")
     add("## Targets (ratios from this run)\n")
     add("| target | this run | status |")
     add("| --- | ---: | --- |")

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench import chart, machine, pg, report
-from bench.config import Config, parse_args
+from bench.config import DEFAULT_CONCURRENCY, Config, parse_args
 from bench.probe import Collector, collector
 from bench.systems import ALL, System, Taskq
-from bench.workloads import ceiling, drain, ingest, latency, scale
+from bench.workloads import ceiling, drain, ingest, latency, pools, scale
 
 
 class Progress:
@@ -152,6 +152,29 @@ def run_ceiling(cfg: Config, taskq: Taskq, say: Progress) -> Any:
     return out
 
 
+def run_pools(cfg: Config, taskq: Taskq, col: Collector, say: Progress) -> Any:
+    """taskq's thread pool (default concurrency) vs its process pool, rounds interleaved."""
+    # The process pool with no prefetch (a claim takes one task per free child) and with
+    # enough prefetch to claim as many tasks at once as the thread pool does.
+    variants = [("thread", DEFAULT_CONCURRENCY, 0)]
+    for p in cfg.pools_processes:
+        variants += [("process", p, 0), ("process", p, max(0, DEFAULT_CONCURRENCY - p))]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for i in range(cfg.rounds):
+        for pool, slots, prefetch in variants:
+            res = pools.run(
+                taskq, pool, slots, cfg.pools_n, col, cfg.out / "logs.tmp", prefetch=prefetch
+            )
+            say(
+                f"pools {pool} x{slots} prefetch {prefetch} round {i + 1}/{cfg.rounds}: "
+                f"{res.drain_per_s:,.0f} jobs/s (first handler after {res.startup_ms:,.0f} ms, "
+                f"{res.cpu_us_per_job:,.0f} us CPU/job)"
+            )
+            key = f"{pool}-{slots}" + (f"+{prefetch}" if prefetch else "")
+            rows.setdefault(key, []).append(dataclasses.asdict(res))
+    return {key: {"rounds": r, "median": _median(r)} for key, r in rows.items()}
+
+
 def run_scale(cfg: Config, systems: list[System], col: Collector, say: Progress) -> Any:
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     # Rounds interleave conditions and systems, like the drain rounds.
@@ -221,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
             if taskq is not None:
                 steps["ingest"] = lambda: run_ingest(cfg, taskq, say)
                 steps["ceiling"] = lambda: run_ceiling(cfg, taskq, say)
+                steps["pools"] = lambda: run_pools(cfg, taskq, col, say)
             results["load"] = {}
-            for name in ("drain", "latency", "ingest", "ceiling", "scale"):
+            for name in ("drain", "latency", "ingest", "ceiling", "scale", "pools"):
                 if name in cfg.workloads and name in steps:
                     before = machine.load()["loadavg"][0]
                     results[name] = steps[name]()

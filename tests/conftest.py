@@ -114,3 +114,23 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 def conn(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
         yield connection
+
+
+@pytest.fixture
+def api_get(settings: Settings) -> Iterator[Callable[[Any], dict[str, Any]]]:
+    """GET /tasks/{id} through the real Falcon app on this test's database."""
+    import falcon.testing
+    from taskq import db
+    from taskq.api import Deps, create_app
+
+    pool = db.create_pool(settings, name="test")
+    client = falcon.testing.TestClient(create_app(settings, Deps(pool=pool)))
+
+    def get(task_id: Any) -> dict[str, Any]:
+        result = client.simulate_get(f"/tasks/{task_id}")
+        assert result.status_code == 200, result.text
+        body: dict[str, Any] = result.json
+        return body
+
+    yield get
+    pool.close()

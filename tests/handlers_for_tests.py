@@ -7,9 +7,11 @@ O_APPEND write per line, so several processes can count invocations without a ra
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from taskq.handlers import TaskContext, handler
 
 
@@ -35,3 +37,40 @@ def slow_record(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     _record(ctx)
     time.sleep(float(payload.get("seconds", 1)))
     return {"done": True}
+
+
+class Order(BaseModel):
+    """The payload of kind `typed_order`: a typed payload the API validates at submit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: int
+    note: str = ""
+
+
+@handler("typed_order", payload=Order, max_attempts=2)
+def typed_order(order: Order) -> dict[str, Any]:
+    """Proves the handler receives the model instance, not the dict."""
+    return {"type": type(order).__name__, "order_id": order.order_id}
+
+
+@handler("nap", takes_context=True, timeout=60)
+def nap(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Record the start, then sleep (SIGTERM stops it in the process pool)."""
+    _record(ctx)
+    time.sleep(float(payload.get("seconds", 60)))
+    return {"done": True}
+
+
+@handler("stubborn", takes_context=True)
+def stubborn(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """Ignores SIGTERM and never checks ctx: only SIGKILL stops it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _record(ctx)
+    while True:
+        time.sleep(0.05)
+
+
+@handler("noop")
+def noop(payload: dict[str, Any]) -> None:
+    """Does nothing: the process pool's per-task overhead in benchmarks."""

@@ -14,8 +14,10 @@ import falcon
 import falcon.testing
 import psycopg
 import pytest
+from openapi_spec_validator import validate as validate_spec
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
+from pydantic import BaseModel
 from taskq import db
 from taskq import queue as q
 from taskq.api import Deps, create_app
@@ -51,9 +53,17 @@ def _empty_tasks(database_url: str) -> None:
         admin.execute("TRUNCATE taskq_tasks")
 
 
+class Order(BaseModel):
+    """The payload of the typed kind `order`."""
+
+    order_id: int
+    lines: list[int] = []
+
+
 def _registry() -> Registry:
     registry = Registry()
     register_builtins(registry)
+    registry.register("order", lambda order: None, payload=Order, max_attempts=3)
     return registry
 
 
@@ -689,12 +699,22 @@ def test_cancel_a_queued_task(client: Client, conn: Conn) -> None:
     assert_error(client.simulate_post(f"/tasks/{task['id']}/cancel"), 409, code="conflict")
 
 
-def test_cancel_a_running_task_is_409(client: Client, conn: Conn) -> None:
+def test_cancel_a_running_task_is_202_and_requested(client: Client, conn: Conn) -> None:
     task = submit(client)
-    _claim_one(conn)
-    error = assert_error(client.simulate_post(f"/tasks/{task['id']}/cancel"), 409)
-    assert "running" in error["message"]
-    assert q.get(conn, uuid.UUID(task["id"])).status == "running"
+    claimed = _claim_one(conn)
+    with psycopg.connect(conn.info.dsn, autocommit=True) as listener:
+        listener.execute("LISTEN taskq_control")
+        result = client.simulate_post(f"/tasks/{task['id']}/cancel")
+        notes = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+    assert result.status_code == 202, result.text
+    assert result.json["status"] == "running"
+    assert result.json["cancel_requested_at"] is not None
+    assert notes == [task["id"]]  # the owning worker is told at commit
+    # Whatever the worker then records, the task ends cancelled, never retried.
+    q.finish(conn, [q.Finish(claimed.lease, "retry", error="x")], worker_id="test-worker")
+    done = client.simulate_get(f"/tasks/{task['id']}").json
+    assert (done["status"], done["attempts"]) == ("cancelled", 1)
+    assert_error(client.simulate_post(f"/tasks/{task['id']}/cancel"), 409)
 
 
 def test_cancel_a_succeeded_task_is_409(client: Client, conn: Conn) -> None:
@@ -775,3 +795,84 @@ def test_input_errors_do_not_wait_for_the_database(down_client: Client) -> None:
     assert_error(post(down_client, "/tasks", {"priority": "x"}), 422, field="priority")
     assert_error(down_client.simulate_get("/tasks/not-a-uuid"), 404)
     assert_error(down_client.simulate_get("/tasks", params={"limit": "0"}), 422, field="limit")
+
+
+# ------------------------------------------------------------------ typed payloads
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "payload.order_id"),
+        ({"order_id": "seven"}, "payload.order_id"),
+        ({"order_id": 7, "lines": [1, "x"]}, "payload.lines[1]"),
+    ],
+)
+def test_typed_payload_is_validated_at_submit(
+    client: Client, conn: Conn, payload: dict[str, Any], field: str
+) -> None:
+    result = client.simulate_post("/tasks", json={"kind": "order", "payload": payload})
+    error = assert_error(result, 422, field=field)
+    assert error["message"].startswith(field + ": ")
+    assert q.counts(conn) == []
+
+
+def test_typed_payload_accepted_with_the_kinds_max_attempts(client: Client) -> None:
+    task = submit(client, {"kind": "order", "payload": {"order_id": 7}})
+    assert task["max_attempts"] == 3
+    assert (
+        submit(client, {"kind": "order", "payload": {"order_id": 8}, "max_attempts": 9})[
+            "max_attempts"
+        ]
+        == 9
+    )
+
+
+def test_typed_payload_in_a_batch_names_the_task(client: Client, conn: Conn) -> None:
+    body = {
+        "tasks": [
+            {"kind": "order", "payload": {"order_id": 1}},
+            {"kind": "order", "payload": {"order_id": None}},
+        ]
+    }
+    assert_error(
+        client.simulate_post("/tasks/batch", json=body), 422, field="tasks[1].payload.order_id"
+    )
+    assert q.counts(conn) == []
+
+
+def test_timeout_seconds_is_stored_and_validated(client: Client) -> None:
+    task = submit(client, {"kind": "echo", "timeout_seconds": 2.5})
+    assert task["timeout_seconds"] == 2.5
+    assert task["snoozes"] == 0
+    assert task["cancel_requested_at"] is None
+    for bad in (0, -1, "5", 10**9):
+        result = client.simulate_post("/tasks", json={"timeout_seconds": bad})
+        assert_error(result, 422, field="timeout_seconds")
+
+
+def test_openapi_has_one_payload_schema_per_typed_kind(client: Client) -> None:
+    import jsonschema
+    from referencing import Registry as SchemaRegistry
+    from referencing import Resource
+    from referencing.jsonschema import DRAFT202012
+
+    doc = client.simulate_get("/openapi.json").json
+    validate_spec(doc)
+    schemas = doc["components"]["schemas"]
+    assert "Payload.order" in schemas
+    assert schemas["TaskSpec"]["allOf"] == [
+        {
+            "if": {"properties": {"kind": {"const": "order"}}, "required": ["kind"]},
+            "then": {"properties": {"payload": {"$ref": "#/components/schemas/Payload.order"}}},
+        }
+    ]
+    registry: SchemaRegistry[Any] = SchemaRegistry().with_resource(
+        "urn:doc", Resource.from_contents(doc, default_specification=DRAFT202012)
+    )
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "urn:doc#/components/schemas/TaskSpec"}, registry=registry
+    )
+    assert validator.is_valid({"kind": "order", "payload": {"order_id": 1}})
+    assert not validator.is_valid({"kind": "order", "payload": {"order_id": "x"}})
+    assert validator.is_valid({"kind": "echo", "payload": {"order_id": "x"}})

@@ -417,3 +417,65 @@ def test_a_busy_health_port_is_a_clear_error(database_url: str) -> None:
     assert f"127.0.0.1:{port}" in result.stderr
     assert "TASKQ_WORKER_HEALTH_BIND" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ typed payloads, timeout, cancel
+
+TYPED = {"TASKQ_HANDLER_MODULES": "tests.handlers_for_tests"}
+
+
+def test_submit_checks_a_typed_payload_and_the_timeout(run_main: Any, database_url: str) -> None:
+    code, _, err = run_main(
+        database_url, "submit", "typed_order", "--payload", '{"order_id": "x"}', env=TYPED
+    )
+    assert code == 2
+    assert "--payload.order_id" in err
+    code, out, _ = run_main(
+        database_url,
+        "submit",
+        "typed_order",
+        "--payload",
+        '{"order_id": 5}',
+        "--timeout",
+        "1.5",
+        env=TYPED,
+    )
+    assert code == 0
+    task = json.loads(out)
+    assert (task["timeout_seconds"], task["max_attempts"]) == (1.5, 2)
+    code, _, err = run_main(database_url, "submit", "echo", "--timeout", "0")
+    assert code == 2
+    assert "--timeout" in err
+
+
+def test_submit_file_names_the_line_of_a_bad_typed_payload(
+    run_main: Any, database_url: str, conn: Conn, tmp_path: Any
+) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(
+        '{"kind": "typed_order", "payload": {"order_id": 1}}\n'
+        "\n"
+        '{"kind": "typed_order", "payload": {"order_id": 2, "extra": true}}\n'
+    )
+    code, _, err = run_main(database_url, "submit", "--file", str(path), env=TYPED)
+    assert code == 2
+    assert f"{path}:3: payload.extra" in err
+    assert _count(conn) == 0  # all or nothing
+
+
+def test_cancel_command(taskq: Any, conn: Conn) -> None:
+    queued, running = q.enqueue(conn, "echo"), q.enqueue(conn, "echo", priority=1)
+    q.claim(conn, queues=["default"], limit=1, worker_id="w", lease=30)
+    code, out, _ = taskq("cancel", str(queued.id))
+    assert code == 0
+    assert json.loads(out)["status"] == "cancelled"
+    code, out, _ = taskq("cancel", str(running.id))
+    assert code == 0
+    task = json.loads(out)
+    assert task["status"] == "running"
+    assert task["cancel_requested_at"] is not None
+    code, _, err = taskq("cancel", str(queued.id))
+    assert code == 1
+    assert "cancelled" in err
+    code, _, err = taskq("cancel", "nope")
+    assert code == 2

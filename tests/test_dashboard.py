@@ -510,4 +510,35 @@ def test_the_schedules_panel_and_pausing_queues_in_a_browser(
         lambda: _http(port, "GET", f"/tasks/{held['id']}")["status"] == "succeeded",
         what="the held task to run after resume",
     )
+
+
+def test_cancel_a_running_task_from_the_dashboard(
+    browser: Any, running_taskq: dict[str, Any]
+) -> None:
+    """The Cancel button works on a running task: the request is shown at once, and the
+    worker stops the task, which then shows cancelled without a reload."""
+    from playwright.sync_api import expect
+
+    port = running_taskq["port"]
+    task = _http(port, "POST", "/tasks", {"kind": "sleep", "payload": {"seconds": 120}})
+    wait_until(
+        lambda: _http(port, "GET", f"/tasks/{task['id']}")["status"] == "running",
+        what="the task to run",
+    )
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.goto(f"http://127.0.0.1:{port}/dashboard")
+    timeout = 15_000
+    page.locator("#task-id").fill(task["id"])
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator('[data-field="status"]')).to_have_text("running", timeout=timeout)
+    expect(page.get_by_role("button", name="Retry")).to_be_disabled()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#notice")).to_have_text("Cancel requested: the worker is stopping it.")
+    expect(page.locator('[data-field="status"]')).to_have_text("cancelled", timeout=timeout)
+    expect(page.locator('[data-field="error"]')).to_have_text("cancelled while running")
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    done = _http(port, "GET", f"/tasks/{task['id']}")
+    assert (done["status"], done["attempts"]) == ("cancelled", 1)
     assert problems == []

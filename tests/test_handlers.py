@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from taskq.errors import NonRetryableError, UnknownKind
+from taskq.errors import NonRetryableError, TaskCancelled, UnknownKind
 from taskq.handlers import Registry, TaskContext, default_registry, register_builtins
 
 
@@ -27,9 +27,13 @@ def registry() -> Registry:
 def test_builtins(registry: Registry) -> None:
     assert registry.kinds() == ["echo", "fail", "sleep"]
     assert registry.get("echo").fn({"a": [1]}) == {"a": [1]}
-    assert registry.get("sleep").fn({"seconds": 0.01})["slept"] >= 0.01
+    ctx = TaskContext(uuid.uuid4(), "sleep", "default", 1, 1, threading.Event())
+    assert registry.get("sleep").fn({"seconds": 0.01}, ctx)["slept"] >= 0.01
     with pytest.raises(NonRetryableError, match="seconds"):
-        registry.get("sleep").fn({"seconds": "soon"})
+        registry.get("sleep").fn({"seconds": "soon"}, ctx)
+    ctx.cancelled.set()  # the built-in sleep stops on cancel or timeout
+    with pytest.raises(TaskCancelled):
+        registry.get("sleep").fn({"seconds": 60}, ctx)
     with pytest.raises(RuntimeError, match="as requested"):
         registry.get("fail").fn({})
     with pytest.raises(NonRetryableError, match="custom"):

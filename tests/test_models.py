@@ -152,4 +152,7 @@ def test_public_json_shape() -> None:
         "started_at",
         "finished_at",
         "updated_at",
+        "timeout_seconds",
+        "cancel_requested_at",
+        "snoozes",
     }

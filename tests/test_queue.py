@@ -249,7 +249,7 @@ def test_heartbeat_extends_only_owned_leases(conn: Conn) -> None:
     owned = q.heartbeat(
         conn, [q.Lease(t.id, t.attempts) for t in mine + theirs], worker_id=W1, lease=300
     )
-    assert owned == {mine[0].id}
+    assert owned == {mine[0].id: False}
     assert q.get(conn, mine[0].id).lease_expires_at > mine_before.lease_expires_at  # type: ignore[operator]
     assert q.get(conn, theirs[0].id).lease_expires_at == theirs_before.lease_expires_at
 
@@ -336,12 +336,16 @@ def test_release_puts_tasks_back_without_counting_the_attempt(conn: Conn) -> Non
 # ------------------------------------------------------------------ lifecycle
 
 
-def test_cancel_only_while_queued(conn: Conn) -> None:
+def test_cancel_queued_at_once_and_running_on_request(conn: Conn) -> None:
     queued, running = q.enqueue(conn, "echo"), q.enqueue(conn, "echo", priority=5)
     _claim(conn, limit=1)
     assert q.cancel(conn, queued.id).status == "cancelled"
-    with pytest.raises(InvalidTransition, match="running"):
-        q.cancel(conn, running.id)
+    requested = q.cancel(conn, running.id)
+    assert requested.status == "running"
+    assert requested.cancel_requested_at is not None
+    assert requested.finished_at is None
+    # Asking again changes nothing: the first request's time stays.
+    assert q.cancel(conn, running.id).cancel_requested_at == requested.cancel_requested_at
     with pytest.raises(InvalidTransition, match="cancelled"):
         q.cancel(conn, queued.id)
     with pytest.raises(TaskNotFound):

@@ -4,17 +4,25 @@ The library API is what this module exports; everything else is internal:
 
     import taskq
 
-    @taskq.handler("send_email")
+    @taskq.handler("send_email", timeout=30)
     def send_email(payload): ...
 
     with psycopg.connect(url) as conn, conn.transaction():
         taskq.enqueue(conn, "send_email", {"to": "a@example.com"})
+
+Handlers may raise NonRetryableError (fail now), Snooze(seconds) (run again later without
+using an attempt) or RetryLater(seconds) (a retry after the handler's own delay).
 """
 
-from taskq.errors import NonRetryableError
-from taskq.handlers import TaskContext, handler
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from taskq import queue as _queue
+from taskq.errors import NonRetryableError, RetryLater, Snooze, TaskCancelled
+from taskq.handlers import TaskContext, default_registry, handler
 from taskq.models import Task, TaskSpec
-from taskq.queue import enqueue, enqueue_many
 from taskq.registry import pause as pause_queue
 from taskq.registry import resume as resume_queue
 from taskq.schedules import ScheduleSpec
@@ -25,8 +33,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NonRetryableError",
+    "RetryLater",
     "ScheduleSpec",
+    "Snooze",
     "Task",
+    "TaskCancelled",
     "TaskContext",
     "TaskSpec",
     "__version__",
@@ -38,3 +49,35 @@ __all__ = [
     "resume_queue",
     "set_schedule",
 ]
+
+
+def enqueue(
+    conn: Any,
+    kind_or_spec: str | TaskSpec,
+    payload: dict[str, Any] | None = None,
+    *,
+    default_max_attempts: int = 5,
+    **options: Any,
+) -> Task:
+    """Insert one task on `conn` (inside your transaction, if one is open). `options` are
+    TaskSpec fields (queue, priority, run_at, delay, max_attempts, idempotency_key,
+    timeout_seconds). A kind registered in this process has its payload model checked
+    (InvalidInput naming the field) and its max_attempts applied."""
+    if isinstance(kind_or_spec, TaskSpec):
+        spec = kind_or_spec
+    else:
+        fields = {"kind": kind_or_spec, "payload": payload or {}, **options}
+        spec = TaskSpec.model_validate(fields)
+    spec = default_registry.prepare(spec)
+    return _queue.enqueue(conn, spec, default_max_attempts=default_max_attempts)
+
+
+def enqueue_many(
+    conn: Any, specs: Sequence[TaskSpec], *, default_max_attempts: int = 5
+) -> list[Task]:
+    """Insert many tasks in one statement per chunk, results in input order; each spec
+    is prepared as `enqueue` does (InvalidInput names `tasks[i].payload...`)."""
+    prepared = [
+        default_registry.prepare(spec, field=f"tasks[{i}].payload") for i, spec in enumerate(specs)
+    ]
+    return _queue.enqueue_many(conn, prepared, default_max_attempts=default_max_attempts)

@@ -56,3 +56,33 @@ class UnknownKind(InvalidInput):
 
 class NonRetryableError(Exception):
     """Raised by a handler to fail the task at once, without further attempts."""
+
+
+class Snooze(Exception):
+    """Raised by a handler: run the task again in `seconds`, without using up an attempt
+    (the task counts the snooze instead)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"snoozed for {seconds:g} s")
+        self.seconds = _delay(seconds)
+
+
+class RetryLater(Exception):
+    """Raised by a handler: this attempt failed; retry in `seconds` instead of the backoff
+    (the attempt counts against max_attempts as any failure does)."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"retry in {seconds:g} s")
+        self.seconds = _delay(seconds)
+
+
+class TaskCancelled(Exception):
+    """Raised inside a handler by `TaskContext.check()` / `sleep()` once the attempt was
+    cancelled or ran past its timeout: the handler should let it propagate."""
+
+
+def _delay(seconds: float) -> float:
+    value = float(seconds)
+    if not 0 <= value <= 10 * 365 * 86_400:  # NaN fails this too
+        raise ValueError("the delay must be between 0 seconds and 10 years")
+    return value

@@ -13,6 +13,10 @@ Users register their own kinds in a module named by TASKQ_HANDLER_MODULES:
     def send_email(payload):
         ...
         return {"sent": True}
+
+A kind may carry its own policy: `@handler("charge", max_attempts=3, backoff=(2, 60),
+timeout=30, payload=Charge)`. With `payload=` a pydantic model, submissions are validated
+against it (the API answers 422 naming the field) and the handler receives the model.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from taskq.errors import NonRetryableError, UnknownKind
+from pydantic import BaseModel, ValidationError
+
+from taskq.errors import InvalidInput, NonRetryableError, TaskCancelled, UnknownKind
+from taskq.models import MAX_TIMEOUT_SECONDS, TaskSpec
+from taskq.validation import problems
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskContext:
-    """What a handler may know about the task it runs."""
+    """What a handler may know about the task it runs, and how it learns to stop."""
 
     id: uuid.UUID
     kind: str
@@ -39,13 +47,52 @@ class TaskContext:
     max_attempts: int
     # Set when the worker is shutting down; long handlers may check it and return early.
     stopping: threading.Event
+    # Set when this attempt was cancelled or ran past its timeout: stop as soon as you can.
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        """Raise TaskCancelled if the attempt was cancelled or timed out."""
+        if self.cancelled.is_set():
+            raise TaskCancelled("the attempt was cancelled or ran past its timeout")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep like time.sleep, but wake and raise TaskCancelled on cancel or timeout."""
+        if self.cancelled.wait(max(0.0, seconds)):
+            self.check()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Handler:
+    """A kind's function and its policy (each None: the worker's settings apply)."""
+
     kind: str
     fn: Callable[..., Any]
     takes_context: bool = False
+    max_attempts: int | None = None
+    backoff: tuple[float, float] | None = None  # (first delay, cap) in seconds
+    timeout: float | None = None  # seconds per attempt, unless the task sets its own
+    retry_on_timeout: bool = True  # False: an attempt past its timeout fails the task
+    payload: type[BaseModel] | None = None  # validated at submit; the handler receives it
+
+    def parse_payload(self, payload: dict[str, Any]) -> Any:
+        """What the handler is called with: the payload, or an instance of its model."""
+        return payload if self.payload is None else self.payload.model_validate(payload)
+
+
+def _check_policy(
+    max_attempts: int | None,
+    backoff: tuple[float, float] | None,
+    timeout: float | None,
+    payload: type[BaseModel] | None,
+) -> None:
+    if max_attempts is not None and not 1 <= max_attempts <= 1000:
+        raise ValueError("max_attempts must be 1-1000")
+    if backoff is not None and (len(backoff) != 2 or not 0 <= backoff[0] <= backoff[1]):
+        raise ValueError("backoff is (first delay, cap) with 0 <= first delay <= cap")
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT_SECONDS} s")
+    if payload is not None and not (isinstance(payload, type) and issubclass(payload, BaseModel)):
+        raise TypeError("payload= takes a pydantic model class")
 
 
 class Registry:
@@ -55,20 +102,77 @@ class Registry:
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
 
-    def register(self, kind: str, fn: Callable[..., Any], *, takes_context: bool = False) -> None:
+    def register(
+        self,
+        kind: str,
+        fn: Callable[..., Any],
+        *,
+        takes_context: bool = False,
+        max_attempts: int | None = None,
+        backoff: tuple[float, float] | None = None,
+        timeout: float | None = None,
+        retry_on_timeout: bool = True,
+        payload: type[BaseModel] | None = None,
+    ) -> None:
+        _check_policy(max_attempts, backoff, timeout, payload)
+        entry = Handler(
+            kind, fn, takes_context, max_attempts, backoff, timeout, retry_on_timeout, payload
+        )
         with self._lock:
-            self._handlers[kind] = Handler(kind, fn, takes_context)
+            self._handlers[kind] = entry
 
     def handler(
-        self, kind: str, *, takes_context: bool = False
+        self,
+        kind: str,
+        *,
+        takes_context: bool = False,
+        max_attempts: int | None = None,
+        backoff: tuple[float, float] | None = None,
+        timeout: float | None = None,
+        retry_on_timeout: bool = True,
+        payload: type[BaseModel] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator form of `register`."""
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(kind, fn, takes_context=takes_context)
+            self.register(
+                kind,
+                fn,
+                takes_context=takes_context,
+                max_attempts=max_attempts,
+                backoff=backoff,
+                timeout=timeout,
+                retry_on_timeout=retry_on_timeout,
+                payload=payload,
+            )
             return fn
 
         return decorate
+
+    def prepare(self, spec: TaskSpec, field: str = "payload") -> TaskSpec:
+        """`spec` as its kind wants it: the payload checked against the kind's model
+        (InvalidInput naming the field inside it, e.g. `payload.order_id`) and the kind's
+        max_attempts filled in when the spec has none. Unknown kinds pass unchanged."""
+        entry = self._handlers.get(spec.kind)
+        if entry is None:
+            return spec
+        if entry.payload is not None:
+            try:
+                entry.payload.model_validate(spec.payload)
+            except ValidationError as exc:
+                found = problems(exc)[0]
+                name = field
+                if found.field:
+                    sep = "" if found.field.startswith("[") else "."
+                    name = f"{field}{sep}{found.field}"
+                raise InvalidInput(f"{name}: {found.message}", field=name) from None
+        if spec.max_attempts is None and entry.max_attempts is not None:
+            return spec.model_copy(update={"max_attempts": entry.max_attempts})
+        return spec
+
+    def payload_models(self) -> dict[str, type[BaseModel]]:
+        """kind -> payload model, for the kinds that have one (the OpenAPI document)."""
+        return {k: h.payload for k, h in sorted(self._handlers.items()) if h.payload is not None}
 
     def get(self, kind: str) -> Handler:
         try:
@@ -98,13 +202,14 @@ def _echo(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _sleep(payload: dict[str, Any]) -> dict[str, float]:
-    """Sleep `seconds` (default 1): a stand-in for slow work in demos and drills."""
+def _sleep(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """Sleep `seconds` (default 1): a stand-in for slow work in demos and drills. Stops
+    early when cancelled or past its timeout."""
     seconds = payload.get("seconds", 1)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise NonRetryableError("payload.seconds must be a non-negative number")
     started = time.monotonic()
-    time.sleep(seconds)
+    ctx.sleep(seconds)
     return {"slept": round(time.monotonic() - started, 3)}
 
 
@@ -118,7 +223,7 @@ def _fail(payload: dict[str, Any]) -> None:
 
 def register_builtins(registry: Registry) -> None:
     registry.register("echo", _echo)
-    registry.register("sleep", _sleep)
+    registry.register("sleep", _sleep, takes_context=True)
     registry.register("fail", _fail)
 
 

@@ -84,6 +84,17 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("taskq_tasks_recovered_total", "counter", ("queue", "kind"),
                "Tasks taken back from a worker whose lease expired or whose session ended.",
                "worker"),
+    MetricInfo("taskq_tasks_snoozed_total", "counter", ("queue", "kind"),
+               "Attempts that raised Snooze: queued again, the attempt given back.", "worker"),
+    MetricInfo("taskq_tasks_cancelled_total", "counter", ("queue", "kind"),
+               "Running tasks that ended cancelled on request.", "worker"),
+    MetricInfo("taskq_task_overruns_total", "counter", ("queue", "kind"),
+               "Thread-pool attempts still running TASKQ_WORKER_KILL_GRACE after their "
+               "timeout or cancel (the handler ignores ctx.cancelled; it keeps its slot).",
+               "worker"),
+    MetricInfo("taskq_worker_child_deaths_total", "counter", (),
+               "Process-pool children that died on their own while running a task.",
+               "worker"),
     MetricInfo("taskq_tasks_lease_lost_total", "counter", (),
                "Outcomes refused because the worker no longer held the lease.", "worker"),
     MetricInfo("taskq_task_queue_wait_seconds", "histogram", ("queue", "kind"),
@@ -156,6 +167,10 @@ class _Metrics:
         self.retried = counter("taskq_tasks_retried_total")
         self.recovered = counter("taskq_tasks_recovered_total")
         self.lease_lost = counter("taskq_tasks_lease_lost_total")
+        self.snoozed = counter("taskq_tasks_snoozed_total")
+        self.cancelled = counter("taskq_tasks_cancelled_total")
+        self.overruns = counter("taskq_task_overruns_total")
+        self.child_deaths = counter("taskq_worker_child_deaths_total")
         self.queue_wait = histogram("taskq_task_queue_wait_seconds", QUEUE_WAIT_BUCKETS)
         self.run_time = histogram("taskq_task_run_seconds", RUN_BUCKETS)
         self.inflight = gauge("taskq_worker_inflight_tasks")
@@ -258,10 +273,17 @@ def tasks_ran(runs: Iterable[tuple[str, str, float]]) -> None:
 def tasks_finished(applied: Iterable[dict[str, Any]], lost: int = 0) -> None:
     """Count recorded outcomes: rows of app/taskq/sql.py FINISH (status, queue, kind)."""
     m = _m()
-    by_status = {"succeeded": m.succeeded, "failed": m.failed, "queued": m.retried}
+    by_status = {
+        "succeeded": m.succeeded,
+        "failed": m.failed,
+        "queued": m.retried,
+        "snoozed": m.snoozed,
+        "cancelled": m.cancelled,
+    }
     counts: dict[tuple[str, str, str], int] = {}
     for row in applied:
-        key = (row["status"], row["queue"], row["kind"])
+        status = "snoozed" if row.get("snoozed") else row["status"]
+        key = (status, row["queue"], row["kind"])
         counts[key] = counts.get(key, 0) + 1
     for (status, queue, kind), n in counts.items():
         counter = by_status.get(status)
@@ -269,6 +291,16 @@ def tasks_finished(applied: Iterable[dict[str, Any]], lost: int = 0) -> None:
             _child(counter, queue, kind).inc(n)
     if lost:
         m.lease_lost.inc(lost)
+
+
+def task_overran(queue: str, kind: str) -> None:
+    """A thread-pool handler kept running past its stop's grace."""
+    _child(_m().overruns, queue, kind).inc()
+
+
+def child_died() -> None:
+    """A process-pool child died on its own while running a task."""
+    _m().child_deaths.inc()
 
 
 def tasks_recovered(rows: Iterable[dict[str, Any]]) -> None:

@@ -26,6 +26,7 @@ FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 MAX_DELAY_SECONDS = 10 * 365 * 86_400
 MAX_PAYLOAD_DEPTH = 64
+MAX_TIMEOUT_SECONDS = 7 * 86_400
 
 
 def check_queue_name(value: str) -> str:
@@ -69,6 +70,13 @@ class TaskSpec(BaseModel):
     delay: float | None = Field(None, ge=0, le=MAX_DELAY_SECONDS, description="seconds")
     max_attempts: int | None = Field(None, ge=1, le=1000)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_TIMEOUT_SECONDS,
+        description="seconds an attempt may run before the worker stops it (a retryable "
+        "failure); default: the kind's timeout, else none",
+    )
 
     @field_validator("payload")
     @classmethod
@@ -127,6 +135,9 @@ class Task:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    timeout_seconds: float | None = None
+    cancel_requested_at: datetime | None = None
+    snoozes: int = 0
     created: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
@@ -164,6 +175,7 @@ class Task:
             started_at=None,
             finished_at=None,
             updated_at=created_at,
+            timeout_seconds=spec.timeout_seconds,
             created=True,
         )
 
@@ -196,6 +208,9 @@ class Task:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "updated_at": _iso(self.updated_at),
+            "timeout_seconds": self.timeout_seconds,
+            "cancel_requested_at": _iso(self.cancel_requested_at),
+            "snoozes": self.snoozes,
         }
 
 

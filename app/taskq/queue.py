@@ -25,7 +25,7 @@ from taskq.db import translate_errors
 from taskq.errors import InvalidTransition, TaskNotFound
 from taskq.models import Task, TaskSpec, new_task_id
 
-Outcome = Literal["succeeded", "retry", "failed"]
+Outcome = Literal["succeeded", "retry", "failed", "snooze", "cancelled"]
 _decode = json.JSONDecoder().decode
 AnyConnection = psycopg.Connection[Any]
 
@@ -54,6 +54,7 @@ class Claimed:
     attempts: int
     max_attempts: int
     waited: float
+    timeout_seconds: float | None = None  # the task's own; the kind's default applies if None
 
     @property
     def lease(self) -> Lease:
@@ -97,6 +98,7 @@ def _insert_params(spec: TaskSpec, default_max_attempts: int) -> dict[str, Any]:
         "delay": spec.delay or 0.0,
         "max_attempts": spec.max_attempts or default_max_attempts,
         "idempotency_key": spec.idempotency_key,
+        "timeout": spec.timeout_seconds,
     }
 
 
@@ -169,6 +171,7 @@ def _enqueue_chunk(
         "delays": [float(s.delay or 0) for s in specs],
         "max_attempts": [s.max_attempts or default_max_attempts for s in specs],
         "keys": [s.idempotency_key for s in specs],
+        "timeouts": [s.timeout_seconds for s in specs],
     }
     inserted = {row["id"]: Task.from_row(row) for row in fetch(conn, sql.INSERT_TASKS, params)}
     skipped_keys = [
@@ -202,8 +205,8 @@ def claim(
         # In claim order (see sql.CLAIM); the payload comes as text and is decoded here,
         # which skips psycopg's bytes-to-JSON detour.
         return [
-            Claimed(tid, queue, kind, _decode(payload), attempts, max_attempts, waited)
-            for tid, queue, kind, payload, attempts, max_attempts, waited in cur.fetchall()
+            Claimed(tid, queue, kind, _decode(payload), attempts, max_attempts, waited, timeout)
+            for tid, queue, kind, payload, attempts, max_attempts, waited, timeout in cur.fetchall()
         ]
 
 
@@ -214,12 +217,13 @@ def _lease_arrays(leases: Iterable[Lease]) -> dict[str, list[Any]]:
 
 def heartbeat(
     conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str, lease: float
-) -> set[uuid.UUID]:
-    """Renew leases; returns the ids still owned (the others were lost)."""
+) -> dict[uuid.UUID, bool]:
+    """Renew leases; returns the ids still owned (the others were lost), each with whether
+    its cancel was requested."""
     params = {**_lease_arrays(leases), "worker_id": worker_id, "lease": lease}
     if not params["ids"]:
-        return set()
-    return {row["id"] for row in fetch(conn, sql.HEARTBEAT, params)}
+        return {}
+    return {row["id"]: row["cancel"] for row in fetch(conn, sql.HEARTBEAT, params)}
 
 
 def finish(
@@ -339,12 +343,19 @@ def list_tasks(
 
 
 def cancel(conn: AnyConnection, task_id: uuid.UUID) -> Task:
-    """Cancel a queued task; running or finished tasks raise InvalidTransition."""
+    """Cancel a task. A queued one comes back cancelled; a running one comes back still
+    running with `cancel_requested_at` set, and its worker is told (at commit) to stop it;
+    finished tasks raise InvalidTransition."""
     rows = fetch(conn, sql.CANCEL, {"id": task_id})
     if rows:
-        return Task.from_row(rows[0])
+        task = Task.from_row(rows[0])
+        if task.status == "running":
+            fetch(conn, sql.NOTIFY_CANCEL, {"id": str(task_id)})
+        return task
     task = get(conn, task_id)
-    raise InvalidTransition(f"task {task_id} is {task.status}; only queued tasks can be cancelled")
+    raise InvalidTransition(
+        f"task {task_id} is {task.status}; only queued or running tasks can be cancelled"
+    )
 
 
 def retry(conn: AnyConnection, task_id: uuid.UUID) -> Task:

@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     # is also the most tasks one claim takes, and larger claims cost less per task:
     # 64 drains about 1.5x faster than 32, and 2.2x faster than 16 (docs/benchmarks.md).
     worker_concurrency: int = Field(64, ge=1, le=1024)
+    # How handlers run: `thread` (cooperative stop via ctx.cancelled) or `process` (a pool
+    # of long-lived child processes, stopped with SIGTERM then SIGKILL). README: Pools.
+    worker_pool: Literal["thread", "process"] = "thread"
+    # Children of the process pool (its slots); 0: one per CPU. The thread pool ignores it.
+    worker_processes: int = Field(0, ge=0, le=256)
+    # Process pool: tasks claimed beyond its children, waiting for a free one. Larger
+    # claims cost less per task; a waiting task's timeout starts when a child takes it.
+    worker_prefetch: int = Field(0, ge=0, le=1024)
+    # Seconds between SIGTERM and SIGKILL for a stopped child; in the thread pool, how long
+    # a handler may ignore its stop before it is reported.
+    worker_kill_grace: float = Field(5.0, gt=0, le=3600)
     worker_health_bind: str = "127.0.0.1:8081"
     worker_id: str = Field(default_factory=_default_worker_id)
     # Claims, heartbeats and outcomes commit without waiting for the WAL flush. Enqueues

@@ -20,12 +20,23 @@ CHANNEL: LiteralString = "taskq"
 # Subscribe a listener's session to the channel.
 LISTEN: LiteralString = "LISTEN " + CHANNEL
 
+# The control channel: payloads are ids of running tasks whose cancel was requested. A
+# channel of its own so a worker's wake-up path never parses ids, and cancels stay rare.
+CONTROL_CHANNEL: LiteralString = "taskq_control"
+
+# Subscribe a listener's session to the control channel as well.
+LISTEN_CONTROL: LiteralString = "LISTEN " + CONTROL_CHANNEL
+
+# Tell every worker that a running task's cancel was requested (sent at commit).
+NOTIFY_CANCEL: LiteralString = "SELECT pg_notify('" + CONTROL_CHANNEL + "', %(id)s::text)"
+
 # rest, and not sending the payload back keeps the API's busiest statement lean.
 INSERT_TASK: LiteralString = """
-INSERT INTO taskq_tasks (queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
+INSERT INTO taskq_tasks (queue, kind, payload, priority, run_at, max_attempts, idempotency_key,
+                         timeout_seconds)
 VALUES (%(queue)s, %(kind)s, %(payload)s, %(priority)s,
         COALESCE(%(run_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
-        %(max_attempts)s, %(idempotency_key)s)
+        %(max_attempts)s, %(idempotency_key)s, %(timeout)s)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, run_at, created_at
 """
@@ -33,13 +44,14 @@ RETURNING id, run_at, created_at
 # Enqueue many tasks in one statement (ids chosen by the caller so results map back to
 # input order); rows whose idempotency key already exists are skipped.
 INSERT_TASKS: LiteralString = """
-INSERT INTO taskq_tasks (id, queue, kind, payload, priority, run_at, max_attempts, idempotency_key)
+INSERT INTO taskq_tasks (id, queue, kind, payload, priority, run_at, max_attempts, idempotency_key,
+                         timeout_seconds)
 SELECT i.id, i.queue, i.kind, i.payload, i.priority,
-       COALESCE(i.run_at, now() + i.delay * interval '1 second'), i.max_attempts, i.key
+       COALESCE(i.run_at, now() + i.delay * interval '1 second'), i.max_attempts, i.key, i.timeout
   FROM unnest(%(ids)s::uuid[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
               %(priorities)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
-              %(max_attempts)s::int[], %(keys)s::text[])
-       AS i(id, queue, kind, payload, priority, run_at, delay, max_attempts, key)
+              %(max_attempts)s::int[], %(keys)s::text[], %(timeouts)s::float8[])
+       AS i(id, queue, kind, payload, priority, run_at, delay, max_attempts, key, timeout)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *, true AS created
 """
@@ -85,27 +97,36 @@ WITH ready AS (
            updated_at = now()
       FROM ready
      WHERE t.id = ready.id AND t.status = 'queued'
-    RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at
+    RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at,
+              t.timeout_seconds
 )
 SELECT id, queue, kind, payload::text, attempts, max_attempts,
-       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited
+       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited, timeout_seconds
   FROM claimed
  ORDER BY priority DESC, run_at, id
 """
 
-# Extend the leases of tasks this worker still owns; rows not returned were lost.
+# Extend the leases of tasks this worker still owns; rows not returned were lost. Each row
+# says whether its cancel was requested: the fallback when the control notification was
+# missed (listener reconnecting, a proxy that drops NOTIFY).
 HEARTBEAT: LiteralString = """
 UPDATE taskq_tasks t
    SET lease_expires_at = now() + %(lease)s * interval '1 second'
   FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS h(id, attempt)
  WHERE t.id = h.id AND t.attempts = h.attempt
    AND t.worker_id = %(worker_id)s AND t.status = 'running'
-RETURNING t.id
+RETURNING t.id, t.cancel_requested_at IS NOT NULL AS cancel
 """
 
 # Record outcomes for many tasks at once. Fencing: a row changes only if this worker still
 # owns that attempt, so a worker that lost its lease cannot overwrite the new owner's
-# result. `retry` becomes queued with a backoff, or failed when attempts are used up.
+# result. `retry` becomes queued with a backoff, or failed when attempts are used up;
+# `snooze` becomes queued after the delay and gives its attempt back (counted in snoozes).
+# A cancel request wins over any outcome: the SET list reads the cancel column from the
+# target row, which under READ COMMITTED is the newest version once a concurrent cancel
+# has committed (the cancel's own UPDATE re-checks the status the same way), so either the
+# cancel commits first and the task ends cancelled, or the outcome commits first and the
+# cancel finds the task finished. Never both.
 # The outcomes arrive as one JSON array of [id, attempt, outcome, result, error, delay]
 # rows: a single text parameter is far cheaper to send than six typed arrays, and a
 # result is already JSON.
@@ -118,8 +139,9 @@ WITH o AS (
     SELECT t.id,
            CASE WHEN o.outcome = 'retry' AND t.attempts < t.max_attempts THEN 'queued'
                 WHEN o.outcome = 'retry' THEN 'failed'
+                WHEN o.outcome = 'snooze' THEN 'queued'
                 ELSE o.outcome END AS status,
-           o.result, o.error, o.delay
+           o.outcome = 'snooze' AS snoozed, o.result, o.error, o.delay
       FROM o CROSS JOIN LATERAL (
             -- One primary-key probe per outcome: the lookup names only the id (LIMIT 1
             -- keeps it a probe), and the fencing conditions are checked on the row found.
@@ -130,25 +152,32 @@ WITH o AS (
      WHERE t.attempts = o.attempt AND t.worker_id = %(worker_id)s AND t.status = 'running'
 )
 UPDATE taskq_tasks t
-   SET status = d.status,
-       result = d.result,
-       last_error = COALESCE(d.error, t.last_error),
-       run_at = CASE WHEN d.status = 'queued' THEN now() + d.delay * interval '1 second'
-                     ELSE t.run_at END,
-       finished_at = CASE WHEN d.status = 'queued' THEN NULL ELSE now() END,
+   SET status = CASE WHEN t.cancel_requested_at IS NULL THEN d.status ELSE 'cancelled' END,
+       result = CASE WHEN t.cancel_requested_at IS NULL THEN d.result END,
+       last_error = CASE WHEN t.cancel_requested_at IS NULL THEN COALESCE(d.error, t.last_error)
+                         ELSE 'cancelled while running' END,
+       attempts = t.attempts - (d.snoozed AND t.cancel_requested_at IS NULL)::int,
+       snoozes = t.snoozes + (d.snoozed AND t.cancel_requested_at IS NULL)::int,
+       run_at = CASE WHEN d.status = 'queued' AND t.cancel_requested_at IS NULL
+                     THEN now() + d.delay * interval '1 second' ELSE t.run_at END,
+       finished_at = CASE WHEN d.status = 'queued' AND t.cancel_requested_at IS NULL
+                          THEN NULL ELSE now() END,
        lease_expires_at = NULL,
        updated_at = now()
   FROM decided d
  WHERE t.id = d.id
-RETURNING t.id, t.status, t.queue, t.kind, t.attempts
+RETURNING t.id, t.status, t.queue, t.kind, t.attempts, d.snoozed
 """
 
 # Hand unfinished tasks back on shutdown: queued again at once, and the interrupted attempt
-# is not counted against max_attempts (the task did not fail, the worker stopped).
+# is not counted against max_attempts (the task did not fail, the worker stopped). A task
+# whose cancel was requested ends cancelled instead.
 RELEASE: LiteralString = """
 UPDATE taskq_tasks t
-   SET status = 'queued', attempts = t.attempts - 1, lease_expires_at = NULL,
-       run_at = now(), updated_at = now()
+   SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+       attempts = t.attempts - (t.cancel_requested_at IS NULL)::int,
+       finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+       lease_expires_at = NULL, run_at = now(), updated_at = now()
   FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS r(id, attempt)
  WHERE t.id = r.id AND t.attempts = r.attempt
    AND t.worker_id = %(worker_id)s AND t.status = 'running'
@@ -156,8 +185,9 @@ RETURNING t.id, t.queue
 """
 
 # Recover tasks whose lease expired (their worker died or hung): back to queued, or failed
-# when that was the last attempt. SKIP LOCKED lets every live worker run the sweep without
-# contending; the batch limit bounds each sweep's work.
+# when that was the last attempt, or cancelled when its cancel was requested. SKIP LOCKED
+# lets every live worker run the sweep without contending; the batch limit bounds each
+# sweep's work.
 RECOVER_EXPIRED: LiteralString = """
 WITH expired AS (
     SELECT id FROM taskq_tasks
@@ -167,10 +197,12 @@ WITH expired AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE taskq_tasks t
-   SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+   SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
        last_error = format('lease expired: worker %%s stopped renewing attempt %%s',
                            t.worker_id, t.attempts),
-       finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+       finished_at = CASE WHEN t.cancel_requested_at IS NOT NULL OR t.attempts >= t.max_attempts
+                          THEN now() END,
        lease_expires_at = NULL,
        run_at = now(),
        updated_at = now()
@@ -206,11 +238,17 @@ SELECT * FROM taskq_tasks
  LIMIT %(limit)s
 """
 
-# Cancel a task only while it is still queued.
+# Cancel a task: a queued one at once; for a running one, record the request (its worker
+# stops the attempt and FINISH ends it cancelled). Finished tasks are left alone. Under READ
+# COMMITTED a concurrent FINISH that commits first makes this re-check the status and find
+# the task finished (see FINISH).
 CANCEL: LiteralString = """
 UPDATE taskq_tasks
-   SET status = 'cancelled', finished_at = now(), updated_at = now()
- WHERE id = %(id)s AND status = 'queued'
+   SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+       finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+       cancel_requested_at = COALESCE(cancel_requested_at, now()),
+       updated_at = now()
+ WHERE id = %(id)s AND status IN ('queued', 'running')
 RETURNING *
 """
 
@@ -218,7 +256,7 @@ RETURNING *
 RETRY: LiteralString = """
 UPDATE taskq_tasks
    SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
-       result = NULL, updated_at = now()
+       result = NULL, cancel_requested_at = NULL, updated_at = now()
  WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 RETURNING *
 """
@@ -399,8 +437,9 @@ LOCK_FREE_WORKERS: LiteralString = _LOCK_FREE
 # Recover the running tasks of the given workers if their liveness lock is still free:
 # their session is gone (killed, host lost), so they will never record those tasks. A
 # worker that merely stalls (paused, slow) keeps its session and its lock, and stays
-# covered by its leases and fencing. SKIP LOCKED lets every worker sweep without waiting
-# on another. A dead worker's row is deleted once none of its tasks is left running.
+# covered by its leases and fencing; a task whose cancel was requested ends cancelled.
+# SKIP LOCKED lets every worker sweep without waiting on another. A dead worker's row is
+# deleted once none of its tasks is left running.
 # run_at is kept: the task has been runnable all along and goes back to the head of its
 # queue, not behind what was enqueued while it ran.
 RECOVER_DEAD_WORKERS: LiteralString = (
@@ -418,10 +457,12 @@ WITH dead AS (
        FOR UPDATE OF t SKIP LOCKED
 ), recovered AS (
     UPDATE taskq_tasks t
-       SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+       SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                         WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
            last_error = format('worker %%s is gone (its session ended) during attempt %%s',
                                t.worker_id, t.attempts),
-           finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+           finished_at = CASE WHEN t.cancel_requested_at IS NOT NULL
+                                OR t.attempts >= t.max_attempts THEN now() END,
            lease_expires_at = NULL,
            updated_at = now()
       FROM orphaned o

@@ -139,10 +139,12 @@ def test_quick_run_produces_every_table(server_url: str, tmp_path: Path) -> None
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads((tmp_path / "smoke.json").read_text())
-    for workload in ("drain", "latency", "ingest", "ceiling", "scale"):
+    for workload in ("drain", "latency", "ingest", "ceiling", "scale", "pools"):
         assert workload in data
+    assert set(data["pools"]) == {"thread-64", "process-2", "process-2+62"}
     assert set(data["drain"]) == {"taskq", "pgqueuer", "procrastinate"}
     assert (tmp_path / "smoke.png").stat().st_size > 0
     markdown = (tmp_path / "smoke.md").read_text()
     assert "## Targets" in markdown
+    assert "thread pool vs process pool" in markdown
     assert data["summary"]["figures"]["ingest"]["errors"] == 0

@@ -53,6 +53,9 @@ def create_app(
     app.add_route("/metrics", MetricsResource([metrics.QueueCollector(deps.pool)]))
     app.add_route("/stats", StatsResource(deps.pool))
     app.add_route("/dashboard", DashboardResource())
-    app.add_route("/openapi.json", OpenApiResource(lambda: build(app, settings)))
+    app.add_route(
+        "/openapi.json",
+        OpenApiResource(lambda: build(app, settings, deps.registry.payload_models())),
+    )
     metrics.track_pool(deps.pool, "api")
     return app

@@ -20,7 +20,7 @@ from typing import Any
 
 import falcon
 import falcon.inspect
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from taskq import __version__, stats
@@ -102,7 +102,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             500,
             503,
         ),
-        description="`kind` defaults to `echo`. Schedule with `run_at` or `delay`, not both.",
+        description="`kind` defaults to `echo`. Schedule with `run_at` or `delay`, not both. "
+        "A kind with a payload model (`Payload.<kind>`) gets its payload checked: a wrong "
+        "field is a 422 naming it (`payload.order_id`).",
         request="TaskSpec",
         parameters=("Idempotency-Key",),
     ),
@@ -134,8 +136,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Read a task", _with_errors({200: _TASK}, *_READ), parameters=("task_id",)
     ),
     ("POST", "/tasks/{task_id}/cancel"): Operation(
-        "Cancel a queued task",
-        _with_errors({200: Response("the cancelled task", "Task")}, *_READ, 409),
+        "Cancel a queued or running task",
+        _with_errors(
+            {
+                200: Response("a queued task: cancelled at once", "Task"),
+                202: Response(
+                    "a running task: the cancel is requested (`cancel_requested_at`); its "
+                    "worker stops the attempt and the task ends cancelled, never retried",
+                    "Task",
+                ),
+            },
+            *_READ,
+            409,
+        ),
+        description="A running task's worker learns of the cancel within a second and "
+        "stops the handler (thread pool: `ctx.cancelled`; process pool: SIGTERM, then "
+        "SIGKILL after TASKQ_WORKER_KILL_GRACE). If the task finishes first, the cancel "
+        "is a 409: one of the two wins, never both.",
         parameters=("task_id",),
     ),
     ("POST", "/tasks/{task_id}/retry"): Operation(
@@ -369,16 +386,40 @@ def _task_schema() -> dict[str, Any]:
     return schema
 
 
-def _schemas() -> dict[str, Any]:
+def _payload_schemas(
+    schemas: dict[str, Any], keys: dict[Any, Any], payloads: dict[str, type[BaseModel]]
+) -> None:
+    """One schema per typed kind, `Payload.<kind>`, and TaskSpec choosing it by `kind`
+    (if kind is K then payload is Payload.K): the API refuses what these refuse (422)."""
+    choices = []
+    for kind, model in payloads.items():
+        name = "Payload." + kind.replace(":", "_")
+        schemas[name] = {
+            **keys[(model, "validation")],
+            "description": f"the payload of kind `{kind}` ({model.__name__})",
+        }
+        choices.append(
+            {
+                "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                "then": {"properties": {"payload": _ref(name)}},
+            }
+        )
+    if choices:
+        schemas["TaskSpec"]["allOf"] = choices
+
+
+def _schemas(payloads: dict[str, type[BaseModel]]) -> dict[str, Any]:
     models: list[tuple[Any, Any]] = [
         (TaskSpec, "validation"),
         (BatchSpec, "validation"),
         (stats.Stats, "serialization"),
         (ScheduleSpec, "validation"),
         (QueueEntry, "serialization"),
+        *((model, "validation") for model in payloads.values()),
     ]
-    _, defs = models_json_schema(models, ref_template=REF)
+    keys, defs = models_json_schema(models, ref_template=REF)
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    _payload_schemas(schemas, keys, payloads)
     schemas["Task"] = _task_schema()
     schemas["TaskPage"] = {
         "type": "object",
@@ -513,8 +554,13 @@ def _response(status: int, response: Response) -> dict[str, Any]:
     return out
 
 
-def build(app: falcon.App[Any, Any], settings: Settings) -> dict[str, Any]:
-    """The OpenAPI document for the routes `app` serves."""
+def build(
+    app: falcon.App[Any, Any],
+    settings: Settings,
+    payloads: dict[str, type[BaseModel]] | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI document for the routes `app` serves; `payloads` are the typed kinds'
+    payload models (kind -> model)."""
     parameters = _parameters(settings)
     paths: dict[str, dict[str, Any]] = {}
     for method, path in sorted(routes(app)):
@@ -560,7 +606,7 @@ def build(app: falcon.App[Any, Any], settings: Settings) -> dict[str, Any]:
         ],
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(payloads or {}),
             "headers": copy.deepcopy(HEADERS),
             "securitySchemes": {
                 "bearerAuth": {

@@ -32,10 +32,15 @@ class _Base:
             queues = {t.queue for t in tasks if t.created and t.run_at <= t.created_at}
             self.notifier.announce(queues, conn)
 
-    def _check_kind(self, spec: TaskSpec, field: str = "kind") -> None:
+    def _check_kind(self, spec: TaskSpec, prefix: str = "") -> TaskSpec:
+        """The spec as its kind wants it (typed payload checked, the kind's max_attempts
+        filled in); an unknown kind or a payload the kind's model refuses is a 422."""
         if spec.kind not in self.registry:
             known = ", ".join(self.registry.kinds())
-            raise InvalidInput(f"unknown kind {spec.kind!r}; known kinds: {known}", field=field)
+            raise InvalidInput(
+                f"unknown kind {spec.kind!r}; known kinds: {known}", field=prefix + "kind"
+            )
+        return self.registry.prepare(spec, field=prefix + "payload")
 
 
 class TasksResource(_Base):
@@ -43,8 +48,7 @@ class TasksResource(_Base):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         spec = parse(TaskSpec, read_body(req, self.settings.api_max_body_bytes))
-        spec = self._with_header_key(req, spec)
-        self._check_kind(spec)
+        spec = self._check_kind(self._with_header_key(req, spec))
         with pooled(self.pool) as conn:
             task = queue.enqueue(
                 conn, spec, default_max_attempts=self.settings.default_max_attempts
@@ -121,12 +125,14 @@ class BatchResource(_Base):
             raise InvalidInput(
                 f"at most {self.settings.api_batch_max} tasks per batch", field="tasks"
             )
-        for index, spec in enumerate(batch.tasks):
-            self._check_kind(spec, field=f"tasks[{index}].kind")
+        specs = [
+            self._check_kind(spec, prefix=f"tasks[{index}].")
+            for index, spec in enumerate(batch.tasks)
+        ]
         with pooled(self.pool) as conn:
             with conn.transaction():
                 tasks = queue.enqueue_many(
-                    conn, batch.tasks, default_max_attempts=self.settings.default_max_attempts
+                    conn, specs, default_max_attempts=self.settings.default_max_attempts
                 )
             self._announce(conn, tasks)
         resp.status = falcon.HTTP_201 if any(t.created for t in tasks) else falcon.HTTP_200
@@ -134,9 +140,10 @@ class BatchResource(_Base):
 
 
 class TaskResource(_Base):
-    """/tasks/{id}: GET one task; POST /cancel (queued only) and /retry (failed or
-    cancelled only), 409 from any other state. Routed with Falcon's uuid converter, so a
-    malformed id is a 404 before the database is asked."""
+    """/tasks/{id}: GET one task; POST /cancel (a queued task at once: 200; a running one
+    on request: 202, its worker stops it) and /retry (failed or cancelled only), 409 from
+    any other state. Routed with Falcon's uuid converter, so a malformed id is a 404
+    before the database is asked."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID) -> None:
         with pooled(self.pool) as conn:
@@ -146,7 +153,9 @@ class TaskResource(_Base):
         self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID
     ) -> None:
         with pooled(self.pool) as conn:
-            resp.media = queue.cancel(conn, task_id).to_json()
+            task = queue.cancel(conn, task_id)
+        resp.status = falcon.HTTP_202 if task.status == "running" else falcon.HTTP_200
+        resp.media = task.to_json()
 
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID) -> None:
         with pooled(self.pool) as conn:

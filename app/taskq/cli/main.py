@@ -14,7 +14,7 @@ from taskq import db, logs
 from taskq.cli.parser import UsageError, build_parser
 from taskq.cli.schedules import cmd_queue, cmd_schedule
 from taskq.cli.services import cmd_api, cmd_dev, cmd_migrate, cmd_worker
-from taskq.cli.tasks import cmd_prune, cmd_stats, cmd_status, cmd_submit
+from taskq.cli.tasks import cmd_cancel, cmd_prune, cmd_stats, cmd_status, cmd_submit
 from taskq.errors import DatabaseUnavailable, SchemaOutdated, TaskqError
 from taskq.settings import Settings, SettingsError, load_settings
 
@@ -24,6 +24,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "migrate": cmd_migrate,
     "submit": cmd_submit,
     "status": cmd_status,
+    "cancel": cmd_cancel,
     "prune": cmd_prune,
     "stats": cmd_stats,
     "dev": cmd_dev,

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--delay", type=_non_negative, help="seconds from now")
     submit.add_argument("--max-attempts", type=_positive_int)
+    submit.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="time limit of each attempt"
+    )
     submit.add_argument("--idempotency-key")
     submit.add_argument(
         "--count", type=_positive_int, default=1, help="copies, in one bulk transaction"
@@ -135,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_flag(status, "print the task as JSON (the default for status)")
     _progress_flag(status)
+
+    cancel = sub.add_parser(
+        "cancel",
+        help="cancel a task",
+        description="Cancel a queued task at once, or ask the worker running a task to "
+        "stop it (the task then ends cancelled and is never retried). Prints the task as "
+        "JSON: `cancel_requested_at` is set for a running one. A finished task is an "
+        "error (exit 1).",
+    )
+    cancel.add_argument("id")
+    _json_flag(cancel, "print the task as JSON (the default for cancel)")
 
     prune = sub.add_parser("prune", help="delete finished tasks older than the retention")
     prune.add_argument("--older-than-days", type=_non_negative, help="default TASKQ_RETENTION_DAYS")

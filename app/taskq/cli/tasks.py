@@ -1,4 +1,4 @@
-"""Commands that work with tasks: submit, status, prune, stats.
+"""Commands that work with tasks: submit, status, cancel, prune, stats.
 
 Data goes to stdout (JSON, or a table for `stats`); progress for people goes to stderr,
 only on a terminal unless --progress says otherwise.
@@ -21,6 +21,8 @@ from taskq import db
 from taskq import queue as q
 from taskq.cli.output import Progress, StatusLine, duration, print_json, show_progress, table
 from taskq.cli.parser import UsageError
+from taskq.errors import InvalidInput
+from taskq.handlers import Registry, default_registry
 from taskq.models import TaskSpec, parse_task_id
 from taskq.settings import Settings
 from taskq.validation import problems
@@ -57,10 +59,15 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                 "delay": args.delay,
                 "max_attempts": args.max_attempts,
                 "idempotency_key": args.idempotency_key,
+                "timeout_seconds": args.timeout,
             }
         )
     except ValidationError as exc:
         raise UsageError(_describe(exc)) from None
+    try:
+        spec = _registry(settings).prepare(spec, field="--payload")
+    except InvalidInput as exc:
+        raise UsageError(exc.message) from None
     started = time.perf_counter()
     progress = Progress(
         "submitting", args.count, enabled=args.count > 1 and show_progress(args.progress)
@@ -114,7 +121,8 @@ def _submit_file(args: argparse.Namespace, settings: Settings) -> int:
         conn = stack.enter_context(db.connect(settings, name="cli"))
         with conn.transaction():
             db.transaction_settings(conn, settings)
-            for chunk in _chunks(_read_specs(stream, source), SUBMIT_CHUNK):
+            specs = _read_specs(stream, source, _registry(settings))
+            for chunk in _chunks(specs, SUBMIT_CHUNK):
                 tasks = q.enqueue_many(
                     conn, chunk, default_max_attempts=settings.default_max_attempts
                 )
@@ -138,16 +146,26 @@ def _submit_file(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _read_specs(lines: Iterable[str], source: str) -> Iterator[TaskSpec]:
-    """Validate each non-blank line as a TaskSpec; the first bad line stops everything
-    (the caller's transaction then rolls back: a file goes in whole or not at all)."""
+def _registry(settings: Settings) -> Registry:
+    """The handler modules' kinds, so typed payloads are checked before anything is sent
+    (kinds this process does not know are passed through unchecked)."""
+    default_registry.load_modules(settings.handler_modules)
+    return default_registry
+
+
+def _read_specs(lines: Iterable[str], source: str, registry: Registry) -> Iterator[TaskSpec]:
+    """Validate each non-blank line as a TaskSpec (and its kind's payload model); the first
+    bad line stops everything (the caller's transaction then rolls back: a file goes in
+    whole or not at all)."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            yield TaskSpec.model_validate_json(line)
+            yield registry.prepare(TaskSpec.model_validate_json(line))
         except ValidationError as exc:
             raise UsageError(f"{source}:{number}: {_describe_line(exc)}") from None
+        except InvalidInput as exc:
+            raise UsageError(f"{source}:{number}: {exc.message}") from None
 
 
 def _chunks(specs: Iterable[TaskSpec], size: int) -> Iterator[list[TaskSpec]]:
@@ -161,7 +179,12 @@ def _chunks(specs: Iterable[TaskSpec], size: int) -> Iterator[list[TaskSpec]]:
         yield chunk
 
 
-_OPTION = {"kind": "KIND", "payload": "--payload", "max_attempts": "--max-attempts"}
+_OPTION = {
+    "kind": "KIND",
+    "payload": "--payload",
+    "max_attempts": "--max-attempts",
+    "timeout_seconds": "--timeout",
+}
 
 
 def _describe(exc: ValidationError) -> str:
@@ -200,6 +223,21 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     line.finish(task.to_json())
     print_json(task.to_json())
     return 0 if task.finished or not args.wait else 1
+
+
+# ------------------------------------------------------------------ cancel
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Cancel a task: a queued one at once, a running one on request (its worker stops
+    it). Prints the task; a finished task is an error (exit 1)."""
+    task_id = parse_task_id(args.id)
+    if task_id is None:
+        raise UsageError(f"{args.id!r} is not a task id")
+    with db.connect(settings, name="cli") as conn:
+        task = q.cancel(conn, task_id)
+    print_json(task.to_json())
+    return 0
 
 
 # ------------------------------------------------------------------ prune

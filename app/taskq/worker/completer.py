@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 FLUSH_MAX = 1000
 _STOP = object()
 Done = tuple[q.Finish, q.Claimed, float]  # an outcome, its task, the handler's seconds
-_COUNT_KEY = {"queued": "retried", "succeeded": "succeeded", "failed": "failed"}
+_COUNT_KEY = {
+    "queued": "retried",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
 
 
 class Completer:
@@ -47,7 +52,14 @@ class Completer:
             settings, name="worker-finish", synchronous_commit=settings.worker_synchronous_commit
         )
         self.closing = False  # past the drain deadline: give up on a database that is away
-        self.counts = {"succeeded": 0, "retried": 0, "failed": 0, "lost": 0}
+        self.counts = {
+            "succeeded": 0,
+            "retried": 0,
+            "failed": 0,
+            "snoozed": 0,
+            "cancelled": 0,
+            "lost": 0,
+        }
         self.progress = Progress()  # outcomes waiting for the database
         self._done = threading.Event()
 
@@ -127,7 +139,7 @@ class Completer:
                 self._halt.wait(retry.next())
         metrics.tasks_finished(applied, lost=len(rejected))
         for row in applied:
-            self.counts[_COUNT_KEY[row["status"]]] += 1
+            self.counts["snoozed" if row["snoozed"] else _COUNT_KEY[row["status"]]] += 1
         for lost in rejected:
             self.counts["lost"] += 1
             log.warning(

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Collection, Iterable
 
 from taskq.queue import Claimed, Lease
+from taskq.worker.control import Control
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class InFlight:
         self._lock = threading.Lock()
         self._tasks: dict[uuid.UUID, Claimed] = {}  # claimed and not yet recorded
         self._awaiting_record: set[uuid.UUID] = set()  # handler done, outcome not written
+        self._controls: dict[uuid.UUID, Control] = {}  # claimed, handler not returned
         self._running = 0
         self._max_unrecorded = max(4 * concurrency, 256)
 
@@ -48,12 +50,14 @@ class InFlight:
         with self._lock:
             for task in tasks:
                 self._tasks[task.id] = task
+                self._controls[task.id] = Control(task)
                 self._running += 1
 
     def handler_returned(self, task_id: uuid.UUID) -> bool:
         """The handler is done and its outcome is on its way; True when none runs now."""
         with self._lock:
             self._awaiting_record.add(task_id)
+            self._controls.pop(task_id, None)
             self._running -= 1
             return self._running == 0
 
@@ -63,6 +67,21 @@ class InFlight:
             for task_id in ids:
                 self._tasks.pop(task_id, None)
                 self._awaiting_record.discard(task_id)
+
+    def control(self, task_id: uuid.UUID) -> Control | None:
+        """The stop switch of a task whose handler has not returned (None otherwise)."""
+        with self._lock:
+            return self._controls.get(task_id)
+
+    def controls(self) -> list[Control]:
+        with self._lock:
+            return list(self._controls.values())
+
+    def cancel(self, task_id: uuid.UUID) -> bool:
+        """Stop this worker's attempt of the task, if it runs here; True if it was stopped
+        now (False: not here, or already stopped)."""
+        control = self.control(task_id)
+        return control is not None and control.stop("cancel")
 
     def busy(self) -> bool:
         with self._lock:

@@ -14,6 +14,9 @@ reports not ready meanwhile.
 Its session also carries the worker's liveness lock (taskq/queue.py `register_worker`),
 so it connects to TASKQ_LISTEN_DATABASE_URL when set: a direct connection, never through
 a transaction pooler.
+
+The same connection listens on the control channel, whose payloads are ids of running
+tasks whose cancel was requested; a missed one is caught by the lease heartbeat.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection
 
 import psycopg
@@ -53,7 +57,9 @@ class Listener:
         *,
         send_probe: Callable[[str], None] | None = None,
         worker_id: str = "",
+        on_cancel: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
+        self._on_cancel = on_cancel
         self._settings = settings
         self._queues = frozenset(queues)
         self._wake = wake
@@ -105,6 +111,8 @@ class Listener:
         self._conn = conn
         with db.WATCHDOG.watch(conn, self._settings.client_timeout), db.translate_errors():
             self._register(conn)
+            if self._on_cancel is not None:
+                conn.execute(sql.LISTEN_CONTROL)
             conn.execute(sql.LISTEN)
         self.reconnects += 1
         self._retry.reset()
@@ -119,7 +127,9 @@ class Listener:
                 # A probe that could not be sent is tried again soon.
                 next_probe = now + (PROBE_INTERVAL if probe or self.connected.is_set() else 0.5)
             for note in conn.notifies(timeout=0.2 if probe else 0.5):
-                if note.payload in self._queues:
+                if note.channel == sql.CONTROL_CHANNEL:
+                    self._control(note.payload)
+                elif note.payload in self._queues:
                     self._wake()
                 elif probe is not None and note.payload == probe:
                     probe = None
@@ -151,6 +161,14 @@ class Listener:
         # Timed from the commit: a pool or pooler slow to hand out a connection is not
         # the listener's fault.
         return payload, time.monotonic()
+
+    def _control(self, payload: str) -> None:
+        try:
+            task_id = uuid.UUID(payload)
+        except ValueError:
+            return  # not ours: anyone may NOTIFY on a channel
+        if self._on_cancel is not None:
+            self._on_cancel(task_id)
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -11,7 +11,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from taskq import db, metrics
@@ -85,13 +86,21 @@ class Maintenance:
 
 
 class LeaseHeartbeat:
-    """Renews the leases of this worker's running tasks, and reports any it lost."""
+    """Renews the leases of this worker's running tasks, and reports any it lost. Learns
+    of cancel requests too: the fallback for a missed control notification."""
 
     name = "lease heartbeat"
 
     def __init__(
-        self, pool: db.Pool, inflight: InFlight, worker_id: str, interval: float, lease: float
+        self,
+        pool: db.Pool,
+        inflight: InFlight,
+        worker_id: str,
+        interval: float,
+        lease: float,
+        on_cancel: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
+        self._on_cancel = on_cancel
         self._pool = pool
         self._inflight = inflight
         self._worker_id = worker_id
@@ -104,6 +113,10 @@ class LeaseHeartbeat:
             return
         with db.pooled(self._pool) as conn:
             owned = q.heartbeat(conn, leases, worker_id=self._worker_id, lease=self._lease)
+        if self._on_cancel is not None:
+            for task_id, cancel in owned.items():
+                if cancel:
+                    self._on_cancel(task_id)
         for lease in self._inflight.lost(leases, owned):
             log.warning("task %s attempt %d: lease lost while running", lease.id, lease.attempt)
 

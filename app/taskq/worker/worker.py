@@ -3,11 +3,13 @@
 Threads and what each owns:
 - main: the claim loop. Claims at most as many tasks as there are free slots, in one
   statement, then sleeps until a notification, a freed slot, or the poll interval.
-- runners (runner.py, `concurrency` threads): run handlers.
+- runners (runner.py, `concurrency` threads): run handlers, on the thread itself or, in
+  the process pool, in a child process each (children.py).
 - completer (completer.py): records outcomes in batches.
 - maintenance (maintenance.py): lease heartbeat, expired-lease and dead-worker sweeps.
-- listener (listener.py): LISTEN on a dedicated connection, which also holds the worker's
-  liveness lock.
+- control (control.py): timeouts and the escalation of stops, on a thread of its own.
+- listener (listener.py): LISTEN on a dedicated connection (wake-ups and cancel
+  requests), which also holds the worker's liveness lock.
 - health (taskq/health.py): /live, /ready, /metrics.
 In-flight book-keeping (slots, leases) is owned by inflight.py.
 
@@ -28,6 +30,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -39,6 +42,7 @@ from taskq.handlers import Registry, default_registry
 from taskq.health import HealthServer, health_app
 from taskq.settings import Settings, parse_bind
 from taskq.worker.completer import Completer
+from taskq.worker.control import ControlWatcher
 from taskq.worker.inflight import InFlight, Snapshot
 from taskq.worker.listener import Listener
 from taskq.worker.maintenance import (
@@ -67,7 +71,13 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.queues = list(queues or settings.worker_queues)
-        self.concurrency = concurrency or settings.worker_concurrency
+        self.pool = settings.worker_pool
+        self.processes = 0
+        if self.pool == "process":
+            self.processes = settings.worker_processes or os.cpu_count() or 2
+            self.concurrency = concurrency or self.processes + settings.worker_prefetch
+        else:
+            self.concurrency = concurrency or settings.worker_concurrency
         self.burst = burst
         self.worker_id = settings.worker_id
         self.stopping = threading.Event()  # no more claims
@@ -98,6 +108,8 @@ class Worker:
             self.completer,
             self._wake,
             self.stopping,
+            pool=self.pool,
+            processes=self.processes,
         )
         self.sweep = LeaseSweep(self._pool, settings.recover_interval)
         self.dead_sweep = DeadWorkerSweep(self._pool, settings.liveness_interval, self.worker_id)
@@ -117,6 +129,7 @@ class Worker:
                     self.worker_id,
                     settings.heartbeat_interval,
                     settings.lease_seconds,
+                    self._cancel_requested,
                 ),
                 self.sweep,
                 self.dead_sweep,
@@ -125,6 +138,8 @@ class Worker:
             ],
             self._halt,
         )
+        self.watcher = ControlWatcher(self.inflight.controls, settings.worker_kill_grace)
+        self.control = Maintenance([self.watcher], self._halt)
         self.listener = Listener(
             settings,
             self.queues,
@@ -132,6 +147,7 @@ class Worker:
             self._halt,
             send_probe=self._send_probe,
             worker_id=self.worker_id,
+            on_cancel=self._cancel_requested,
         )
         self.claim_progress = Progress()
         self.failed_thread: str | None = None
@@ -152,6 +168,10 @@ class Worker:
         """Tasks this worker's sweeps recovered from expired leases or dead workers."""
         return self.sweep.recovered + self.dead_sweep.recovered
 
+    def _cancel_requested(self, task_id: uuid.UUID) -> None:
+        if self.inflight.cancel(task_id):
+            log.info("task %s: cancel requested; stopping its attempt", task_id)
+
     def snapshot(self) -> Snapshot:
         """Slots, tasks in flight and free slots, for the metrics."""
         return self.inflight.snapshot()
@@ -168,16 +188,18 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         log.info(
-            "worker %s serving queues %s with concurrency %d%s",
+            "worker %s serving queues %s with concurrency %d (%s pool)%s",
             self.worker_id,
             ",".join(self.queues),
             self.concurrency,
+            self.pool,
             " (burst)" if self.burst else "",
         )
         self._apply_settings_file()
         self._start("listener", self.listener.run)
         self._start("completer", self.completer.run)
         self._start("maintenance", self.maintenance.run)
+        self._start("control", self.control.run)
         self.runners.start()
         try:
             self._claim_loop()
@@ -242,6 +264,7 @@ class Worker:
             self.presence.gone()
         self._halt.set()
         self.runners.stop()
+        self.runners.close_children()
         self.health.stop()
         self._close()
         log.info("worker %s stopped: %s", self.worker_id, self.counts)
