@@ -99,6 +99,7 @@ def _insert_params(spec: TaskSpec, default_max_attempts: int) -> dict[str, Any]:
         "max_attempts": spec.max_attempts or default_max_attempts,
         "idempotency_key": spec.idempotency_key,
         "timeout": spec.timeout_seconds,
+        "concurrency_key": spec.concurrency_key,
     }
 
 
@@ -172,6 +173,7 @@ def _enqueue_chunk(
         "max_attempts": [s.max_attempts or default_max_attempts for s in specs],
         "keys": [s.idempotency_key for s in specs],
         "timeouts": [s.timeout_seconds for s in specs],
+        "concurrency_keys": [s.concurrency_key for s in specs],
     }
     inserted = {row["id"]: Task.from_row(row) for row in fetch(conn, sql.INSERT_TASKS, params)}
     skipped_keys = [
@@ -273,7 +275,8 @@ def release(conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str) -> 
 def recover_expired(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
     """Requeue (or fail) tasks whose lease expired; returns what was recovered."""
     rows = fetch(conn, sql.RECOVER_EXPIRED, {"limit": limit})
-    notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
+    # Every recovered task frees room in a limited queue; the requeued ones are runnable.
+    notify(conn, {row["queue"] for row in rows})
     return rows
 
 

@@ -42,11 +42,14 @@ class Completer:
         inflight: InFlight,
         on_recorded: Callable[[], None],
         halt: threading.Event,
+        *,
+        limited: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         self._worker_id = worker_id
         self._inflight = inflight
         self._on_recorded = on_recorded
         self._halt = halt
+        self._limited = limited
         self._outbox: stdqueue.SimpleQueue[Done | object] = stdqueue.SimpleQueue()
         self._db = db.Dedicated(
             settings, name="worker-finish", synchronous_commit=settings.worker_synchronous_commit
@@ -121,6 +124,10 @@ class Completer:
             try:
                 with self._db.use() as conn:
                     applied, rejected = q.finish(conn, batch, worker_id=self._worker_id)
+                    # A finished task of a limited queue frees room: wake its workers.
+                    freed = {row["queue"] for row in applied} & self._limited()
+                    if freed:
+                        q.notify(conn, freed, durable=False)
                 self.progress.done()
                 break
             except InvalidInput:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from taskq import db, metrics, settings_file
+from taskq import db, flow, metrics, settings_file
 from taskq import queue as q
 from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable, TaskqError
@@ -56,6 +56,10 @@ from taskq.worker.runner import Runners
 from taskq.worker.scheduler import Presence, Scheduler, SettingsFileWatch
 
 log = logging.getLogger(__name__)
+
+# How often the claim loop re-reads which of its queues have flow-control limits. A queue
+# that has just been limited is skipped by the plain claim meanwhile (never over-claimed).
+FLOW_REFRESH_SECONDS = 1.0
 
 
 class Worker:
@@ -90,6 +94,8 @@ class Worker:
         if settings.config_file is not None:
             self.settings_file = settings_file.load(settings.config_file)
             self.settings_file.check_kinds(set(registry.kinds()))
+        self.limited: frozenset[str] = frozenset()  # this worker's queues that have limits
+        self._limited_read_at = float("-inf")
         durable = settings.worker_synchronous_commit
         # The claim loop and the completer each own a connection; maintenance, probes and
         # shutdown share a small pool.
@@ -98,7 +104,12 @@ class Worker:
             settings, name="worker", min_size=1, max_size=3, synchronous_commit=durable
         )
         self.completer = Completer(
-            settings, self.worker_id, self.inflight, self._wake.set, self._halt
+            settings,
+            self.worker_id,
+            self.inflight,
+            self._wake.set,
+            self._halt,
+            limited=lambda: self.limited,
         )
         self.runners = Runners(
             self.concurrency,
@@ -321,17 +332,12 @@ class Worker:
             self._wake.clear()
             free = self.inflight.free_slots()
             claimed: list[q.Claimed] = []
+            wait = self.settings.poll_interval
             if free > 0:
                 self.claim_progress.waiting()
                 try:
                     with self._claim_db.use() as conn:
-                        claimed = q.claim(
-                            conn,
-                            queues=self.queues,
-                            limit=free,
-                            worker_id=self.worker_id,
-                            lease=self.settings.lease_seconds,
-                        )
+                        claimed, wait = self._claim(conn, free)
                     retry.reset()
                     self.claim_progress.done()
                 except DatabaseUnavailable as exc:
@@ -346,7 +352,50 @@ class Worker:
                     self.runners.submit(task)
                 if len(claimed) == free:
                     continue  # the queue may hold more; claim again once slots free up
-            if self.burst and not claimed and not self.inflight.busy():
+            if (
+                self.burst
+                and not claimed
+                and not self.inflight.busy()
+                and wait >= self.settings.poll_interval
+            ):
                 log.info("burst: no runnable task left")
                 return
-            self._wake.wait(self.settings.poll_interval)
+            self._wake.wait(wait)
+
+    def _claim(self, conn: db.Connection, free: int) -> tuple[list[q.Claimed], float]:
+        """Claim up to `free` tasks: the queues without limits in one statement, then each
+        limited queue in its own turn (taskq/flow.py). Also how long to wait if this comes
+        up short: the poll interval, or less when a rate window opens sooner."""
+        now = time.monotonic()
+        if now - self._limited_read_at >= FLOW_REFRESH_SECONDS:
+            self.limited = flow.limited_queues(conn, self.queues)
+            self._limited_read_at = now
+        wait = self.settings.poll_interval
+        claimed: list[q.Claimed] = []
+        if len(self.limited) < len(self.queues):
+            claimed = q.claim(
+                conn,
+                queues=self.queues,
+                limit=free,
+                worker_id=self.worker_id,
+                lease=self.settings.lease_seconds,
+            )
+        for name in self.queues:
+            room = free - len(claimed)
+            if room <= 0:
+                break
+            if name not in self.limited:
+                continue
+            got = flow.claim_limited(
+                conn,
+                queue=name,
+                limit=room,
+                worker_id=self.worker_id,
+                lease=self.settings.lease_seconds,
+            )
+            claimed.extend(got)
+            if len(got) < room:
+                opens = flow.rate_wait(conn, name)
+                if opens is not None:
+                    wait = min(wait, max(opens, 0.001))
+        return claimed, wait
