@@ -143,6 +143,7 @@ def limits(
     queue: str | None = None,
     runnable: dict[str, int] | None = None,
     cap: int = 10_000,
+    only_limited: bool = False,
 ) -> list[Limits]:
     """Every queue with a registry row (or just `queue`), with its limits and use.
 
@@ -150,7 +151,13 @@ def limits(
     statistics' per-queue count) while max_running or the rate window is full, else those
     whose key is at max_running_per_key (up to `cap`).
     """
-    rows = fetch(conn, sql.QUEUE_LIMITS, {"queue": queue, "cap": cap})
+    params = {
+        "queue": queue,
+        "cap": cap,
+        "count_runnable": runnable is None,
+        "only_limited": only_limited,
+    }
+    rows = fetch(conn, sql.QUEUE_LIMITS, params)
     out = []
     for row in rows:
         rate = (

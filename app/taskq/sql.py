@@ -896,10 +896,12 @@ ON CONFLICT (name) DO UPDATE
        updated_at = now()
 """
 
-# Per registry row (or one queue): its limits, running tasks (running index), starts in
-# the rate window, runnable tasks (up to `cap`), and runnable tasks whose key is at its
+# Per registry row (or one queue; or only those with limits): its limits, running tasks
+# (running index), starts in the rate window, runnable tasks (up to `cap`; skipped when
+# the caller has them from QUEUE_STATS), and runnable tasks whose key is at its
 # max_running_per_key (up to `cap`; keyed ready index, one range per busy key).
-QUEUE_LIMITS: LiteralString = """
+QUEUE_LIMITS: LiteralString = (
+    """
 SELECT l.name AS queue, l.max_running, l.max_running_per_key, l.rate_limit_count,
        l.rate_limit_per_seconds, l.updated_at,
        r.n AS running, COALESCE(s.n, 0) AS window_starts, w.n AS runnable, k.n AS held_by_key
@@ -915,7 +917,8 @@ SELECT l.name AS queue, l.max_running, l.max_running_per_key, l.rate_limit_count
  CROSS JOIN LATERAL (
        SELECT count(*) AS n FROM (
            SELECT 1 FROM taskq_tasks t
-            WHERE t.status = 'queued' AND t.queue = l.name AND t.run_at <= now()
+            WHERE %(count_runnable)s
+              AND t.status = 'queued' AND t.queue = l.name AND t.run_at <= now()
             LIMIT %(cap)s) x) w
  CROSS JOIN LATERAL (
        SELECT count(*) AS n FROM (
@@ -930,6 +933,10 @@ SELECT l.name AS queue, l.max_running, l.max_running_per_key, l.rate_limit_count
                    WHERE t.status = 'queued' AND t.queue = l.name
                      AND t.concurrency_key = busy.key AND t.run_at <= now()) AS q
             LIMIT %(cap)s) x) k
- WHERE %(queue)s::text IS NULL OR l.name = %(queue)s
+ WHERE (%(queue)s::text IS NULL OR l.name = %(queue)s)
+   AND (NOT %(only_limited)s OR """
+    + LIMITED
+    + """)
  ORDER BY l.name
 """
+)
