@@ -40,9 +40,10 @@ class RateLimit(BaseModel):
         if not sep:
             raise ValueError("give COUNT/SECONDS, e.g. 100/60")
         try:
-            return cls(count=int(count), per_seconds=float(seconds))
+            whole, per = int(count), float(seconds)
         except ValueError:
             raise ValueError("give COUNT/SECONDS with a whole COUNT, e.g. 100/60") from None
+        return cls(count=whole, per_seconds=per)
 
 
 class LimitsUpdate(BaseModel):

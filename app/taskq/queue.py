@@ -114,7 +114,8 @@ def enqueue(
     """Insert one task (or return the existing one with the same idempotency key).
 
     `options` are TaskSpec fields: queue, priority, run_at, delay, max_attempts,
-    idempotency_key. The returned task's `created` is False for an idempotent repeat.
+    idempotency_key, concurrency_key. The returned task's `created` is False for an
+    idempotent repeat.
     """
     spec = _spec(kind_or_spec, payload, **options)
     params = _insert_params(spec, default_max_attempts)
