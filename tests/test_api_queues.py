@@ -149,3 +149,31 @@ def test_database_unavailable_is_503() -> None:
         assert_error(put(down, "/queues/q1", {"max_running": 0}), 422, field="max_running")
     finally:
         pool.close()
+
+
+def test_metrics_show_held_tasks_and_the_limits(client: Client, conn: Conn) -> None:
+    from tests.test_metrics import parse, value
+
+    put(client, "/queues/lim", {"max_running": 1, "rate_limit": {"count": 10, "per_seconds": 2}})
+    post(client, "/tasks/batch", {"tasks": [{"queue": "lim"}] * 3})
+    post(client, "/tasks", {"queue": "free"})
+    conn.execute(
+        "UPDATE taskq_tasks SET status = 'running', worker_id = 'w', started_at = now(),"
+        " lease_expires_at = now() + interval '1 minute'"
+        " WHERE id = (SELECT id FROM taskq_tasks WHERE queue = 'lim' ORDER BY id LIMIT 1)"
+    )
+    samples = parse(client.simulate_get("/metrics").text)
+    assert value(samples, "taskq_queue_limit_held", queue="lim") == 2
+    assert value(samples, "taskq_queue_max_running", queue="lim") == 1
+    assert value(samples, "taskq_queue_rate_limit_count", queue="lim") == 10
+    assert value(samples, "taskq_queue_rate_limit_seconds", queue="lim") == 2
+    assert ("taskq_queue_max_running_per_key", frozenset({("queue", "lim")})) not in samples
+    assert ("taskq_queue_limit_held", frozenset({("queue", "free")})) not in samples
+    stats = client.simulate_get("/stats").json
+    [lim] = [q for q in stats["queues"] if q["queue"] == "lim"]
+    assert (lim["held"], lim["max_running"], lim["rate_limit"]) == (
+        2,
+        1,
+        {"count": 10, "per_seconds": 2.0},
+    )
+    assert stats["totals"]["held"] == 2
