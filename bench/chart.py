@@ -1,4 +1,4 @@
-"""One PNG with the four comparisons: drain, pickup latency, ingest, scale."""
+"""One PNG with the comparisons: drain, pickup latency, ingest, scale, flow control."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str]) ->
 
 def draw(results: dict[str, Any], path: Path) -> None:
     f = results["summary"]["figures"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5))
     cores = results["machine"]["cores"]
     version = results["machine"]["postgres"]["version"].split()[0]
     fig.suptitle(
@@ -107,6 +107,25 @@ def draw(results: dict[str, Any], path: Path) -> None:
     )
     ax.set_title("Throughput at scale (jobs/s)")
     ax.legend(fontsize=8)
+
+    ax = axes[0][2]
+    flow = f.get("flow_jobs_per_s", {})
+    names = {
+        "before": "no limits\n(before)",
+        "none": "no limits",
+        "max_running": "max_running\n= concurrency",
+        "per_key": f"per key = 1\n{f.get('flow_keys') or 0:,} keys",
+    }
+    if flow:
+        _bars(
+            ax,
+            [names.get(k, k) for k in flow],
+            list(flow.values()),
+            ["#7f7f7f" if k == "before" else COLORS["taskq"] for k in flow],
+        )
+    ax.set_title("taskq flow control: drain (jobs/s)")
+    ax.tick_params(axis="x", labelsize=8)
+    axes[1][2].axis("off")
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -135,7 +135,7 @@ def rate_wait(conn: AnyConnection, queue: str) -> float | None:
     """Seconds until the queue's rate window may have room (None: no rate limit in use)."""
     rows = fetch(conn, sql.RATE_WAIT, {"queue": queue})
     wait = rows[0]["wait"] if rows else None
-    return None if wait is None else float(wait)
+    return None if wait is None else max(0.0, float(wait))
 
 
 def limits(

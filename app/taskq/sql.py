@@ -296,12 +296,12 @@ SELECT id, queue, kind, payload::text, attempts, max_attempts,
  ORDER BY priority DESC, run_at, id
 """
 
-# Seconds until the rate window of a queue has room again (NULL: no rate limit or room
-# now): when the oldest start that still counts leaves the window. The worker sleeps that
+# Seconds until the rate window of a queue may have room again (NULL: no rate limit, or
+# no start in the window): when the oldest start that still counts leaves the window. The worker sleeps that
 # long instead of polling a rate-limited queue.
 RATE_WAIT: LiteralString = """
-SELECT greatest(0, extract(epoch FROM min(s.t) + max(l.rate_limit_per_seconds)
-                                                  * interval '1 second' - now()))::float8 AS wait
+SELECT extract(epoch FROM min(s.t) + max(l.rate_limit_per_seconds) * interval '1 second'
+                         - now())::float8 AS wait
   FROM taskq_queues l
   JOIN taskq_queue_flow f ON f.queue = l.name
  CROSS JOIN LATERAL unnest(f.start_times, f.start_counts) AS s(t, n)

@@ -330,6 +330,10 @@ class Worker:
         retry = Backoff(0.2, 5.0)
         while not self.stopping.is_set():
             self._wake.clear()
+            # Read before claiming: a limited queue's claim counts this worker's tasks
+            # until their outcomes are recorded, so "nothing claimed" only means "nothing
+            # left" if nothing was in flight when the claim ran.
+            idle = not self.inflight.busy()
             free = self.inflight.free_slots()
             claimed: list[q.Claimed] = []
             wait = self.settings.poll_interval
@@ -352,12 +356,7 @@ class Worker:
                     self.runners.submit(task)
                 if len(claimed) == free:
                     continue  # the queue may hold more; claim again once slots free up
-            if (
-                self.burst
-                and not claimed
-                and not self.inflight.busy()
-                and wait >= self.settings.poll_interval
-            ):
+            if self.burst and idle and not claimed and wait >= self.settings.poll_interval:
                 log.info("burst: no runnable task left")
                 return
             self._wake.wait(wait)
