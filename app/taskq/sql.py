@@ -297,8 +297,8 @@ SELECT id, queue, kind, payload::text, attempts, max_attempts,
 """
 
 # Seconds until the rate window of a queue may have room again (NULL: no rate limit, or
-# no start in the window): when the oldest start that still counts leaves the window. The worker sleeps that
-# long instead of polling a rate-limited queue.
+# no start in the window): when the oldest start that still counts leaves the window.
+# The worker sleeps that long instead of polling a rate-limited queue.
 RATE_WAIT: LiteralString = """
 SELECT extract(epoch FROM min(s.t) + max(l.rate_limit_per_seconds) * interval '1 second'
                          - now())::float8 AS wait
