@@ -172,6 +172,13 @@ def test_unlimited_queue_is_not_held_by_a_full_limited_one(conn: Conn, settings:
     q.enqueue_many(conn, _sleep_tasks(20, "free", 0.0))
     with running_worker(settings, queues=["lim", "free"], concurrency=4) as worker:
         wait_until(lambda: _done(conn, "free") == 20, timeout=30, what="free queue drained")
+        wait_until(
+            lambda: conn.execute(
+                "SELECT 1 FROM taskq_tasks WHERE queue = 'lim' AND status = 'running'"
+            ).fetchone(),
+            timeout=30,
+            what="the limited queue's one task running",
+        )
         assert worker.limited == frozenset({"lim"})
         counts = {
             r["status"]: r["n"]
@@ -253,3 +260,14 @@ def test_concurrency_key_is_stored_and_returned(conn: Conn) -> None:
     [many] = q.enqueue_many(conn, [TaskSpec(kind="echo", concurrency_key="c-1")])
     assert q.get(conn, many.id).concurrency_key == "c-1"
     assert json.loads(json.dumps(q.get(conn, many.id).to_json()))["concurrency_key"] == "c-1"
+
+
+def test_a_limited_queue_is_not_starved_by_a_busy_unlimited_one(
+    conn: Conn, settings: Settings
+) -> None:
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=1))
+    q.enqueue_many(conn, _sleep_tasks(200, "free", 0.05))
+    q.enqueue_many(conn, _sleep_tasks(2, "lim", 0.0))
+    with running_worker(settings, queues=["free", "lim"], concurrency=2):
+        wait_until(lambda: _done(conn, "lim") == 2, timeout=30, what="limited tasks done")
+        assert _done(conn, "free") < 150  # long before the busy queue drained

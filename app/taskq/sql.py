@@ -138,8 +138,14 @@ SELECT id, queue, kind, payload::text, attempts, max_attempts,
 # counts, which a later turn sees).
 
 # Wait for this queue's claim turn (released at commit). 0x7471 ('tq') is taskq's lock
-# class; two queue names with the same hash merely share turns.
-QUEUE_TURN: LiteralString = "SELECT pg_advisory_xact_lock(29809, hashtext(%(queue)s))"
+# class; two queue names with the same hash merely share turns. Also: CLAIM_LIMITED in
+# this transaction runs its generic plan (it is prepared after a few runs). Planning the
+# statement costs several times what running it does, and its best plan does not depend
+# on the parameter values (index probes on the queue name, small limits).
+QUEUE_TURN: LiteralString = """
+SELECT pg_advisory_xact_lock(29809, hashtext(%(queue)s)),
+       set_config('plan_cache_mode', 'force_generic_plan', true)
+"""
 
 # Which of the given queues have limits (the worker claims those with CLAIM_LIMITED).
 LIMITED_QUEUES: LiteralString = (
@@ -262,11 +268,11 @@ WITH RECURSIVE clock AS MATERIALIZED (
        SET status = 'running',
            attempts = t.attempts + 1,
            worker_id = %(worker_id)s,
-           lease_expires_at = clock.now + %(lease)s * interval '1 second',
-           started_at = clock.now,
-           updated_at = clock.now
-      FROM chosen, clock
-     WHERE t.id = chosen.id AND t.status = 'queued'
+           lease_expires_at = (SELECT now FROM clock) + %(lease)s * interval '1 second',
+           started_at = (SELECT now FROM clock),
+           updated_at = (SELECT now FROM clock)
+     -- An array of ids: primary-key probes, whatever the planner guesses about `chosen`.
+     WHERE t.id = ANY(ARRAY(SELECT id FROM chosen)) AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at
 ), stamp AS (
     INSERT INTO taskq_queue_flow AS f (queue, start_times, start_counts, key_cursor)

@@ -25,6 +25,7 @@ expire and be recovered: at-least-once, never lost.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -96,6 +97,15 @@ class Worker:
             self.settings_file.check_kinds(set(registry.kinds()))
         self.limited: frozenset[str] = frozenset()  # this worker's queues that have limits
         self._limited_read_at = float("-inf")
+        # Room in a limited queue appears only when a task of it is recorded (here or by
+        # another worker, which notifies), when its limits change (notified) or when its
+        # rate window moves on (timed). `_news` counts recordings and notifications; a
+        # limited queue whose claim came up short is not claimed again until it moves,
+        # so freed local slots do not turn into empty claims.
+        self._news = 0
+        self._news_count = itertools.count(1)  # next() is atomic: nudges come from threads
+        self._short: dict[str, int] = {}
+        self._limited_first = False
         durable = settings.worker_synchronous_commit
         # The claim loop and the completer each own a connection; maintenance, probes and
         # shutdown share a small pool.
@@ -107,7 +117,7 @@ class Worker:
             settings,
             self.worker_id,
             self.inflight,
-            self._wake.set,
+            self._nudge,
             self._halt,
             limited=lambda: self.limited,
         )
@@ -154,7 +164,7 @@ class Worker:
         self.listener = Listener(
             settings,
             self.queues,
-            self._wake.set,
+            self._nudge,
             self._halt,
             send_probe=self._send_probe,
             worker_id=self.worker_id,
@@ -235,6 +245,11 @@ class Worker:
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
         return thread
+
+    def _nudge(self) -> None:
+        """Something changed in the database (an outcome recorded, a notification)."""
+        self._news = next(self._news_count)
+        self._wake.set()
 
     def stop(self) -> None:
         """Stop claiming; `run` then drains in-flight tasks and returns."""
@@ -359,32 +374,48 @@ class Worker:
             if self.burst and idle and not claimed and wait >= self.settings.poll_interval:
                 log.info("burst: no runnable task left")
                 return
-            self._wake.wait(wait)
+            if not self._wake.wait(wait):
+                self._short.clear()  # the poll: try every queue again
 
     def _claim(self, conn: db.Connection, free: int) -> tuple[list[q.Claimed], float]:
-        """Claim up to `free` tasks: the queues without limits in one statement, then each
-        limited queue in its own turn (taskq/flow.py). Also how long to wait if this comes
-        up short: the poll interval, or less when a rate window opens sooner."""
+        """Claim up to `free` tasks: the queues without limits in one statement, and each
+        limited queue in its own turn (taskq/flow.py), the two taking turns at going first
+        so that neither kind starves the other. Also how long to wait if this comes up
+        short: the poll interval, or less when a rate window opens sooner."""
         now = time.monotonic()
         if now - self._limited_read_at >= FLOW_REFRESH_SECONDS:
             self.limited = flow.limited_queues(conn, self.queues)
             self._limited_read_at = now
-        wait = self.settings.poll_interval
+        self._limited_first = not self._limited_first
         claimed: list[q.Claimed] = []
-        if len(self.limited) < len(self.queues):
-            claimed = q.claim(
-                conn,
-                queues=self.queues,
-                limit=free,
-                worker_id=self.worker_id,
-                lease=self.settings.lease_seconds,
+        wait = self.settings.poll_interval
+        if self.limited and self._limited_first:
+            wait = self._claim_limited(conn, free, claimed)
+        if len(self.limited) < len(self.queues) and len(claimed) < free:
+            claimed.extend(
+                q.claim(
+                    conn,
+                    queues=self.queues,
+                    limit=free - len(claimed),
+                    worker_id=self.worker_id,
+                    lease=self.settings.lease_seconds,
+                )
             )
+        if self.limited and not self._limited_first:
+            wait = self._claim_limited(conn, free, claimed)
+        return claimed, wait
+
+    def _claim_limited(self, conn: db.Connection, free: int, claimed: list[q.Claimed]) -> float:
+        """Claim from each limited queue in turn into `claimed`, up to `free` in all; a
+        queue that came up short is skipped until something changed (`_news`)."""
+        wait = self.settings.poll_interval
         for name in self.queues:
             room = free - len(claimed)
             if room <= 0:
                 break
-            if name not in self.limited:
+            if name not in self.limited or self._short.get(name) == self._news:
                 continue
+            news = self._news
             got = flow.claim_limited(
                 conn,
                 queue=name,
@@ -394,7 +425,10 @@ class Worker:
             )
             claimed.extend(got)
             if len(got) < room:
+                self._short[name] = news
                 opens = flow.rate_wait(conn, name)
                 if opens is not None:
                     wait = min(wait, max(opens, 0.001))
-        return claimed, wait
+            else:
+                self._short.pop(name, None)
+        return wait
