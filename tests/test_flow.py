@@ -271,3 +271,37 @@ def test_a_limited_queue_is_not_starved_by_a_busy_unlimited_one(
     with running_worker(settings, queues=["free", "lim"], concurrency=2):
         wait_until(lambda: _done(conn, "lim") == 2, timeout=30, what="limited tasks done")
         assert _done(conn, "free") < 150  # long before the busy queue drained
+
+
+@pytest.mark.parametrize("per_key", [False, True])
+def test_the_limited_claim_reads_indexes_only(conn: Conn, per_key: bool) -> None:
+    """With a backlog and a history, the limited claim counts on the running index, walks
+    keys on the keyed ready index, and never scans the table."""
+    from taskq import sql
+
+    limits = (
+        flow.LimitsUpdate(max_running_per_key=1) if per_key else flow.LimitsUpdate(max_running=5)
+    )
+    flow.set_limits(conn, "lim", limits)
+    conn.execute(
+        "INSERT INTO taskq_tasks (queue, kind, status, attempts, started_at, finished_at)"
+        " SELECT 'lim', 'echo', 'succeeded', 1, now(), now() FROM generate_series(1, 20000)"
+    )
+    conn.execute(
+        "INSERT INTO taskq_tasks (queue, kind, concurrency_key) SELECT 'lim', 'echo',"
+        " 'key-' || (i % 500) FROM generate_series(1, 20000) AS i"
+    )
+    conn.execute("VACUUM ANALYZE taskq_tasks")
+    params = {"queue": "lim", "limit": 64, "worker_id": "plan", "lease": 30}
+    with conn.transaction():
+        conn.execute(sql.QUEUE_TURN, params)
+        plan = "\n".join(
+            str(row["QUERY PLAN"])
+            for row in conn.execute("EXPLAIN " + sql.CLAIM_LIMITED, params).fetchall()
+        )
+    assert "Seq Scan on taskq_tasks" not in plan, plan
+    assert "taskq_tasks_running_idx" in plan, plan
+    if per_key:
+        assert "taskq_tasks_ready_key_idx" in plan, plan
+    else:
+        assert "taskq_tasks_ready_idx" in plan, plan
