@@ -54,6 +54,20 @@ def _workers(
     ]
 
 
+def _wait_for_workers(conn: Conn, n: int) -> None:
+    """Until n workers listen on this database (their claim loops are about to start), so
+    that the race starts with every racer at the line."""
+
+    def listening() -> bool:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'taskq-listener'"
+        ).fetchone()
+        return row is not None and row["n"] >= n
+
+    wait_until(listening, timeout=60, what=f"{n} workers listening")
+
+
 @pytest.fixture
 def stop_all() -> Iterator[list[subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
@@ -107,8 +121,9 @@ def test_max_running_is_exact_across_racing_workers(
     conn: Conn, database_url: str, stop_all: list[subprocess.Popen[str]]
 ) -> None:
     flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=3))
-    q.enqueue_many(conn, _sleep_tasks(90, "lim", 0.02))
     stop_all.extend(_workers(database_url, 4, "lim", 8))
+    _wait_for_workers(conn, 4)
+    q.enqueue_many(conn, _sleep_tasks(90, "lim", 0.02))
     wait_until(lambda: _done(conn, "lim") == 90, timeout=90, what="90 limited tasks done")
     rows = _intervals(conn, "lim")
     assert max_overlap(rows) == 3  # never more, and the limit was actually reached
@@ -120,8 +135,9 @@ def test_max_running_per_key_is_exact_and_keys_run_side_by_side(
 ) -> None:
     flow.set_limits(conn, "tenants", flow.LimitsUpdate(max_running_per_key=2))
     keys = [f"tenant-{i}" for i in range(6)]
-    q.enqueue_many(conn, _sleep_tasks(120, "tenants", 0.02, keys))
     stop_all.extend(_workers(database_url, 3, "tenants", 8))
+    _wait_for_workers(conn, 3)
+    q.enqueue_many(conn, _sleep_tasks(120, "tenants", 0.02, keys))
     wait_until(lambda: _done(conn, "tenants") == 120, timeout=90, what="keyed tasks done")
     rows = _intervals(conn, "tenants")
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -158,8 +174,9 @@ def test_rate_limit_windows_never_exceed_the_count(
     flow.set_limits(
         conn, "rated", flow.LimitsUpdate(rate_limit=flow.RateLimit(count=5, per_seconds=1.0))
     )
-    q.enqueue_many(conn, _sleep_tasks(20, "rated", 0.0))
     stop_all.extend(_workers(database_url, 3, "rated", 8))
+    _wait_for_workers(conn, 3)
+    q.enqueue_many(conn, _sleep_tasks(20, "rated", 0.0))
     wait_until(lambda: _done(conn, "rated") == 20, timeout=60, what="rated tasks done")
     starts = [r["started_at"] for r in _intervals(conn, "rated")]
     assert max_in_window(starts, 1.0) == 5

@@ -122,9 +122,12 @@ def claim_limited(
     if limit <= 0:
         return []
     params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease": lease}
-    with translate_errors(), conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-        cur.execute(sql.QUEUE_TURN, {"queue": queue})
-        cur.execute(sql.CLAIM_LIMITED, params)
+    # Pipelined: BEGIN, the turn, the claim and COMMIT go out together and their results
+    # come back in one round trip (the claim still starts only once the turn is held).
+    with translate_errors(), conn.cursor(row_factory=tuple_row) as cur:
+        with conn.pipeline(), conn.transaction():
+            cur.execute(sql.QUEUE_TURN, {"queue": queue})
+            cur.execute(sql.CLAIM_LIMITED, params)
         return [
             Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited)
             for tid, q, kind, payload, attempts, max_attempts, waited in cur.fetchall()

@@ -213,48 +213,62 @@ WITH RECURSIVE clock AS MATERIALIZED (
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT 2 * %(limit)s::int) h
      WHERE h.concurrency_key IS NULL
-), walk(key, wrapped) AS (
-    SELECT x.key, x.wrapped FROM (
-        (SELECT t.concurrency_key AS key, false AS wrapped FROM taskq_tasks t
+), walk(key, wrapped, id, runnable) AS (
+    -- Each step is one probe of the keyed ready index: the first entry after the current
+    -- key is the next key's best task (the index is in claim order within a key).
+    SELECT x.key, x.wrapped, x.id, x.runnable FROM (
+        (SELECT t.concurrency_key AS key, false AS wrapped, t.id, t.run_at <= now() AS runnable
+           FROM taskq_tasks t
           WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.concurrency_key IS NOT NULL
             AND t.concurrency_key > COALESCE((SELECT key_cursor FROM flow), '')
             AND (SELECT max_running_per_key FROM lim) IS NOT NULL
-          ORDER BY t.concurrency_key LIMIT 1)
+          ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
         UNION ALL
-        (SELECT t.concurrency_key, true FROM taskq_tasks t
+        (SELECT t.concurrency_key, true, t.id, t.run_at <= now()
+           FROM taskq_tasks t
           WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.concurrency_key IS NOT NULL
             AND (SELECT max_running_per_key FROM lim) IS NOT NULL
-          ORDER BY t.concurrency_key LIMIT 1)
+          ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
         LIMIT 1) AS x
      WHERE NOT (x.wrapped AND x.key > COALESCE((SELECT key_cursor FROM flow), ''))
     UNION ALL
-    SELECT n.key, n.wrapped
+    SELECT n.key, n.wrapped, n.id, n.runnable
       FROM walk w
      CROSS JOIN LATERAL (
-           (SELECT t.concurrency_key AS key, w.wrapped FROM taskq_tasks t
+           (SELECT t.concurrency_key AS key, w.wrapped, t.id, t.run_at <= now() AS runnable
+              FROM taskq_tasks t
              WHERE t.status = 'queued' AND t.queue = %(queue)s
                AND t.concurrency_key > w.key
-             ORDER BY t.concurrency_key LIMIT 1)
+             ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
            UNION ALL
-           (SELECT t.concurrency_key, true FROM taskq_tasks t
+           (SELECT t.concurrency_key, true, t.id, t.run_at <= now()
+              FROM taskq_tasks t
              WHERE NOT w.wrapped AND t.status = 'queued' AND t.queue = %(queue)s
                AND t.concurrency_key IS NOT NULL
-             ORDER BY t.concurrency_key LIMIT 1)
+             ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
            LIMIT 1) AS n
      WHERE NOT (n.wrapped AND n.key > COALESCE((SELECT key_cursor FROM flow), ''))
 ), keyed AS (
+    -- Per key: the walk's own task when it is runnable, and more of the key's runnable
+    -- tasks only when it has room for more than one (or its best task is not runnable
+    -- yet), as many as the key has room for.
     SELECT c.id, w.key, w.wrapped, 2 AS part
       FROM walk w
+      LEFT JOIN busy b ON b.key = w.key
      CROSS JOIN LATERAL (
-           SELECT t.id, row_number() OVER () AS rank
-             FROM (SELECT t.id FROM taskq_tasks t
-                    WHERE t.status = 'queued' AND t.queue = %(queue)s
-                      AND t.concurrency_key = w.key AND t.run_at <= now()
-                    ORDER BY t.priority DESC, t.run_at, t.id
-                    LIMIT (SELECT max_running_per_key FROM lim)) AS t
+           SELECT w.id, 1::bigint AS rank WHERE w.runnable
+           UNION ALL
+           SELECT m.id, m.rank
+             FROM (SELECT t.id, row_number() OVER () AS rank
+                     FROM (SELECT t.id FROM taskq_tasks t
+                            WHERE t.status = 'queued' AND t.queue = %(queue)s
+                              AND t.concurrency_key = w.key AND t.run_at <= now()
+                            ORDER BY t.priority DESC, t.run_at, t.id
+                            LIMIT (SELECT max_running_per_key FROM lim)) AS t) AS m
+            WHERE ((SELECT max_running_per_key FROM lim) > 1 OR NOT w.runnable)
+              AND NOT (w.runnable AND m.id = w.id)
            ) AS c
-     WHERE c.rank <= (SELECT max_running_per_key FROM lim)
-                     - COALESCE((SELECT b.n FROM busy b WHERE b.key = w.key), 0)
+     WHERE c.rank <= (SELECT max_running_per_key FROM lim) - COALESCE(b.n, 0)
 ), chosen AS MATERIALIZED (
     SELECT * FROM (
         SELECT * FROM plain
