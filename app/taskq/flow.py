@@ -116,11 +116,12 @@ def limited_queues(conn: AnyConnection, queues: Sequence[str]) -> frozenset[str]
 
 def claim_limited(
     conn: AnyConnection, *, queue: str, limit: int, worker_id: str, lease: float
-) -> list[Claimed]:
+) -> tuple[list[Claimed], bool]:
     """Claim up to `limit` tasks of one limited queue within its limits, in a transaction
-    of its own that waits for the queue's claim turn (never for other queues)."""
+    of its own that waits for the queue's claim turn (never for other queues). Also
+    whether the queue is full now (max_running or the rate window used up)."""
     if limit <= 0:
-        return []
+        return [], False
     params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease": lease}
     # Pipelined: BEGIN, the turn, the claim and COMMIT go out together and their results
     # come back in one round trip (the claim still starts only once the turn is held).
@@ -128,10 +129,12 @@ def claim_limited(
         with conn.pipeline(), conn.transaction():
             cur.execute(sql.QUEUE_TURN, {"queue": queue})
             cur.execute(sql.CLAIM_LIMITED, params)
-        return [
-            Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited)
-            for tid, q, kind, payload, attempts, max_attempts, waited in cur.fetchall()
-        ]
+        rows = cur.fetchall()
+    claimed = [
+        Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited)
+        for tid, q, kind, payload, attempts, max_attempts, waited, _ in rows
+    ]
+    return claimed, bool(rows) and rows[0][7] is not None and rows[0][7] <= 0
 
 
 def rate_wait(conn: AnyConnection, queue: str) -> float | None:

@@ -188,15 +188,18 @@ WITH RECURSIVE clock AS MATERIALIZED (
       FROM taskq_tasks t
      WHERE t.status = 'running' AND t.queue = %(queue)s
      GROUP BY t.concurrency_key
-), budget AS MATERIALIZED (
-    SELECT CASE WHEN COALESCE((SELECT paused FROM lim), false) THEN 0 ELSE greatest(0, least(
-               %(limit)s::int,
+), room AS MATERIALIZED (
+    -- What max_running and the rate window leave (NULL: neither is set).
+    SELECT least(
                (SELECT max_running FROM lim) - (SELECT COALESCE(sum(n), 0) FROM busy),
                (SELECT lim.rate_count - COALESCE(sum(s.n), 0)
                   FROM lim, flow, unnest(flow.start_times, flow.start_counts) AS s(t, n)
                  WHERE s.t > (SELECT now FROM clock) - lim.rate_seconds * interval '1 second'
                  GROUP BY lim.rate_count),
-               (SELECT rate_count FROM lim)))::int END AS n
+               (SELECT rate_count FROM lim))::int AS n
+), budget AS MATERIALIZED (
+    SELECT CASE WHEN COALESCE((SELECT paused FROM lim), false) THEN 0
+                ELSE greatest(0, least(%(limit)s::int, (SELECT n FROM room))) END AS n
 ), plain AS (
     SELECT t.id, NULL::text AS key, false AS wrapped, 0 AS part
       FROM taskq_tasks t
@@ -311,7 +314,8 @@ WITH RECURSIVE clock AS MATERIALIZED (
            updated_at = now()
 )
 SELECT id, queue, kind, payload::text, attempts, max_attempts,
-       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited
+       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited,
+       (SELECT n FROM room) - (SELECT count(*) FROM claimed) AS room_left
   FROM claimed
  ORDER BY priority DESC, run_at, id
 """

@@ -54,6 +54,7 @@ class Completer:
         self._db = db.Dedicated(
             settings, name="worker-finish", synchronous_commit=settings.worker_synchronous_commit
         )
+        self.backend_pid = 0  # of its connection: the listener ignores its notifications
         self.closing = False  # past the drain deadline: give up on a database that is away
         self.counts = {
             "succeeded": 0,
@@ -127,6 +128,7 @@ class Completer:
                     # A finished task of a limited queue frees room: wake its workers.
                     freed = {row["queue"] for row in applied} & self._limited()
                     if freed:
+                        self.backend_pid = conn.info.backend_pid
                         q.notify(conn, freed, durable=False)
                 self.progress.done()
                 break

@@ -169,6 +169,7 @@ class Worker:
             send_probe=self._send_probe,
             worker_id=self.worker_id,
             on_cancel=self._cancel_requested,
+            own=lambda pid: pid == self.completer.backend_pid,
         )
         self.claim_progress = Progress()
         self.failed_thread: str | None = None
@@ -416,7 +417,7 @@ class Worker:
             if name not in self.limited or self._short.get(name) == self._news:
                 continue
             news = self._news
-            got = flow.claim_limited(
+            got, full = flow.claim_limited(
                 conn,
                 queue=name,
                 limit=room,
@@ -424,7 +425,7 @@ class Worker:
                 lease=self.settings.lease_seconds,
             )
             claimed.extend(got)
-            if len(got) < room:
+            if len(got) < room or full:
                 self._short[name] = news
                 opens = flow.rate_wait(conn, name)
                 if opens is not None:
