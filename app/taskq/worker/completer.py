@@ -125,11 +125,6 @@ class Completer:
             try:
                 with self._db.use() as conn:
                     applied, rejected = q.finish(conn, batch, worker_id=self._worker_id)
-                    # A finished task of a limited queue frees room: wake its workers.
-                    freed = {row["queue"] for row in applied} & self._limited()
-                    if freed:
-                        self.backend_pid = conn.info.backend_pid
-                        q.notify(conn, freed, durable=False)
                 self.progress.done()
                 break
             except InvalidInput:
@@ -146,6 +141,8 @@ class Completer:
                     self.progress.done()
                     return  # give up: leases expire and the tasks run again elsewhere
                 self._halt.wait(retry.next())
+        self._inflight.recorded(item.lease.id for item in batch)
+        self._on_recorded()  # back-pressure may have lifted; burst mode may be done
         metrics.tasks_finished(applied, lost=len(rejected))
         for row in applied:
             self.counts["snoozed" if row["snoozed"] else _COUNT_KEY[row["status"]]] += 1
@@ -157,5 +154,13 @@ class Completer:
                 lost.lease.id,
                 lost.lease.attempt,
             )
-        self._inflight.recorded(item.lease.id for item in batch)
-        self._on_recorded()  # back-pressure may have lifted; burst mode may be done
+        # A finished task of a limited queue frees room: wake the queue's other workers
+        # (this one was just woken). Best effort: they also poll.
+        freed = {row["queue"] for row in applied} & self._limited()
+        if freed:
+            try:
+                with self._db.use() as conn:
+                    self.backend_pid = conn.info.backend_pid
+                    q.notify(conn, freed, durable=False)
+            except DatabaseUnavailable:
+                pass
