@@ -8,8 +8,9 @@ queue under each condition, measured exactly like the drain workload.
 - `per_key`: max_running_per_key = 1 over `keys` distinct concurrency keys, tasks spread
   round-robin over the keys (the key walk of the limited claim);
 - `before` (only with `--flow-baseline-src DIR`): the `none` drain by the worker of
-  another source tree (e.g. the commit before flow control) against the same schema,
-  so the plain claim's cost is compared with the code that had no flow control at all.
+  another source tree (e.g. the commit before flow control), without migration 0007's
+  indexes, so the plain claim's cost is compared with the code and schema that had no
+  flow control at all.
 
 Tasks are inserted with one SQL statement per round (taskq_tasks columns as `taskq
 submit` writes them, plus the key), so the bulk insert is not what is measured.
@@ -28,6 +29,13 @@ from bench.systems import Mode, Taskq
 from bench.workloads import drain
 
 CONDITIONS = ("none", "max_running", "per_key")
+# Migration 0007's indexes (db/migrations/0007.flow-control.sql), as `before` drops them.
+INDEXES = {
+    "taskq_tasks_running_idx": "ON taskq_tasks (queue, concurrency_key) WHERE status = 'running'",
+    "taskq_tasks_ready_key_idx": "ON taskq_tasks"
+    " (queue, concurrency_key, priority DESC, run_at, id)"
+    " WHERE status = 'queued' AND concurrency_key IS NOT NULL",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,6 +58,13 @@ class _Condition(Taskq):
 
     def reset(self) -> None:
         pg.execute(self.url, "TRUNCATE taskq_tasks, taskq_queues, taskq_queue_flow")
+        # `before` runs without flow control's two indexes too (every claim writes an
+        # entry in the running index), so it is the code and the schema before it.
+        for name, definition in INDEXES.items():
+            if self.baseline is not None:
+                pg.execute(self.url, f"DROP INDEX IF EXISTS {name}")
+            else:
+                pg.execute(self.url, f"CREATE INDEX IF NOT EXISTS {name} {definition}")
         column = {"max_running": "max_running", "per_key": "max_running_per_key"}
         if self.condition in column:
             value = DEFAULT_CONCURRENCY if self.condition == "max_running" else 1
