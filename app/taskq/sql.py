@@ -158,8 +158,9 @@ LIMITED_QUEUES: LiteralString = (
 #   window (taskq_queue_flow; entries stamped after this statement's now() count too).
 #   A paused queue has no budget.
 # - Without a per-key limit: the head of the queue, as CLAIM takes it.
-# - With max_running_per_key: tasks without a key from the head of the queue (up to
-#   `limit` of the first 2 * `limit`), then a walk over the queue's distinct keys on the
+# - With max_running_per_key: tasks without a key among the first `limit` of the queue
+#   (the ready index has no key column, so these cost a heap read each; a queue with a
+#   per-key limit is expected to key its tasks), then a walk over the distinct keys on the
 #   keyed ready index, starting after the key where the previous turn stopped and wrapping
 #   around once, taking from each key as many tasks as it has room for (priority orders
 #   tasks within a key; keys take turns). The walk stops when the budget is spent.
@@ -214,7 +215,7 @@ WITH RECURSIVE clock AS MATERIALIZED (
              WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.run_at <= now()
                AND (SELECT max_running_per_key FROM lim) IS NOT NULL
              ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT 2 * %(limit)s::int) h
+             LIMIT %(limit)s::int) h
      WHERE h.concurrency_key IS NULL
 ), walk(key, wrapped, id, runnable) AS (
     -- Each step is one probe of the keyed ready index: the first entry after the current
