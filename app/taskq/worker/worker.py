@@ -106,6 +106,7 @@ class Worker:
         self._news_count = itertools.count(1)  # next() is atomic: nudges come from threads
         self._short: dict[str, int] = {}
         self._limited_first = False
+        self._limited_start = 0
         durable = settings.worker_synchronous_commit
         # The claim loop and the completer each own a connection; maintenance, probes and
         # shutdown share a small pool.
@@ -410,7 +411,11 @@ class Worker:
         """Claim from each limited queue in turn into `claimed`, up to `free` in all; a
         queue that came up short is skipped until something changed (`_news`)."""
         wait = self.settings.poll_interval
-        for name in self.queues:
+        # Start one queue further on each time, so that a busy limited queue does not
+        # take every free slot from the ones listed after it.
+        self._limited_start = (self._limited_start + 1) % len(self.queues)
+        order = self.queues[self._limited_start :] + self.queues[: self._limited_start]
+        for name in order:
             room = free - len(claimed)
             if room <= 0:
                 break
