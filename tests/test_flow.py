@@ -244,10 +244,11 @@ def test_limits_changed_while_workers_run(conn: Conn, settings: Settings) -> Non
 def test_a_crashed_worker_frees_its_room(
     conn: Conn, database_url: str, stop_all: list[subprocess.Popen[str]]
 ) -> None:
-    """SIGKILL a worker holding the only slot: the lease sweep frees it, another worker
-    runs the held tasks."""
+    """SIGKILL a worker holding the only slot: the recovery sweeps (dead worker, expired
+    lease) free it, another worker runs the held tasks. The long task has one attempt,
+    so it fails on recovery instead of taking the slot again."""
     flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=1))
-    q.enqueue_many(conn, _sleep_tasks(1, "lim", 60.0))
+    q.enqueue(conn, "sleep", {"seconds": 60.0}, queue="lim", max_attempts=1)
     env = {"lease_seconds": 2.0, "recover_interval": 0.5}
     [victim] = _workers(database_url, 1, "lim", 2, **env)
     stop_all.append(victim)
@@ -266,7 +267,7 @@ def test_a_crashed_worker_frees_its_room(
         " WHERE queue = 'lim' AND payload->>'seconds' = '60.0'"
     ).fetchone()
     assert long_task is not None
-    assert long_task["attempts"] >= 1
+    assert (long_task["status"], long_task["attempts"]) == ("failed", 1)
     assert max_overlap(_intervals(conn, "lim")) <= 1
 
 

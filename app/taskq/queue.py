@@ -310,7 +310,8 @@ def recover_dead_workers(
     still free (their session is gone)."""
     params = {"ids": sorted(worker_ids), "self": sweeper, "limit": limit}
     rows = fetch(conn, sql.RECOVER_DEAD_WORKERS, params)
-    notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
+    # Every recovered task frees room in a limited queue; the requeued ones are runnable.
+    notify(conn, {row["queue"] for row in rows})
     return rows
 
 

@@ -357,8 +357,7 @@ class Worker:
             if free > 0:
                 self.claim_progress.waiting()
                 try:
-                    with self._claim_db.use() as conn:
-                        claimed, wait = self._claim(conn, free)
+                    claimed, wait = self._claim(free)
                     retry.reset()
                     self.claim_progress.done()
                 except DatabaseUnavailable as exc:
@@ -379,35 +378,44 @@ class Worker:
             if not self._wake.wait(wait):
                 self._short.clear()  # the poll: try every queue again
 
-    def _claim(self, conn: db.Connection, free: int) -> tuple[list[q.Claimed], float]:
+    def _claim(self, free: int) -> tuple[list[q.Claimed], float]:
         """Claim up to `free` tasks: the queues without limits in one statement, and each
         limited queue in its own turn (taskq/flow.py), the two taking turns at going first
         so that neither kind starves the other. Also how long to wait if this comes up
-        short: the poll interval, or less when a rate window opens sooner."""
+        short: the poll interval, or less when a rate window opens sooner. Each step uses
+        the connection on its own (behind a transaction pooler: its own transaction), so a
+        limited queue's turn ends with its claim."""
         now = time.monotonic()
         if now - self._limited_read_at >= FLOW_REFRESH_SECONDS:
-            self.limited = flow.limited_queues(conn, self.queues)
+            with self._claim_db.use() as conn:
+                self.limited = flow.limited_queues(conn, self.queues)
             self._limited_read_at = now
         self._limited_first = not self._limited_first
         claimed: list[q.Claimed] = []
         wait = self.settings.poll_interval
-        if self.limited and self._limited_first:
-            wait = self._claim_limited(conn, free, claimed)
-        if len(self.limited) < len(self.queues) and len(claimed) < free:
-            claimed.extend(
-                q.claim(
-                    conn,
-                    queues=self.queues,
-                    limit=free - len(claimed),
-                    worker_id=self.worker_id,
-                    lease=self.settings.lease_seconds,
-                )
-            )
-        if self.limited and not self._limited_first:
-            wait = self._claim_limited(conn, free, claimed)
+        try:
+            if self.limited and self._limited_first:
+                wait = self._claim_limited(free, claimed)
+            if len(self.limited) < len(self.queues) and len(claimed) < free:
+                with self._claim_db.use() as conn:
+                    claimed.extend(
+                        q.claim(
+                            conn,
+                            queues=self.queues,
+                            limit=free - len(claimed),
+                            worker_id=self.worker_id,
+                            lease=self.settings.lease_seconds,
+                        )
+                    )
+            if self.limited and not self._limited_first:
+                wait = self._claim_limited(free, claimed)
+        except DatabaseUnavailable:
+            if not claimed:
+                raise
+            # What the earlier steps claimed is committed: run it; the loop retries.
         return claimed, wait
 
-    def _claim_limited(self, conn: db.Connection, free: int, claimed: list[q.Claimed]) -> float:
+    def _claim_limited(self, free: int, claimed: list[q.Claimed]) -> float:
         """Claim from each limited queue in turn into `claimed`, up to `free` in all; a
         queue that came up short is skipped until something changed (`_news`)."""
         wait = self.settings.poll_interval
@@ -422,17 +430,19 @@ class Worker:
             if name not in self.limited or self._short.get(name) == self._news:
                 continue
             news = self._news
-            got, full = flow.claim_limited(
-                conn,
-                queue=name,
-                limit=room,
-                worker_id=self.worker_id,
-                lease=self.settings.lease_seconds,
-            )
+            with self._claim_db.use() as conn:
+                got, full = flow.claim_limited(
+                    conn,
+                    queue=name,
+                    limit=room,
+                    worker_id=self.worker_id,
+                    lease=self.settings.lease_seconds,
+                )
             claimed.extend(got)
             if len(got) < room or full:
                 self._short[name] = news
-                opens = flow.rate_wait(conn, name)
+                with self._claim_db.use() as conn:
+                    opens = flow.rate_wait(conn, name)
                 if opens is not None:
                     wait = min(wait, max(opens, 0.001))
             else:
