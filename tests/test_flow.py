@@ -323,3 +323,27 @@ def test_the_limited_claim_reads_indexes_only(conn: Conn, per_key: bool) -> None
         assert "taskq_tasks_ready_key_idx" in plan, plan
     else:
         assert "taskq_tasks_ready_idx" in plan, plan
+
+
+def test_the_settings_file_sets_and_removes_limits(conn: Conn, tmp_path: Any) -> None:
+    from taskq import settings_file
+
+    path = tmp_path / "taskq.yaml"
+    path.write_text(
+        "queues:\n"
+        "  emails:\n"
+        "    max_running: 4\n"
+        "    max_running_per_key: 1\n"
+        "    rate_limit: {count: 100, per_seconds: 60}\n"
+    )
+    settings_file.apply(conn, settings_file.load(path))
+    [limits] = flow.limits(conn, queue="emails")
+    assert (limits.max_running, limits.max_running_per_key) == (4, 1)
+    assert limits.rate_limit == flow.RateLimit(count=100, per_seconds=60.0)
+    path.write_text("queues:\n  emails:\n    max_running: null\n")
+    settings_file.apply(conn, settings_file.load(path))
+    [limits] = flow.limits(conn, queue="emails")
+    assert (limits.max_running, limits.max_running_per_key) == (None, 1)  # left out: kept
+    path.write_text("queues:\n  emails:\n    max_running: 0\n")
+    with pytest.raises(settings_file.SettingsFileError, match="max_running"):
+        settings_file.load(path)

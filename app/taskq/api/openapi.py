@@ -631,7 +631,7 @@ def build(
         "tags": [
             {"name": "tasks", "description": "submit, read, cancel, retry"},
             {"name": "schedules", "description": "recurring tasks: cron or every N seconds"},
-            {"name": "queues", "description": "the queue registry: list, pause, resume, flow-control limits"},
+            {"name": "queues", "description": "the queue registry: list, pause, resume, limits"},
             {"name": "operations", "description": "probes, metrics, statistics, dashboard"},
         ],
         "paths": paths,
