@@ -131,10 +131,10 @@ def claim_limited(
             cur.execute(sql.CLAIM_LIMITED, params)
         rows = cur.fetchall()
     claimed = [
-        Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited)
-        for tid, q, kind, payload, attempts, max_attempts, waited, _ in rows
+        Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited, timeout)
+        for tid, q, kind, payload, attempts, max_attempts, waited, timeout, _ in rows
     ]
-    return claimed, bool(rows) and rows[0][7] is not None and rows[0][7] <= 0
+    return claimed, bool(rows) and rows[0][8] is not None and rows[0][8] <= 0
 
 
 def rate_wait(conn: AnyConnection, queue: str) -> float | None:

@@ -155,7 +155,7 @@ LIMITED_QUEUES: LiteralString = (
 # Claim up to `limit` tasks of one limited queue, within its limits, holding its turn.
 # - budget: the fewest of `limit`, max_running minus the queue's running tasks (counted
 #   on the running index), and rate_limit_count minus the starts recorded in the sliding
-#   window (taskq_queue_flow; entries stamped after this statement's now() count too).
+#   window (taskq_queue_flow).
 #   A paused queue has no budget.
 # - Without a per-key limit: the head of the queue, as CLAIM takes it.
 # - With max_running_per_key: tasks without a key among the first `limit` of the queue
@@ -165,9 +165,9 @@ LIMITED_QUEUES: LiteralString = (
 #   around once, taking from each key as many tasks as it has room for (priority orders
 #   tasks within a key; keys take turns). The walk stops when the budget is spent.
 # - The starts (when a rate limit is set) and the walk's stopping point are recorded in
-#   taskq_queue_flow; start entries are kept a minute beyond the window, because a later
-#   turn's transaction may have a slightly earlier now().
-# Rows come back as CLAIM's.
+#   taskq_queue_flow; start entries older than the window are dropped there.
+# Rows come back as CLAIM's, each with `room_left`: what max_running and the rate window
+# leave after this claim (0: the queue is full; NULL: neither limit is set).
 CLAIM_LIMITED: LiteralString = """
 WITH RECURSIVE clock AS MATERIALIZED (
     -- Read during execution, so after this statement's snapshot: later than the commit of
@@ -291,7 +291,8 @@ WITH RECURSIVE clock AS MATERIALIZED (
            updated_at = (SELECT now FROM clock)
      -- An array of ids: primary-key probes, whatever the planner guesses about `chosen`.
      WHERE t.id = ANY(ARRAY(SELECT id FROM chosen)) AND t.status = 'queued'
-    RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at
+    RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at,
+              t.timeout_seconds
 ), stamp AS (
     INSERT INTO taskq_queue_flow AS f (queue, start_times, start_counts, key_cursor)
     SELECT %(queue)s,
@@ -315,7 +316,7 @@ WITH RECURSIVE clock AS MATERIALIZED (
            updated_at = now()
 )
 SELECT id, queue, kind, payload::text, attempts, max_attempts,
-       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited,
+       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited, timeout_seconds,
        (SELECT n FROM room) - (SELECT count(*) FROM claimed) AS room_left
   FROM claimed
  ORDER BY priority DESC, run_at, id
