@@ -14,7 +14,7 @@ from pathlib import Path
 from taskq.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("drain", "latency", "ingest", "ceiling", "scale", "pools")
+WORKLOADS = ("drain", "latency", "ingest", "ceiling", "scale", "pools", "flow")
 SYSTEMS = ("taskq", "pgqueuer", "procrastinate")
 # taskq's default worker concurrency: the most tasks one of its claims takes.
 DEFAULT_CONCURRENCY: int = Settings.model_fields["worker_concurrency"].default
@@ -54,6 +54,11 @@ class Config:
     # process pool's sizes measured (children).
     pools_n: int = 10_000
     pools_processes: tuple[int, ...] = (2, 4)
+    # Flow control (taskq only): tasks per drain, distinct keys of the per-key condition,
+    # and optionally another source tree whose worker drains the `before` condition.
+    flow_n: int = 20_000
+    flow_keys: int = 1_000
+    flow_baseline_src: Path | None = None
     out: Path = RESULTS
     # Before starting, wait up to this long for the 1-minute load average to fall below
     # QUIET_LOAD (other work on a 2-core machine skews every figure).
@@ -110,6 +115,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--scale-rounds", type=int, default=d.scale_rounds)
     p.add_argument("--pools-n", type=int, default=d.pools_n)
     p.add_argument("--pools-processes", type=_ints, default=d.pools_processes)
+    p.add_argument("--flow-n", type=int, default=d.flow_n)
+    p.add_argument("--flow-keys", type=int, default=d.flow_keys)
+    p.add_argument(
+        "--flow-baseline-src",
+        type=Path,
+        default=d.flow_baseline_src,
+        metavar="DIR",
+        help="a source tree (e.g. `git archive` of an older commit) whose worker drains "
+        "the flow workload's `before` condition",
+    )
     p.add_argument("--out", type=Path, default=d.out, help="results directory")
     p.add_argument("--name", default=d.name, help="file stem of the results")
     p.add_argument(
@@ -143,5 +158,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             scale_rounds=1,
             pools_n=200,
             pools_processes=(2,),
+            flow_n=300,
+            flow_keys=20,
         )
     return cfg

@@ -46,6 +46,7 @@ def insert_script() -> str:
                 "max_attempts": "5",
                 "idempotency_key": "NULL",
                 "timeout": "NULL",
+                "concurrency_key": "NULL",
             },
         )
         + ";\n"

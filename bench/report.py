@@ -80,6 +80,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         }
         fig["scale_rows"] = next(iter(next(iter(sc.values())).values()))["rows"]
 
+    fl = results.get("flow")
+    if fl:
+        fig["flow_jobs_per_s"] = {cond: r["drain_per_s"] for cond, r in fl.items()}
+        fig["flow_jobs"] = next(iter(fl.values()))["jobs"]
+        fig["flow_keys"] = fl.get("per_key", {}).get("keys")
+
     drain_t = _get(fig, "drain_jobs_per_s", "taskq")
     ceiling_headline = fig["ceiling"][0]["jobs_per_s"] if fig.get("ceiling") else None
     # The same commit mode, in claims as large as the worker's own (its concurrency).
@@ -115,6 +121,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "scale_queued_vs_empty": _ratio(scale_t.get("queued"), scale_t.get("empty")),
         "scale_finished_vs_empty": _ratio(scale_t.get("finished"), scale_t.get("empty")),
     }
+    flow_f = fig.get("flow_jobs_per_s") or {}
+    ratios["flow_none_vs_before"] = _ratio(flow_f.get("none"), flow_f.get("before"))
+    ratios["flow_max_running_vs_none"] = _ratio(flow_f.get("max_running"), flow_f.get("none"))
+    ratios["flow_per_key_vs_none"] = _ratio(flow_f.get("per_key"), flow_f.get("none"))
     return {"figures": fig, "ratios": ratios, "targets": _targets(fig, ratios)}
 
 
@@ -170,6 +180,25 @@ def _targets(fig: dict[str, Any], r: dict[str, float | None]) -> list[dict[str, 
                 ", ".join(f"{k}: {v['index']}" for k, v in claims.items()),
             )
         )
+    if r.get("flow_none_vs_before") is not None:
+        at_least(
+            "Flow: no limits ≥ 95% of the code before flow control",
+            r["flow_none_vs_before"],
+            0.95,
+            "{:.0%}",
+        )
+    at_least(
+        "Flow: max_running = concurrency ≥ 80% of no limits",
+        r.get("flow_max_running_vs_none"),
+        0.8,
+        "{:.0%}",
+    )
+    at_least(
+        f"Flow: max_running_per_key over {fig.get('flow_keys') or 0:,} keys ≥ 70% of no limits",
+        r.get("flow_per_key_vs_none"),
+        0.7,
+        "{:.0%}",
+    )
     at_most("Worker RSS ≤ 80 MB", _get(fig, "worker_rss_mb", "taskq"), MB_LIMIT, "{:.0f} MB")
     at_most("API worker RSS ≤ 80 MB", fig.get("api_worker_rss_mb"), MB_LIMIT, "{:.0f} MB")
     return out
@@ -312,6 +341,19 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
                 f"{_n(row['drain_per_s'])} | "
                 f"{_n(row['startup_ms'])} | {_n(row['cpu_us_per_job'])} | {_n(row['maxrss_mb'])} |"
             )
+    if f.get("flow_jobs_per_s"):
+        add(f"## Flow control (one worker, {f['flow_jobs']:,} no-op tasks per drain)\n")
+        add("| condition | drain jobs/s | vs no limits |")
+        add("| --- | ---: | ---: |")
+        words = {
+            "before": "no limits, the code before flow control",
+            "none": "no limits",
+            "max_running": f"max_running = {DEFAULT_CONCURRENCY} (the worker's concurrency)",
+            "per_key": f"max_running_per_key = 1, {f.get('flow_keys') or 0:,} keys",
+        }
+        none = f["flow_jobs_per_s"].get("none")
+        for cond, rate in f["flow_jobs_per_s"].items():
+            add(f"| {words.get(cond, cond)} | {_n(rate)} | {_n(_ratio(rate, none), 2)} |")
         add("")
     add("## Targets (ratios from this run)\n")
     add("| target | this run | status |")

@@ -14,13 +14,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bench import chart, machine, pg, report
 from bench.config import DEFAULT_CONCURRENCY, Config, parse_args
 from bench.probe import Collector, collector
 from bench.systems import ALL, System, Taskq
-from bench.workloads import ceiling, drain, ingest, latency, pools, scale
+from bench.workloads import ceiling, drain, flow, ingest, latency, pools, scale
 
 
 class Progress:
@@ -202,6 +203,34 @@ def run_scale(cfg: Config, systems: list[System], col: Collector, say: Progress)
     return out
 
 
+def run_flow(cfg: Config, taskq: Taskq, col: Collector, say: Progress) -> Any:
+    conditions = list(flow.CONDITIONS)
+    if cfg.flow_baseline_src is not None:
+        conditions.insert(0, "before")
+    rows: dict[str, list[dict[str, Any]]] = {c: [] for c in conditions}
+    # Rounds interleave the conditions, so a slow phase of the machine hits all of them.
+    for i in range(cfg.rounds):
+        for condition in conditions:
+            res = flow.run(
+                taskq,
+                condition,
+                cfg.flow_n,
+                cfg.flow_keys,
+                col,
+                cfg.out / "logs.tmp",
+                cfg.flow_baseline_src if condition == "before" else None,
+            )
+            say(
+                f"flow {condition} round {i + 1}/{cfg.rounds}: {res.drain_per_s:,.0f} jobs/s "
+                f"({res.jobs:,} jobs)"
+            )
+            rows[condition].append(dataclasses.asdict(res))
+    return {
+        c: {**_median(r), "rounds_jobs_per_s": [x["drain_per_s"] for x in r]}
+        for c, r in rows.items()
+    }
+
+
 QUIET_LOAD = 0.7
 
 
@@ -223,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     systems = [cls(server, cfg.db_prefix) for cls in ALL if cls.name in cfg.systems]
     taskq = next((s for s in systems if isinstance(s, Taskq)), None)
     results: dict[str, Any] = {
-        "config": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(cfg).items()},
+        "config": {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()
+        },
         "machine": machine.facts(server),
     }
     say(
@@ -245,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                 steps["ingest"] = lambda: run_ingest(cfg, taskq, say)
                 steps["ceiling"] = lambda: run_ceiling(cfg, taskq, say)
                 steps["pools"] = lambda: run_pools(cfg, taskq, col, say)
+                steps["flow"] = lambda: run_flow(cfg, taskq, col, say)
             results["load"] = {}
-            for name in ("drain", "latency", "ingest", "ceiling", "scale", "pools"):
+            for name in ("drain", "latency", "ingest", "ceiling", "scale", "pools", "flow"):
                 if name in cfg.workloads and name in steps:
                     before = machine.load()["loadavg"][0]
                     results[name] = steps[name]()

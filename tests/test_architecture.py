@@ -17,6 +17,7 @@ DATA_LAYER = {
     "taskq.backoff",
     "taskq.db",
     "taskq.errors",
+    "taskq.flow",
     "taskq.models",
     "taskq.queue",
     "taskq.settings",

@@ -119,6 +119,7 @@ def test_stats_counts_queues_statuses_and_the_last_hour(
         "scheduled": 1,
         "queued": 3,
         "running": 1,
+        "held": 0,
         "succeeded": 2,  # the one from two hours ago is outside the window
         "failed": 2,
         "cancelled": 1,
@@ -359,7 +360,7 @@ def test_the_dashboard_in_a_browser(
     expect(page.locator("#oldest")).to_contain_text("in reports, waiting 2m")
     expect(page.locator('tr[data-queue="emails"]')).to_contain_text("emails")
     expect(page.locator('tr[data-queue="emails"] td').nth(2)).to_have_text("1")  # scheduled
-    expect(page.locator('tr[data-queue="default"] td').nth(4)).to_have_text("6")  # succeeded
+    expect(page.locator('tr[data-queue="default"] td').nth(5)).to_have_text("6")  # succeeded
     expect(page.locator("#failures")).to_contain_text("card declined: insufficient funds")
     expect(page.locator("#chart-caption")).to_contain_text(
         f"{9 + past_ok + past_failed} finished in the last hour ({1 + past_failed} failed)"
@@ -403,6 +404,73 @@ def test_the_dashboard_in_a_browser(
     text = running_taskq["logs"].read_text()
     assert "request_id=" in text
     assert "insufficient funds" not in text
+
+
+def test_flow_control_in_the_dashboard(
+    browser: Any, running_taskq: dict[str, Any], database_url: str
+) -> None:
+    """Set a queue's limits from the page, see tasks held back by them, edit and remove
+    them; a refused value is shown with the field the API names."""
+    from playwright.sync_api import expect
+
+    port = running_taskq["port"]
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.goto(f"http://127.0.0.1:{port}/dashboard")
+    timeout = 15_000
+
+    page.locator("#limit-queue").fill("emails")
+    page.locator("#limit-max-running").fill("1")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.locator("#limits-notice")).to_have_text(
+        "Saved: emails: max 1 running.", timeout=timeout
+    )
+    assert _http(port, "GET", "/queues/emails")["max_running"] == 1
+
+    tasks = [
+        _http(
+            port, "POST", "/tasks", {"kind": "sleep", "queue": "emails", "payload": {"seconds": 30}}
+        )
+        for _ in range(3)
+    ]
+    row = page.locator('tr[data-queue="emails"]')
+    expect(row.locator('[data-field="held"]')).to_have_text("2", timeout=timeout)
+    expect(row.locator("td").nth(3)).to_have_text("1")  # running
+    expect(row.locator('[data-field="limits"]')).to_contain_text("max 1 running")
+    expect(page.locator('[data-card="held-by-limit"] .value')).to_have_text("2")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-flow-control.png"), full_page=True)
+
+    # Edit: the form is filled from the row; add a rate limit and a per-key limit.
+    row.get_by_role("button", name="edit").click()
+    expect(page.locator("#limit-max-running")).to_have_value("1")
+    page.locator("#limit-per-key").fill("1")
+    page.locator("#limit-rate-count").fill("10")
+    page.locator("#limit-rate-seconds").fill("60")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.locator("#limits-notice")).to_have_text(
+        "Saved: emails: max 1 running · 1 per key · 10 per 60s.", timeout=timeout
+    )
+    expect(row.locator('[data-field="limits"]')).to_contain_text("10 per 60s", timeout=timeout)
+
+    # A rate limit without its window: the API's 422 names the field.
+    page.locator("#limit-rate-seconds").fill("")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.locator("#limits-notice")).to_contain_text("rate_limit.per_seconds")
+    assert _http(port, "GET", "/queues/emails")["rate_limit"] == {"count": 10, "per_seconds": 60.0}
+
+    # Remove every limit: the held tasks start.
+    for field in ("#limit-max-running", "#limit-per-key", "#limit-rate-count"):
+        page.locator(field).fill("")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.locator("#limits-notice")).to_have_text("Saved: emails: none.", timeout=timeout)
+    expect(row.locator('[data-field="held"]')).to_have_text("0", timeout=timeout)
+    wait_until(
+        lambda: all(_http(port, "GET", f"/tasks/{t['id']}")["status"] == "running" for t in tasks),
+        what="the held tasks to start once the limit is gone",
+    )
+    assert problems == []
 
 
 def test_task_ids_in_the_page_are_text_not_markup(

@@ -155,4 +155,17 @@ def test_public_json_shape() -> None:
         "timeout_seconds",
         "cancel_requested_at",
         "snoozes",
+        "concurrency_key",
     }
+
+
+@pytest.mark.parametrize("key", ["", "a b", "x" * 65, "é", "a\x00"])
+def test_concurrency_key_follows_the_queue_name_rules(key: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        TaskSpec.model_validate({"kind": "echo", "concurrency_key": key})
+    assert err.value.errors()[0]["loc"] == ("concurrency_key",)
+
+
+def test_concurrency_key_accepts_names_like_queues() -> None:
+    assert TaskSpec.model_validate({"concurrency_key": "tenant:42_a.b-c"}).concurrency_key
+    assert TaskSpec.model_validate({}).concurrency_key is None

@@ -256,6 +256,19 @@ def test_real_responses_match_the_document(
     call("POST", "/queues/bad%20name/pause")  # 422
     call("POST", "/queues/bad%20name/resume")  # 422
     call("GET", "/queues")
+    limits = {"max_running": 2, "rate_limit": {"count": 5, "per_seconds": 1}}
+    checker.check(
+        "PUT",
+        "/queues/lim",
+        client.simulate_put("/queues/lim", body=json.dumps(limits), headers=JSON),
+    )
+    checker.check(
+        "PUT",
+        "/queues/lim",
+        client.simulate_put("/queues/lim", body='{"max_running": 0}', headers=JSON),
+    )  # 422
+    call("GET", "/queues/lim")
+    call("GET", "/queues/idle")
     call("GET", "/stats")
     call("GET", "/live")
     call("GET", "/ready")

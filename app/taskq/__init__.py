@@ -8,7 +8,8 @@ The library API is what this module exports; everything else is internal:
     def send_email(payload): ...
 
     with psycopg.connect(url) as conn, conn.transaction():
-        taskq.enqueue(conn, "send_email", {"to": "a@example.com"})
+        taskq.enqueue(conn, "send_email", {"to": "a@example.com"}, concurrency_key="tenant-1")
+        taskq.set_queue_limits(conn, "default", taskq.LimitsUpdate(max_running_per_key=1))
 
 Handlers may raise NonRetryableError (fail now), Snooze(seconds) (run again later without
 using an attempt) or RetryLater(seconds) (a retry after the handler's own delay).
@@ -21,6 +22,8 @@ from typing import Any
 
 from taskq import queue as _queue
 from taskq.errors import NonRetryableError, RetryLater, Snooze, TaskCancelled
+from taskq.flow import LimitsUpdate, RateLimit
+from taskq.flow import set_limits as set_queue_limits
 from taskq.handlers import TaskContext, default_registry, handler
 from taskq.models import Task, TaskSpec
 from taskq.registry import pause as pause_queue
@@ -32,7 +35,9 @@ from taskq.schedules import put as set_schedule
 __version__ = "0.1.0"
 
 __all__ = [
+    "LimitsUpdate",
     "NonRetryableError",
+    "RateLimit",
     "RetryLater",
     "ScheduleSpec",
     "Snooze",
@@ -47,6 +52,7 @@ __all__ = [
     "handler",
     "pause_queue",
     "resume_queue",
+    "set_queue_limits",
     "set_schedule",
 ]
 

@@ -129,6 +129,19 @@ METRICS: tuple[MetricInfo, ...] = (
                "api"),
     MetricInfo("taskq_queue_oldest_age_seconds", "gauge", ("queue",),
                "How long the oldest runnable task has been waiting (0 when none).", "api"),
+    MetricInfo("taskq_queue_limit_held", "gauge", ("queue",),
+               "Runnable tasks a flow-control limit keeps queued now (queues with limits).",
+               "api"),
+    MetricInfo("taskq_queue_max_running", "gauge", ("queue",),
+               "Flow control: the queue's max_running (only queues that set it).", "api"),
+    MetricInfo("taskq_queue_max_running_per_key", "gauge", ("queue",),
+               "Flow control: the queue's max_running_per_key (only queues that set it).",
+               "api"),
+    MetricInfo("taskq_queue_rate_limit_count", "gauge", ("queue",),
+               "Flow control: task starts allowed per rate window (only rate-limited queues).",
+               "api"),
+    MetricInfo("taskq_queue_rate_limit_seconds", "gauge", ("queue",),
+               "Flow control: the rate window in seconds (only rate-limited queues).", "api"),
     MetricInfo("taskq_queue_stats_up", "gauge", (),
                "1 when the scrape could read the queue statistics from PostgreSQL.", "api"),
     MetricInfo("taskq_queue_paused", "gauge", ("queue",),
@@ -438,6 +451,43 @@ class QueueCollector:
         yield up
         yield from families.values()
         yield paused_family
+        yield from self._limits(rows)
+
+    def _limits(self, rows: list[dict[str, Any]]) -> Iterator[Metric]:
+        """Flow control per limited queue: held-back tasks and the limits as gauges."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        from taskq import flow
+        from taskq.db import pooled
+        from taskq.errors import TaskqError
+
+        try:
+            with pooled(self._pool) as conn:
+                runnable = {r["queue"]: int(r["runnable"]) for r in rows}
+                limits = flow.limits(conn, runnable=runnable, only_limited=True)
+        except TaskqError as exc:
+            log.warning("flow-control limits unavailable for /metrics: %s", exc.message)
+            return
+        names = (
+            "taskq_queue_limit_held",
+            "taskq_queue_max_running",
+            "taskq_queue_max_running_per_key",
+            "taskq_queue_rate_limit_count",
+            "taskq_queue_rate_limit_seconds",
+        )
+        families = {n: GaugeMetricFamily(n, _INFO[n].help, labels=["queue"]) for n in names}
+        for lim in limits:
+            rate = lim.rate_limit
+            for name, number in (
+                ("taskq_queue_limit_held", lim.held),
+                ("taskq_queue_max_running", lim.max_running),
+                ("taskq_queue_max_running_per_key", lim.max_running_per_key),
+                ("taskq_queue_rate_limit_count", None if rate is None else rate.count),
+                ("taskq_queue_rate_limit_seconds", None if rate is None else rate.per_seconds),
+            ):
+                if number is not None:
+                    families[name].add_metric([lim.queue], float(number))
+        yield from families.values()
 
 
 # ------------------------------------------------------------------ exposition

@@ -77,6 +77,13 @@ class TaskSpec(BaseModel):
         description="seconds an attempt may run before the worker stops it (a retryable "
         "failure); default: the kind's timeout, else none",
     )
+    concurrency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=_NAME.pattern,
+        description="groups tasks for the queue's max_running_per_key (a tenant, a customer)",
+    )
 
     @field_validator("payload")
     @classmethod
@@ -138,6 +145,7 @@ class Task:
     timeout_seconds: float | None = None
     cancel_requested_at: datetime | None = None
     snoozes: int = 0
+    concurrency_key: str | None = None
     created: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
@@ -176,6 +184,7 @@ class Task:
             finished_at=None,
             updated_at=created_at,
             timeout_seconds=spec.timeout_seconds,
+            concurrency_key=spec.concurrency_key,
             created=True,
         )
 
@@ -211,6 +220,7 @@ class Task:
             "timeout_seconds": self.timeout_seconds,
             "cancel_requested_at": _iso(self.cancel_requested_at),
             "snoozes": self.snoozes,
+            "concurrency_key": self.concurrency_key,
         }
 
 

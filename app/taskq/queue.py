@@ -99,6 +99,7 @@ def _insert_params(spec: TaskSpec, default_max_attempts: int) -> dict[str, Any]:
         "max_attempts": spec.max_attempts or default_max_attempts,
         "idempotency_key": spec.idempotency_key,
         "timeout": spec.timeout_seconds,
+        "concurrency_key": spec.concurrency_key,
     }
 
 
@@ -113,7 +114,8 @@ def enqueue(
     """Insert one task (or return the existing one with the same idempotency key).
 
     `options` are TaskSpec fields: queue, priority, run_at, delay, max_attempts,
-    idempotency_key. The returned task's `created` is False for an idempotent repeat.
+    idempotency_key, concurrency_key. The returned task's `created` is False for an
+    idempotent repeat.
     """
     spec = _spec(kind_or_spec, payload, **options)
     params = _insert_params(spec, default_max_attempts)
@@ -172,6 +174,7 @@ def _enqueue_chunk(
         "max_attempts": [s.max_attempts or default_max_attempts for s in specs],
         "keys": [s.idempotency_key for s in specs],
         "timeouts": [s.timeout_seconds for s in specs],
+        "concurrency_keys": [s.concurrency_key for s in specs],
     }
     inserted = {row["id"]: Task.from_row(row) for row in fetch(conn, sql.INSERT_TASKS, params)}
     skipped_keys = [
@@ -273,7 +276,8 @@ def release(conn: AnyConnection, leases: Iterable[Lease], *, worker_id: str) -> 
 def recover_expired(conn: AnyConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
     """Requeue (or fail) tasks whose lease expired; returns what was recovered."""
     rows = fetch(conn, sql.RECOVER_EXPIRED, {"limit": limit})
-    notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
+    # Every recovered task frees room in a limited queue; the requeued ones are runnable.
+    notify(conn, {row["queue"] for row in rows})
     return rows
 
 
@@ -306,7 +310,8 @@ def recover_dead_workers(
     still free (their session is gone)."""
     params = {"ids": sorted(worker_ids), "self": sweeper, "limit": limit}
     rows = fetch(conn, sql.RECOVER_DEAD_WORKERS, params)
-    notify(conn, {row["queue"] for row in rows if row["status"] == "queued"})
+    # Every recovered task frees room in a limited queue; the requeued ones are runnable.
+    notify(conn, {row["queue"] for row in rows})
     return rows
 
 

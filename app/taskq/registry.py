@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from taskq import flow, sql, stats
 from taskq import queue as q
-from taskq import sql, stats
 from taskq.models import _iso, check_queue_name
 from taskq.queue import AnyConnection
 
@@ -37,6 +37,19 @@ class QueueSettings(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     paused: bool | None = None
+    # Flow control (taskq/flow.py); given as null, a limit is removed.
+    max_running: int | None = Field(None, ge=1, le=flow.MAX_LIMIT)
+    max_running_per_key: int | None = Field(None, ge=1, le=flow.MAX_LIMIT)
+    rate_limit: flow.RateLimit | None = None
+
+    def limits(self) -> flow.LimitsUpdate | None:
+        """The flow-control limits the file gives (None: it gives none)."""
+        given = self.model_fields_set & {"max_running", "max_running_per_key", "rate_limit"}
+        if not given:
+            return None
+        return flow.LimitsUpdate.model_validate(
+            {name: getattr(self, name) for name in given}, strict=False
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,6 +153,9 @@ def apply_file_queues(conn: AnyConnection, queues: dict[str, QueueSettings]) -> 
     it no longer lists; returns the names deleted."""
     for name, settings in queues.items():
         q.fetch(conn, sql.UPSERT_FILE_QUEUE, {"name": name, "paused": settings.paused})
+        limits = settings.limits()
+        if limits is not None:
+            flow.set_limits(conn, name, limits)
     deleted = [
         row["name"] for row in q.fetch(conn, sql.DELETE_FILE_QUEUES_EXCEPT, {"names": list(queues)})
     ]

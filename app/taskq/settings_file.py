@@ -9,6 +9,8 @@
     queues:
       reports:
         paused: false
+        max_running: 4                              # flow control; null removes a limit
+        rate_limit: {count: 100, per_seconds: 60}
 
 Workers load it at start and apply it, and again when it changes (worker/scheduler.py
 SettingsFileWatch): schedules and queues it lists are upserted by name

@@ -33,10 +33,10 @@ NOTIFY_CANCEL: LiteralString = "SELECT pg_notify('" + CONTROL_CHANNEL + "', %(id
 # rest, and not sending the payload back keeps the API's busiest statement lean.
 INSERT_TASK: LiteralString = """
 INSERT INTO taskq_tasks (queue, kind, payload, priority, run_at, max_attempts, idempotency_key,
-                         timeout_seconds)
+                         timeout_seconds, concurrency_key)
 VALUES (%(queue)s, %(kind)s, %(payload)s, %(priority)s,
         COALESCE(%(run_at)s::timestamptz, now() + %(delay)s * interval '1 second'),
-        %(max_attempts)s, %(idempotency_key)s, %(timeout)s)
+        %(max_attempts)s, %(idempotency_key)s, %(timeout)s, %(concurrency_key)s)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, run_at, created_at
 """
@@ -45,13 +45,15 @@ RETURNING id, run_at, created_at
 # input order); rows whose idempotency key already exists are skipped.
 INSERT_TASKS: LiteralString = """
 INSERT INTO taskq_tasks (id, queue, kind, payload, priority, run_at, max_attempts, idempotency_key,
-                         timeout_seconds)
+                         timeout_seconds, concurrency_key)
 SELECT i.id, i.queue, i.kind, i.payload, i.priority,
-       COALESCE(i.run_at, now() + i.delay * interval '1 second'), i.max_attempts, i.key, i.timeout
+       COALESCE(i.run_at, now() + i.delay * interval '1 second'), i.max_attempts, i.key,
+       i.timeout, i.ckey
   FROM unnest(%(ids)s::uuid[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
               %(priorities)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
-              %(max_attempts)s::int[], %(keys)s::text[], %(timeouts)s::float8[])
-       AS i(id, queue, kind, payload, priority, run_at, delay, max_attempts, key, timeout)
+              %(max_attempts)s::int[], %(keys)s::text[], %(timeouts)s::float8[],
+              %(concurrency_keys)s::text[])
+       AS i(id, queue, kind, payload, priority, run_at, delay, max_attempts, key, timeout, ckey)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *, true AS created
 """
@@ -60,6 +62,13 @@ RETURNING *, true AS created
 SELECT_BY_KEYS: LiteralString = """
 SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s::text[])
 """
+
+# A registry row (alias l) with any flow-control limit: such queues are claimed one
+# worker at a time under the queue's lock (CLAIM_LIMITED), all others by CLAIM.
+LIMITED: LiteralString = (
+    "(l.max_running IS NOT NULL OR l.max_running_per_key IS NOT NULL"
+    " OR (l.rate_limit_count IS NOT NULL AND l.rate_limit_per_seconds IS NOT NULL))"
+)
 
 # Claim up to `limit` runnable tasks from the worker's queues, in priority, run_at, id
 # order. One LATERAL probe per queue keeps every probe on the ready index (an ANY() over
@@ -72,14 +81,25 @@ SELECT *, false AS created FROM taskq_tasks WHERE idempotency_key = ANY(%(keys)s
 # them are claimed; the others are unlocked when the statement commits, a moment later.
 # Paused queues (taskq_queues.paused) are dropped before any probe, by an anti-join with
 # that small table (microseconds), so a pause takes effect at every worker's next claim.
-CLAIM: LiteralString = """
+CLAIM: LiteralString = (
+    """
 WITH ready AS (
     SELECT c.id
       FROM unnest(%(queues)s::text[]) AS q(name)
       CROSS JOIN LATERAL (
+            -- Flow control: queues with limits are claimed by CLAIM_LIMITED instead. A
+            -- condition on the queue alone, checked once per queue (a probe of the small
+            -- registry's primary key), so queues without limits pay nothing per task.
+            SELECT q.name WHERE NOT EXISTS (
+                SELECT 1 FROM taskq_queues l
+                 WHERE l.name = q.name AND """
+    + LIMITED
+    + """)
+           ) AS unlimited
+      CROSS JOIN LATERAL (
             SELECT t.id, t.priority, t.run_at
               FROM taskq_tasks t
-             WHERE t.status = 'queued' AND t.queue = q.name AND t.run_at <= now()
+             WHERE t.status = 'queued' AND t.queue = unlimited.name AND t.run_at <= now()
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED
@@ -104,6 +124,215 @@ SELECT id, queue, kind, payload::text, attempts, max_attempts,
        greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited, timeout_seconds
   FROM claimed
  ORDER BY priority DESC, run_at, id
+"""
+)
+
+# ---------------------------------------------------------------- flow control
+# A queue with limits (max_running, max_running_per_key, rate_limit) is claimed in a
+# transaction of its own: QUEUE_TURN, then CLAIM_LIMITED. The turn is a transaction-level
+# advisory lock on the queue's name, so the claims of one limited queue take turns across
+# all workers, and CLAIM_LIMITED, a new statement with a new snapshot (READ COMMITTED),
+# sees every task the previous turn started. Its counts are therefore exact, and limits
+# are never exceeded however many workers claim at once. Unlimited queues never take the
+# lock; finishing, releasing and the lease sweep never take it either (they only lower the
+# counts, which a later turn sees).
+
+# Wait for this queue's claim turn (released at commit). 0x7471 ('tq') is taskq's lock
+# class; two queue names with the same hash merely share turns. Also: CLAIM_LIMITED in
+# this transaction runs its generic plan (it is prepared after a few runs). Planning the
+# statement costs several times what running it does, and its best plan does not depend
+# on the parameter values (index probes on the queue name, small limits).
+QUEUE_TURN: LiteralString = """
+SELECT pg_advisory_xact_lock(29809, hashtext(%(queue)s)),
+       set_config('plan_cache_mode', 'force_generic_plan', true)
+"""
+
+# Which of the given queues have limits (the worker claims those with CLAIM_LIMITED).
+LIMITED_QUEUES: LiteralString = (
+    "SELECT l.name FROM taskq_queues l WHERE l.name = ANY(%(queues)s::text[]) AND " + LIMITED
+)
+
+# Claim up to `limit` tasks of one limited queue, within its limits, holding its turn.
+# - budget: the fewest of `limit`, max_running minus the queue's running tasks (counted
+#   on the running index), and rate_limit_count minus the starts recorded in the sliding
+#   window (taskq_queue_flow).
+#   A paused queue has no budget.
+# - Without a per-key limit: the head of the queue, as CLAIM takes it.
+# - With max_running_per_key: tasks without a key among the first `limit` of the queue
+#   (the ready index has no key column, so these cost a heap read each; a queue with a
+#   per-key limit is expected to key its tasks), then a walk over the distinct keys on the
+#   keyed ready index, starting after the key where the previous turn stopped and wrapping
+#   around once, taking from each key as many tasks as it has room for (priority orders
+#   tasks within a key; keys take turns). The walk stops when the budget is spent.
+# - The starts (when a rate limit is set) and the walk's stopping point are recorded in
+#   taskq_queue_flow; start entries older than the window are dropped there.
+# Rows come back as CLAIM's, each with `room_left`: what max_running and the rate window
+# leave after this claim (0: the queue is full; NULL: neither limit is set).
+CLAIM_LIMITED: LiteralString = """
+WITH RECURSIVE clock AS MATERIALIZED (
+    -- Read during execution, so after this statement's snapshot: later than the commit of
+    -- every finish and every turn this claim saw. Start times (started_at and the rate
+    -- window's entries) therefore increase from turn to turn, and a task's start is never
+    -- before the recorded finish of the task whose room it takes.
+    SELECT clock_timestamp() AS now
+), lim AS (
+    SELECT l.max_running, l.max_running_per_key, l.paused,
+           CASE WHEN l.rate_limit_per_seconds IS NOT NULL THEN l.rate_limit_count END
+               AS rate_count,
+           l.rate_limit_per_seconds AS rate_seconds
+      FROM taskq_queues l WHERE l.name = %(queue)s
+), flow AS (
+    SELECT f.start_times, f.start_counts, f.key_cursor
+      FROM taskq_queue_flow f WHERE f.queue = %(queue)s
+), busy AS MATERIALIZED (
+    SELECT t.concurrency_key AS key, count(*)::int AS n
+      FROM taskq_tasks t
+     WHERE t.status = 'running' AND t.queue = %(queue)s
+     GROUP BY t.concurrency_key
+), room AS MATERIALIZED (
+    -- What max_running and the rate window leave (NULL: neither is set).
+    SELECT least(
+               (SELECT max_running FROM lim) - (SELECT COALESCE(sum(n), 0) FROM busy),
+               (SELECT lim.rate_count - COALESCE(sum(s.n), 0)
+                  FROM lim, flow, unnest(flow.start_times, flow.start_counts) AS s(t, n)
+                 WHERE s.t > (SELECT now FROM clock) - lim.rate_seconds * interval '1 second'
+                 GROUP BY lim.rate_count),
+               (SELECT rate_count FROM lim))::int AS n
+), budget AS MATERIALIZED (
+    SELECT CASE WHEN COALESCE((SELECT paused FROM lim), false) THEN 0
+                ELSE greatest(0, least(%(limit)s::int, (SELECT n FROM room))) END AS n
+), plain AS (
+    SELECT t.id, NULL::text AS key, false AS wrapped, 0 AS part
+      FROM taskq_tasks t
+     WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.run_at <= now()
+       AND (SELECT max_running_per_key FROM lim) IS NULL
+     ORDER BY t.priority DESC, t.run_at, t.id
+     LIMIT (SELECT n FROM budget)
+), keyless AS (
+    SELECT h.id, NULL::text AS key, false AS wrapped, 1 AS part
+      FROM (SELECT t.id, t.concurrency_key
+              FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.run_at <= now()
+               AND (SELECT max_running_per_key FROM lim) IS NOT NULL
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT %(limit)s::int) h
+     WHERE h.concurrency_key IS NULL
+), walk(key, wrapped, id, runnable) AS (
+    -- Each step is one probe of the keyed ready index: the first entry after the current
+    -- key is the next key's best task (the index is in claim order within a key).
+    SELECT x.key, x.wrapped, x.id, x.runnable FROM (
+        (SELECT t.concurrency_key AS key, false AS wrapped, t.id, t.run_at <= now() AS runnable
+           FROM taskq_tasks t
+          WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.concurrency_key IS NOT NULL
+            AND t.concurrency_key > COALESCE((SELECT key_cursor FROM flow), '')
+            AND (SELECT max_running_per_key FROM lim) IS NOT NULL
+          ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
+        UNION ALL
+        (SELECT t.concurrency_key, true, t.id, t.run_at <= now()
+           FROM taskq_tasks t
+          WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.concurrency_key IS NOT NULL
+            AND (SELECT max_running_per_key FROM lim) IS NOT NULL
+          ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
+        LIMIT 1) AS x
+     WHERE NOT (x.wrapped AND x.key > COALESCE((SELECT key_cursor FROM flow), ''))
+    UNION ALL
+    SELECT n.key, n.wrapped, n.id, n.runnable
+      FROM walk w
+     CROSS JOIN LATERAL (
+           (SELECT t.concurrency_key AS key, w.wrapped, t.id, t.run_at <= now() AS runnable
+              FROM taskq_tasks t
+             WHERE t.status = 'queued' AND t.queue = %(queue)s
+               AND t.concurrency_key > w.key
+             ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
+           UNION ALL
+           (SELECT t.concurrency_key, true, t.id, t.run_at <= now()
+              FROM taskq_tasks t
+             WHERE NOT w.wrapped AND t.status = 'queued' AND t.queue = %(queue)s
+               AND t.concurrency_key IS NOT NULL
+             ORDER BY t.concurrency_key, t.priority DESC, t.run_at, t.id LIMIT 1)
+           LIMIT 1) AS n
+     WHERE NOT (n.wrapped AND n.key > COALESCE((SELECT key_cursor FROM flow), ''))
+), keyed AS (
+    -- Per key: the walk's own task when it is runnable, and more of the key's runnable
+    -- tasks only when it has room for more than one (or its best task is not runnable
+    -- yet), as many as the key has room for.
+    SELECT c.id, w.key, w.wrapped, 2 AS part
+      FROM walk w
+      LEFT JOIN busy b ON b.key = w.key
+     CROSS JOIN LATERAL (
+           SELECT w.id, 1::bigint AS rank WHERE w.runnable
+           UNION ALL
+           SELECT m.id, m.rank
+             FROM (SELECT t.id, row_number() OVER () AS rank
+                     FROM (SELECT t.id FROM taskq_tasks t
+                            WHERE t.status = 'queued' AND t.queue = %(queue)s
+                              AND t.concurrency_key = w.key AND t.run_at <= now()
+                            ORDER BY t.priority DESC, t.run_at, t.id
+                            LIMIT (SELECT max_running_per_key FROM lim)) AS t) AS m
+            WHERE ((SELECT max_running_per_key FROM lim) > 1 OR NOT w.runnable)
+              AND NOT (w.runnable AND m.id = w.id)
+           ) AS c
+     WHERE c.rank <= (SELECT max_running_per_key FROM lim) - COALESCE(b.n, 0)
+), chosen AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT * FROM plain
+        UNION ALL
+        (SELECT * FROM keyless LIMIT %(limit)s)
+        UNION ALL
+        SELECT * FROM keyed) AS x
+     LIMIT (SELECT n FROM budget)
+), claimed AS (
+    UPDATE taskq_tasks t
+       SET status = 'running',
+           attempts = t.attempts + 1,
+           worker_id = %(worker_id)s,
+           lease_expires_at = (SELECT now FROM clock) + %(lease)s * interval '1 second',
+           started_at = (SELECT now FROM clock),
+           updated_at = (SELECT now FROM clock)
+     -- An array of ids: primary-key probes, whatever the planner guesses about `chosen`.
+     WHERE t.id = ANY(ARRAY(SELECT id FROM chosen)) AND t.status = 'queued'
+    RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at,
+              t.timeout_seconds
+), stamp AS (
+    INSERT INTO taskq_queue_flow AS f (queue, start_times, start_counts, key_cursor)
+    SELECT %(queue)s,
+           CASE WHEN (SELECT rate_count FROM lim) IS NULL THEN '{}'::timestamptz[]
+                ELSE ARRAY[(SELECT now FROM clock)] END,
+           CASE WHEN (SELECT rate_count FROM lim) IS NULL THEN '{}'::int[]
+                ELSE ARRAY[c.n] END,
+           (SELECT ch.key FROM chosen ch JOIN claimed cl ON cl.id = ch.id
+             WHERE ch.key IS NOT NULL ORDER BY ch.wrapped DESC, ch.key DESC LIMIT 1)
+      FROM (SELECT count(*)::int AS n FROM claimed) AS c
+     WHERE c.n > 0 AND ((SELECT rate_count FROM lim) IS NOT NULL
+                        OR (SELECT max_running_per_key FROM lim) IS NOT NULL)
+    ON CONFLICT (queue) DO UPDATE
+       SET (start_times, start_counts) = (
+               SELECT COALESCE(array_agg(s.t ORDER BY s.t), '{}') || EXCLUDED.start_times,
+                      COALESCE(array_agg(s.n ORDER BY s.t), '{}') || EXCLUDED.start_counts
+                 FROM unnest(f.start_times, f.start_counts) AS s(t, n)
+                WHERE s.t > (SELECT now FROM clock)
+                            - COALESCE((SELECT rate_seconds FROM lim), 0) * interval '1 second'),
+           key_cursor = COALESCE(EXCLUDED.key_cursor, f.key_cursor),
+           updated_at = now()
+)
+SELECT id, queue, kind, payload::text, attempts, max_attempts,
+       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited, timeout_seconds,
+       (SELECT n FROM room) - (SELECT count(*) FROM claimed) AS room_left
+  FROM claimed
+ ORDER BY priority DESC, run_at, id
+"""
+
+# Seconds until the rate window of a queue may have room again (NULL: no rate limit, or
+# no start in the window): when the oldest start that still counts leaves the window.
+# The worker sleeps that long instead of polling a rate-limited queue.
+RATE_WAIT: LiteralString = """
+SELECT extract(epoch FROM min(s.t) + max(l.rate_limit_per_seconds) * interval '1 second'
+                         - now())::float8 AS wait
+  FROM taskq_queues l
+  JOIN taskq_queue_flow f ON f.queue = l.name
+ CROSS JOIN LATERAL unnest(f.start_times, f.start_counts) AS s(t, n)
+ WHERE l.name = %(queue)s AND l.rate_limit_count IS NOT NULL
+   AND s.t > now() - l.rate_limit_per_seconds * interval '1 second'
 """
 
 # Extend the leases of tasks this worker still owns; rows not returned were lost. Each row
@@ -673,3 +902,67 @@ ON CONFLICT (id) DO UPDATE SET queues = EXCLUDED.queues, seen_at = now()
 
 # A worker that stops says so.
 WORKER_GONE: LiteralString = "DELETE FROM taskq_workers WHERE id = %(id)s"
+
+# Create or change a queue's limits; each `set_*` flag says whether that limit was given
+# (absent limits stay as they are, given ones may be NULL: removed). A new row belongs to
+# the API (source 'api').
+SET_LIMITS: LiteralString = """
+INSERT INTO taskq_queues AS l (name, max_running, max_running_per_key, rate_limit_count,
+                               rate_limit_per_seconds)
+VALUES (%(queue)s, %(max_running)s, %(max_running_per_key)s, %(rate_count)s, %(rate_seconds)s)
+ON CONFLICT (name) DO UPDATE
+   SET max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running
+                          ELSE l.max_running END,
+       max_running_per_key = CASE WHEN %(set_per_key)s THEN EXCLUDED.max_running_per_key
+                                  ELSE l.max_running_per_key END,
+       rate_limit_count = CASE WHEN %(set_rate)s THEN EXCLUDED.rate_limit_count
+                               ELSE l.rate_limit_count END,
+       rate_limit_per_seconds = CASE WHEN %(set_rate)s THEN EXCLUDED.rate_limit_per_seconds
+                                     ELSE l.rate_limit_per_seconds END,
+       updated_at = now()
+"""
+
+# Per registry row (or one queue; or only those with limits): its limits, running tasks
+# (running index), starts in the rate window, runnable tasks (up to `cap`; skipped when
+# the caller has them from QUEUE_STATS), and runnable tasks whose key is at its
+# max_running_per_key (up to `cap`; keyed ready index, one range per busy key).
+QUEUE_LIMITS: LiteralString = (
+    """
+SELECT l.name AS queue, l.max_running, l.max_running_per_key, l.rate_limit_count,
+       l.rate_limit_per_seconds, l.updated_at,
+       r.n AS running, COALESCE(s.n, 0) AS window_starts, w.n AS runnable, k.n AS held_by_key
+  FROM taskq_queues l
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM taskq_tasks t
+        WHERE t.status = 'running' AND t.queue = l.name) r
+  LEFT JOIN LATERAL (
+       SELECT sum(x.n) AS n
+         FROM taskq_queue_flow f, unnest(f.start_times, f.start_counts) AS x(t, n)
+        WHERE f.queue = l.name AND l.rate_limit_count IS NOT NULL
+          AND x.t > now() - l.rate_limit_per_seconds * interval '1 second') s ON true
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM (
+           SELECT 1 FROM taskq_tasks t
+            WHERE %(count_runnable)s
+              AND t.status = 'queued' AND t.queue = l.name AND t.run_at <= now()
+            LIMIT %(cap)s) x) w
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS n FROM (
+           SELECT 1
+             FROM (SELECT t.concurrency_key AS key FROM taskq_tasks t
+                    WHERE t.status = 'running' AND t.queue = l.name
+                      AND t.concurrency_key IS NOT NULL AND l.max_running_per_key IS NOT NULL
+                    GROUP BY t.concurrency_key
+                   HAVING count(*) >= l.max_running_per_key) AS busy
+            CROSS JOIN LATERAL (
+                  SELECT 1 FROM taskq_tasks t
+                   WHERE t.status = 'queued' AND t.queue = l.name
+                     AND t.concurrency_key = busy.key AND t.run_at <= now()) AS q
+            LIMIT %(cap)s) x) k
+ WHERE (%(queue)s::text IS NULL OR l.name = %(queue)s)
+   AND (NOT %(only_limited)s OR """
+    + LIMITED
+    + """)
+ ORDER BY l.name
+"""
+)

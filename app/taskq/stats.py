@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskq import queue, sql
+from taskq import flow, queue, sql
 from taskq.db import translate_errors
 from taskq.models import FINISHED
 from taskq.queue import AnyConnection
@@ -47,6 +47,12 @@ class QueueStats(_Out):
     failed: int = Field(description="finished in the throughput window")
     cancelled: int = Field(description="finished in the throughput window")
     oldest_runnable_age_seconds: float = Field(description="0 when nothing is runnable")
+    held: int = Field(
+        0, description="runnable tasks a flow-control limit keeps queued now (up to the cap)"
+    )
+    max_running: int | None = Field(None, description="flow control: null when unlimited")
+    max_running_per_key: int | None = Field(None, description="flow control: null when unlimited")
+    rate_limit: flow.RateLimit | None = Field(None, description="flow control: null when unlimited")
 
 
 class Totals(_Out):
@@ -54,6 +60,7 @@ class Totals(_Out):
     scheduled: int
     queued: int
     running: int
+    held: int
     succeeded: int
     failed: int
     cancelled: int
@@ -176,6 +183,10 @@ def collect(conn: Any) -> Stats:
         timeout_ms=TIMEOUT_MS,
     )
     failures = recent_failures(conn, limit=FAILURES_SHOWN)
+    runnable = {r["queue"]: int(r["runnable"]) for r in per_queue}
+    limited = {
+        x.queue: x for x in flow.limits(conn, runnable=runnable, cap=STATS_CAP, only_limited=True)
+    }
     now = now.astimezone(UTC)
 
     finished: dict[str, dict[str, int]] = {}
@@ -200,12 +211,13 @@ def collect(conn: Any) -> Stats:
         for t in range(first + FINISHED_BUCKET, last + 1, FINISHED_BUCKET)
     ]
 
-    names = sorted({r["queue"] for r in per_queue} | set(running) | set(finished))
+    names = sorted({r["queue"] for r in per_queue} | set(running) | set(finished) | set(limited))
     ready = {r["queue"]: r for r in per_queue}
     queues = []
     for name in names:
         r = ready.get(name, {})
         done = finished.get(name, dict.fromkeys(FINISHED, 0))
+        lim = limited.get(name)
         queues.append(
             QueueStats(
                 queue=name,
@@ -215,6 +227,16 @@ def collect(conn: Any) -> Stats:
                 running=running.get(name, 0),
                 oldest_runnable_age_seconds=round(float(r.get("oldest_age_seconds", 0.0)), 3),
                 **done,
+                **(
+                    {}
+                    if lim is None
+                    else {
+                        "held": lim.held,
+                        "max_running": lim.max_running,
+                        "max_running_per_key": lim.max_running_per_key,
+                        "rate_limit": lim.rate_limit,
+                    }
+                ),
             )
         )
     oldest = min(
@@ -229,7 +251,7 @@ def collect(conn: Any) -> Stats:
         totals=Totals(
             **{
                 field: sum(getattr(q, field) for q in queues)
-                for field in ("runnable", "scheduled", "queued", "running", *FINISHED)
+                for field in ("runnable", "scheduled", "queued", "running", "held", *FINISHED)
             }
         ),
         queues=queues,

@@ -139,10 +139,11 @@ def test_quick_run_produces_every_table(server_url: str, tmp_path: Path) -> None
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads((tmp_path / "smoke.json").read_text())
-    for workload in ("drain", "latency", "ingest", "ceiling", "scale", "pools"):
+    for workload in ("drain", "latency", "ingest", "ceiling", "scale", "pools", "flow"):
         assert workload in data
     assert set(data["pools"]) == {"thread-64", "process-2", "process-2+62"}
     assert set(data["drain"]) == {"taskq", "pgqueuer", "procrastinate"}
+    assert set(data["flow"]) == {"none", "max_running", "per_key"}
     assert (tmp_path / "smoke.png").stat().st_size > 0
     markdown = (tmp_path / "smoke.md").read_text()
     assert "## Targets" in markdown

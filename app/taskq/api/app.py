@@ -13,7 +13,7 @@ from taskq.api.dashboard import DashboardResource
 from taskq.api.deps import Deps
 from taskq.api.observability import RequestObserver
 from taskq.api.openapi import OpenApiResource, build
-from taskq.api.queues import QueueResource, QueuesResource
+from taskq.api.queues import QueueLimitsResource, QueueResource, QueuesResource
 from taskq.api.schedules import ScheduleResource, SchedulesResource
 from taskq.api.stats import StatsResource
 from taskq.api.tasks import BatchResource, TaskResource, TasksResource
@@ -48,6 +48,7 @@ def create_app(
     queue_resource = QueueResource(settings, deps)
     app.add_route("/queues/{name}/pause", queue_resource, suffix="pause")
     app.add_route("/queues/{name}/resume", queue_resource, suffix="resume")
+    app.add_route("/queues/{name}", QueueLimitsResource(settings, deps))
     app.add_route("/live", LiveResource())
     app.add_route("/ready", ReadyResource(lambda: {"database": db.ping(deps.pool)}))
     app.add_route("/metrics", MetricsResource([metrics.QueueCollector(deps.pool)]))

@@ -23,7 +23,7 @@ import falcon.inspect
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from taskq import __version__, stats
+from taskq import __version__, flow, stats
 from taskq.api.observability import public_template
 from taskq.models import STATUSES, BatchSpec, Task, TaskSpec
 from taskq.registry import QueueEntry
@@ -160,6 +160,34 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         _with_errors({200: Response("the task, queued again", "Task")}, *_READ, 409),
         description="Attempts start again from zero.",
         parameters=("task_id",),
+    ),
+    ("GET", "/queues/{name}"): Operation(
+        "Read a queue's flow-control limits and their use",
+        _with_errors({200: Response("the queue's limits", "Limits")}, 401, 422, 500, 503),
+        description="A queue without settings has no limits (every limit null). `held` "
+        "counts runnable tasks a limit keeps queued now.",
+        parameters=("name",),
+        tags=("queues",),
+    ),
+    ("PUT", "/queues/{name}"): Operation(
+        "Set a queue's flow-control limits",
+        _with_errors(
+            {200: Response("the queue's limits after the change", "Limits")},
+            400,
+            401,
+            413,
+            415,
+            422,
+            500,
+            503,
+        ),
+        description="`max_running`: tasks of the queue running at once across all "
+        "workers; `max_running_per_key`: running tasks per `concurrency_key`; "
+        "`rate_limit`: at most `count` starts per `per_seconds` (a sliding window). A "
+        "field left out keeps its value; `null` removes that limit. Exact across workers.",
+        request="LimitsUpdate",
+        parameters=("name",),
+        tags=("queues",),
     ),
     ("GET", "/stats"): Operation(
         "Queue statistics (the dashboard's data)",
@@ -415,6 +443,8 @@ def _schemas(payloads: dict[str, type[BaseModel]]) -> dict[str, Any]:
         (stats.Stats, "serialization"),
         (ScheduleSpec, "validation"),
         (QueueEntry, "serialization"),
+        (flow.LimitsUpdate, "validation"),
+        (flow.Limits, "serialization"),
         *((model, "validation") for model in payloads.values()),
     ]
     keys, defs = models_json_schema(models, ref_template=REF)
@@ -601,7 +631,7 @@ def build(
         "tags": [
             {"name": "tasks", "description": "submit, read, cancel, retry"},
             {"name": "schedules", "description": "recurring tasks: cron or every N seconds"},
-            {"name": "queues", "description": "the queue registry: list, pause, resume"},
+            {"name": "queues", "description": "the queue registry: list, pause, resume, limits"},
             {"name": "operations", "description": "probes, metrics, statistics, dashboard"},
         ],
         "paths": paths,

@@ -27,9 +27,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "cancel": cmd_cancel,
     "prune": cmd_prune,
     "stats": cmd_stats,
+    "queue": cmd_queue,
     "dev": cmd_dev,
     "schedule": cmd_schedule,
-    "queue": cmd_queue,
 }
 
 

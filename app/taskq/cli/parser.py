@@ -53,6 +53,20 @@ def _bind(value: str) -> str:
     return value
 
 
+# The word that removes a limit in `taskq queue set` (JSON null in PUT /queues/{name}).
+NO_LIMIT = "none"
+
+
+def _limit(value: str) -> int | None:
+    """A positive integer, or `none` to remove the limit."""
+    return None if value.lower() == NO_LIMIT else _positive_int(value)
+
+
+def _rate(value: str) -> str | None:
+    """COUNT/SECONDS (checked by the command, which names the option), or `none`."""
+    return None if value.lower() == NO_LIMIT else value
+
+
 def _json_flag(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--json", action="store_true", help=help)
 
@@ -118,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, metavar="SECONDS", help="time limit of each attempt"
     )
     submit.add_argument("--idempotency-key")
+    submit.add_argument(
+        "--concurrency-key", help="groups tasks for the queue's max_running_per_key"
+    )
     submit.add_argument(
         "--count", type=_positive_int, default=1, help="copies, in one bulk transaction"
     )
@@ -190,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue = sub.add_parser(
         "queue",
-        help="the queue registry: list, pause, resume",
+        help="the queue registry: list, pause, resume, show and set flow-control limits",
         description="Pausing stops every worker claiming from the queue within a second; "
         "submits are still accepted and running tasks finish. The same as /queues.",
     )
@@ -199,6 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(queue_list, "print the queues as JSON (the shape of GET /queues)")
     for action in ("pause", "resume"):
         queue_actions.add_parser(action, help=f"{action} a queue").add_argument("name")
+    show = queue_actions.add_parser("show", help="print the queue's limits and their use as JSON")
+    show.add_argument("name")
+    limits = queue_actions.add_parser(
+        "set",
+        help="set limits; `none` removes one, options left out stay as they are",
+        description="Limits are exact across every worker: max running tasks of the queue, "
+        "max running tasks per concurrency key, and at most COUNT task starts per SECONDS. "
+        "Prints the queue's limits as JSON.",
+    )
+    limits.add_argument("name")
+    # SUPPRESS: an option left out is absent from the namespace (kept as it is), while
+    # `none` is present as None (removes the limit).
+    for option, kind, metavar in (
+        ("--max-running", _limit, "N|none"),
+        ("--max-running-per-key", _limit, "N|none"),
+        ("--rate-limit", _rate, "COUNT/SECONDS|none"),
+    ):
+        limits.add_argument(option, type=kind, metavar=metavar, default=argparse.SUPPRESS)
 
     dev = sub.add_parser("dev", help="migrate, then run the API and a worker together")
     dev.add_argument(

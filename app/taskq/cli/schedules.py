@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from taskq import db, registry, schedules
 from taskq.cli.output import print_json, table
 from taskq.cli.parser import UsageError
+from taskq.cli.queues import cmd_queue_limits
 from taskq.handlers import default_registry
 from taskq.settings import Settings
 from taskq.validation import problems
@@ -92,6 +93,8 @@ def _short(value: str | None) -> str:
 
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action in ("show", "set"):
+        return cmd_queue_limits(args, settings)
     with db.connect(settings, name="cli") as conn:
         if args.action == "list":
             entries = registry.list_queues(conn)

@@ -60,6 +60,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                 "max_attempts": args.max_attempts,
                 "idempotency_key": args.idempotency_key,
                 "timeout_seconds": args.timeout,
+                "concurrency_key": args.concurrency_key,
             }
         )
     except ValidationError as exc:
@@ -282,6 +283,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             n(s.runnable, capped=True),
             n(s.scheduled, capped=True),
             n(s.running),
+            n(s.held, capped=True),
             n(s.succeeded),
             n(s.failed),
             n(s.cancelled),
@@ -297,6 +299,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
                 n(t.runnable, capped=collected.capped),
                 n(t.scheduled, capped=collected.capped),
                 n(t.running),
+                n(t.held, capped=collected.capped),
                 n(t.succeeded),
                 n(t.failed),
                 n(t.cancelled),
@@ -304,13 +307,27 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             ]
         )
     headers = [
-        "queue", "runnable", "scheduled", "running",
+        "queue", "runnable", "scheduled", "running", "held by limit",
         "succeeded 1h", "failed 1h", "cancelled 1h", "oldest waiting",
     ]  # fmt: skip
     if rows:
-        print(table(headers, rows, right={1, 2, 3, 4, 5, 6, 7}))
+        print(table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8}))
     else:
         print("no tasks")
+    limited = [
+        s for s in collected.queues if s.max_running or s.max_running_per_key or s.rate_limit
+    ]
+    if limited:
+        print("\nLimits:")
+        for s in limited:
+            parts = []
+            if s.max_running is not None:
+                parts.append(f"max running {s.max_running}")
+            if s.max_running_per_key is not None:
+                parts.append(f"max running per key {s.max_running_per_key}")
+            if s.rate_limit is not None:
+                parts.append(f"{s.rate_limit.count} starts per {s.rate_limit.per_seconds:g}s")
+            print(f"  {s.queue}: {', '.join(parts)}")
     finished = t.succeeded + t.failed + t.cancelled
     series = collected.throughput
     print(f"\n{finished:,} finished in the last hour ({t.failed:,} failed).")

@@ -42,15 +42,19 @@ class Completer:
         inflight: InFlight,
         on_recorded: Callable[[], None],
         halt: threading.Event,
+        *,
+        limited: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         self._worker_id = worker_id
         self._inflight = inflight
         self._on_recorded = on_recorded
         self._halt = halt
+        self._limited = limited
         self._outbox: stdqueue.SimpleQueue[Done | object] = stdqueue.SimpleQueue()
         self._db = db.Dedicated(
             settings, name="worker-finish", synchronous_commit=settings.worker_synchronous_commit
         )
+        self.backend_pid = 0  # of its connection: the listener ignores its notifications
         self.closing = False  # past the drain deadline: give up on a database that is away
         self.counts = {
             "succeeded": 0,
@@ -137,6 +141,8 @@ class Completer:
                     self.progress.done()
                     return  # give up: leases expire and the tasks run again elsewhere
                 self._halt.wait(retry.next())
+        self._inflight.recorded(item.lease.id for item in batch)
+        self._on_recorded()  # back-pressure may have lifted; burst mode may be done
         metrics.tasks_finished(applied, lost=len(rejected))
         for row in applied:
             self.counts["snoozed" if row["snoozed"] else _COUNT_KEY[row["status"]]] += 1
@@ -148,5 +154,13 @@ class Completer:
                 lost.lease.id,
                 lost.lease.attempt,
             )
-        self._inflight.recorded(item.lease.id for item in batch)
-        self._on_recorded()  # back-pressure may have lifted; burst mode may be done
+        # A finished task of a limited queue frees room: wake the queue's other workers
+        # (this one was just woken). Best effort: they also poll.
+        freed = {row["queue"] for row in applied} & self._limited()
+        if freed:
+            try:
+                with self._db.use() as conn:
+                    self.backend_pid = conn.info.backend_pid
+                    q.notify(conn, freed, durable=False)
+            except DatabaseUnavailable:
+                pass

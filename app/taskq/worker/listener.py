@@ -58,11 +58,15 @@ class Listener:
         send_probe: Callable[[str], None] | None = None,
         worker_id: str = "",
         on_cancel: Callable[[uuid.UUID], None] | None = None,
+        own: Callable[[int], bool] = lambda pid: False,
     ) -> None:
         self._on_cancel = on_cancel
         self._settings = settings
         self._queues = frozenset(queues)
         self._wake = wake
+        # Notifications this worker sent itself (its completer's, about limited queues)
+        # carry nothing it does not know already.
+        self._own = own
         self._halt = halt
         self._send_probe = send_probe
         self._worker_id = worker_id
@@ -129,7 +133,7 @@ class Listener:
             for note in conn.notifies(timeout=0.2 if probe else 0.5):
                 if note.channel == sql.CONTROL_CHANNEL:
                     self._control(note.payload)
-                elif note.payload in self._queues:
+                elif note.payload in self._queues and not self._own(note.pid):
                     self._wake()
                 elif probe is not None and note.payload == probe:
                     probe = None

@@ -25,6 +25,7 @@ expire and be recovered: at-least-once, never lost.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from taskq import db, metrics, settings_file
+from taskq import db, flow, metrics, settings_file
 from taskq import queue as q
 from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable, TaskqError
@@ -56,6 +57,10 @@ from taskq.worker.runner import Runners
 from taskq.worker.scheduler import Presence, Scheduler, SettingsFileWatch
 
 log = logging.getLogger(__name__)
+
+# How often the claim loop re-reads which of its queues have flow-control limits. A queue
+# that has just been limited is skipped by the plain claim meanwhile (never over-claimed).
+FLOW_REFRESH_SECONDS = 1.0
 
 
 class Worker:
@@ -90,6 +95,18 @@ class Worker:
         if settings.config_file is not None:
             self.settings_file = settings_file.load(settings.config_file)
             self.settings_file.check_kinds(set(registry.kinds()))
+        self.limited: frozenset[str] = frozenset()  # this worker's queues that have limits
+        self._limited_read_at = float("-inf")
+        # Room in a limited queue appears only when a task of it is recorded (here or by
+        # another worker, which notifies), when its limits change (notified) or when its
+        # rate window moves on (timed). `_news` counts recordings and notifications; a
+        # limited queue whose claim came up short is not claimed again until it moves,
+        # so freed local slots do not turn into empty claims.
+        self._news = 0
+        self._news_count = itertools.count(1)  # next() is atomic: nudges come from threads
+        self._short: dict[str, int] = {}
+        self._limited_first = False
+        self._limited_start = 0
         durable = settings.worker_synchronous_commit
         # The claim loop and the completer each own a connection; maintenance, probes and
         # shutdown share a small pool.
@@ -98,7 +115,12 @@ class Worker:
             settings, name="worker", min_size=1, max_size=3, synchronous_commit=durable
         )
         self.completer = Completer(
-            settings, self.worker_id, self.inflight, self._wake.set, self._halt
+            settings,
+            self.worker_id,
+            self.inflight,
+            self._nudge,
+            self._halt,
+            limited=lambda: self.limited,
         )
         self.runners = Runners(
             self.concurrency,
@@ -143,11 +165,12 @@ class Worker:
         self.listener = Listener(
             settings,
             self.queues,
-            self._wake.set,
+            self._nudge,
             self._halt,
             send_probe=self._send_probe,
             worker_id=self.worker_id,
             on_cancel=self._cancel_requested,
+            own=lambda pid: pid == self.completer.backend_pid,
         )
         self.claim_progress = Progress()
         self.failed_thread: str | None = None
@@ -224,6 +247,11 @@ class Worker:
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
         return thread
+
+    def _nudge(self) -> None:
+        """Something changed in the database (an outcome recorded, a notification)."""
+        self._news = next(self._news_count)
+        self._wake.set()
 
     def stop(self) -> None:
         """Stop claiming; `run` then drains in-flight tasks and returns."""
@@ -319,19 +347,17 @@ class Worker:
         retry = Backoff(0.2, 5.0)
         while not self.stopping.is_set():
             self._wake.clear()
+            # Read before claiming: a limited queue's claim counts this worker's tasks
+            # until their outcomes are recorded, so "nothing claimed" only means "nothing
+            # left" if nothing was in flight when the claim ran.
+            idle = not self.inflight.busy()
             free = self.inflight.free_slots()
             claimed: list[q.Claimed] = []
+            wait = self.settings.poll_interval
             if free > 0:
                 self.claim_progress.waiting()
                 try:
-                    with self._claim_db.use() as conn:
-                        claimed = q.claim(
-                            conn,
-                            queues=self.queues,
-                            limit=free,
-                            worker_id=self.worker_id,
-                            lease=self.settings.lease_seconds,
-                        )
+                    claimed, wait = self._claim(free)
                     retry.reset()
                     self.claim_progress.done()
                 except DatabaseUnavailable as exc:
@@ -346,7 +372,79 @@ class Worker:
                     self.runners.submit(task)
                 if len(claimed) == free:
                     continue  # the queue may hold more; claim again once slots free up
-            if self.burst and not claimed and not self.inflight.busy():
+            if self.burst and idle and not claimed and wait >= self.settings.poll_interval:
                 log.info("burst: no runnable task left")
                 return
-            self._wake.wait(self.settings.poll_interval)
+            if not self._wake.wait(wait):
+                self._short.clear()  # the poll: try every queue again
+
+    def _claim(self, free: int) -> tuple[list[q.Claimed], float]:
+        """Claim up to `free` tasks: the queues without limits in one statement, and each
+        limited queue in its own turn (taskq/flow.py), the two taking turns at going first
+        so that neither kind starves the other. Also how long to wait if this comes up
+        short: the poll interval, or less when a rate window opens sooner. Each step uses
+        the connection on its own (behind a transaction pooler: its own transaction), so a
+        limited queue's turn ends with its claim."""
+        now = time.monotonic()
+        if now - self._limited_read_at >= FLOW_REFRESH_SECONDS:
+            with self._claim_db.use() as conn:
+                self.limited = flow.limited_queues(conn, self.queues)
+            self._limited_read_at = now
+        self._limited_first = not self._limited_first
+        claimed: list[q.Claimed] = []
+        wait = self.settings.poll_interval
+        try:
+            if self.limited and self._limited_first:
+                wait = self._claim_limited(free, claimed)
+            if len(self.limited) < len(self.queues) and len(claimed) < free:
+                with self._claim_db.use() as conn:
+                    claimed.extend(
+                        q.claim(
+                            conn,
+                            queues=self.queues,
+                            limit=free - len(claimed),
+                            worker_id=self.worker_id,
+                            lease=self.settings.lease_seconds,
+                        )
+                    )
+            if self.limited and not self._limited_first:
+                wait = self._claim_limited(free, claimed)
+        except DatabaseUnavailable:
+            if not claimed:
+                raise
+            # What the earlier steps claimed is committed: run it; the loop retries.
+        return claimed, wait
+
+    def _claim_limited(self, free: int, claimed: list[q.Claimed]) -> float:
+        """Claim from each limited queue in turn into `claimed`, up to `free` in all; a
+        queue that came up short is skipped until something changed (`_news`)."""
+        wait = self.settings.poll_interval
+        # Start one queue further on each time, so that a busy limited queue does not
+        # take every free slot from the ones listed after it.
+        self._limited_start = (self._limited_start + 1) % len(self.queues)
+        order = self.queues[self._limited_start :] + self.queues[: self._limited_start]
+        for name in order:
+            room = free - len(claimed)
+            if room <= 0:
+                break
+            if name not in self.limited or self._short.get(name) == self._news:
+                continue
+            news = self._news
+            with self._claim_db.use() as conn:
+                got, full = flow.claim_limited(
+                    conn,
+                    queue=name,
+                    limit=room,
+                    worker_id=self.worker_id,
+                    lease=self.settings.lease_seconds,
+                )
+            claimed.extend(got)
+            if len(got) < room or full:
+                self._short[name] = news
+                with self._claim_db.use() as conn:
+                    opens = flow.rate_wait(conn, name)
+                if opens is not None:
+                    wait = min(wait, max(opens, 0.001))
+            else:
+                self._short.pop(name, None)
+        return wait
