@@ -23,6 +23,7 @@ DATA_LAYER = {
     "taskq.sql",
     "taskq.stats",
     "taskq.validation",
+    "taskq.workers",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskq import queue, sql
+from taskq import queue, sql, workers
 from taskq.db import translate_errors
 from taskq.models import FINISHED
 from taskq.queue import AnyConnection
@@ -47,6 +47,9 @@ class QueueStats(_Out):
     failed: int = Field(description="finished in the throughput window")
     cancelled: int = Field(description="finished in the throughput window")
     oldest_runnable_age_seconds: float = Field(description="0 when nothing is runnable")
+    served: bool = Field(
+        description="a live worker serves this queue; false: its tasks wait until one does"
+    )
 
 
 class Totals(_Out):
@@ -176,6 +179,7 @@ def collect(conn: Any) -> Stats:
         timeout_ms=TIMEOUT_MS,
     )
     failures = recent_failures(conn, limit=FAILURES_SHOWN)
+    served = workers.served_queues(conn)
     now = now.astimezone(UTC)
 
     finished: dict[str, dict[str, int]] = {}
@@ -200,7 +204,7 @@ def collect(conn: Any) -> Stats:
         for t in range(first + FINISHED_BUCKET, last + 1, FINISHED_BUCKET)
     ]
 
-    names = sorted({r["queue"] for r in per_queue} | set(running) | set(finished))
+    names = sorted({r["queue"] for r in per_queue} | set(running) | set(finished) | served)
     ready = {r["queue"]: r for r in per_queue}
     queues = []
     for name in names:
@@ -214,6 +218,7 @@ def collect(conn: Any) -> Stats:
                 queued=int(r.get("queued", 0)),
                 running=running.get(name, 0),
                 oldest_runnable_age_seconds=round(float(r.get("oldest_age_seconds", 0.0)), 3),
+                served=name in served,
                 **done,
             )
         )
