@@ -18,6 +18,9 @@ help:
 	@echo "make test   - ruff, mypy and pytest against a real PostgreSQL"
 	@echo "make bench  - benchmarks against the peers (bench/)"
 
+RUN_STAMP := $(VENV)/.installed-run
+
+# The full development set: linters, type checker, test and GitOps tools (`make test`).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -26,7 +29,15 @@ $(STAMP): pyproject.toml
 
 deps: $(STAMP)
 
-run: deps
+# What `make run` needs: taskq and the embedded PostgreSQL, nothing else (a venv that
+# already has the full set is used as it is).
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then :; \
+	else $(BIN)/python -m pip install --quiet -e '.[embedded]'; fi
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/taskq dev
 
 lint: deps

@@ -70,10 +70,10 @@ def taskq_env(database_url: str, **settings: Any) -> dict[str, str]:
 
 def spawn_taskq(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
     """Start `python -m taskq.cli ARGS` in its own process group."""
+    kwargs.setdefault("cwd", REPO)
     return subprocess.Popen(
         [sys.executable, "-m", "taskq.cli", *args],
         env=env,
-        cwd=REPO,
         start_new_session=True,
         text=True,
         **kwargs,

@@ -310,6 +310,13 @@ def test_run_at_and_delay_together_is_422(client: Client) -> None:
     assert "delay" in error["message"]
 
 
+def test_run_at_with_any_iso_offset_is_accepted(client: Client) -> None:
+    """ISO 8601 allows offsets up to 23:59 (PostgreSQL only to 15:59): stored in UTC."""
+    result = post(client, "/tasks", {"run_at": "2030-01-01T20:00:00+18:29"})
+    assert result.status_code == 201, result.text
+    assert result.json["run_at"] == "2030-01-01T01:31:00Z"
+
+
 def test_unknown_kind_is_422_naming_kind(client: Client) -> None:
     error = assert_error(post(client, "/tasks", {"kind": "nope"}), 422, field="kind")
     assert "echo" in error["message"]  # it tells what the known kinds are
@@ -757,6 +764,15 @@ def test_live_and_ready_when_the_database_is_up(client: Client) -> None:
     ready = client.simulate_get("/ready")
     assert ready.status_code == 200
     assert ready.json["checks"] == {"database": True}
+
+
+def test_head_live_and_dashboard_answer_200_without_a_body(client: Client) -> None:
+    """Probes and uptime checkers ask with HEAD."""
+    for path, content_type in (("/live", "application/json"), ("/dashboard", "text/html")):
+        result = client.simulate_head(path)
+        assert result.status_code == 200, path
+        assert result.headers["content-type"].startswith(content_type)
+        assert result.content == b""
 
 
 @pytest.fixture

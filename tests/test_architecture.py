@@ -24,6 +24,7 @@ DATA_LAYER = {
     "taskq.sql",
     "taskq.stats",
     "taskq.validation",
+    "taskq.workers",
 }
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -78,7 +79,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 @pytest.fixture
 def taskq(run_main: Any, database_url: str, conn: Conn) -> Any:
     """`taskq ARGS` against this module's (emptied) database."""
-    return lambda *args: run_main(database_url, *args)
+    return lambda *args, **kw: run_main(database_url, *args, **kw)
 
 
 def run_taskq(
@@ -192,11 +193,15 @@ def test_bad_arguments_exit_2(run_main: Any, args: list[str]) -> None:
     assert exit_info.value.code == 2
 
 
-def test_unknown_kind_is_accepted_from_the_cli(taskq: Any) -> None:
-    # The CLI does not know which handlers the workers load; it enqueues any valid name.
-    code, out, _ = taskq("submit", "my.custom_kind")
-    assert code == 0
-    assert json.loads(out)["kind"] == "my.custom_kind"
+def test_kinds_are_checked_as_the_api_checks_them(taskq: Any) -> None:
+    """The CLI loads TASKQ_HANDLER_MODULES as the API does and refuses the same kinds."""
+    code, _, err = taskq("submit", "my.custom_kind")
+    assert code == 2
+    assert "KIND: unknown kind 'my.custom_kind'; known kinds: " in err
+    env = {"TASKQ_HANDLER_MODULES": "tests.handlers_for_tests"}
+    code, out, err = taskq("submit", "record", env=env)
+    assert code == 0, err
+    assert json.loads(out)["kind"] == "record"
 
 
 # ------------------------------------------------------------------ status
@@ -220,6 +225,21 @@ def test_status_wait_gives_up_at_the_timeout(taskq: Any, conn: Conn) -> None:
     code, out, _ = taskq("status", str(task.id), "--wait", "--timeout", "0.3")
     assert code == 1
     assert json.loads(out)["status"] == "queued"
+
+
+def test_status_wait_exits_1_for_a_failed_or_cancelled_task(taskq: Any, conn: Conn) -> None:
+    """As the README says: a script waiting on a task learns whether it worked."""
+    failed = q.enqueue(conn, "fail", {})
+    conn.execute(
+        "UPDATE taskq_tasks SET status = 'failed', finished_at = now() WHERE id = %s", (failed.id,)
+    )
+    cancelled = q.enqueue(conn, "echo", {})
+    q.cancel(conn, cancelled.id)
+    for task, status in ((failed, "failed"), (cancelled, "cancelled")):
+        code, out, _ = taskq("status", str(task.id), "--wait", "--timeout", "5")
+        assert (code, json.loads(out)["status"]) == (1, status)
+        # Without --wait, status only shows the task.
+        assert taskq("status", str(task.id))[0] == 0
 
 
 @pytest.mark.slow
@@ -379,6 +399,46 @@ def test_unreachable_database_exits_1_without_the_password(run_main: Any, args: 
     assert "Traceback" not in out + err
 
 
+@pytest.mark.parametrize(
+    ("where", "said", "hint"),
+    [
+        ("database", 'database "taskq_missing_db" does not exist', "database named in"),
+        ("role", 'role "taskq_missing_role" does not exist', "no role (user)"),
+        ("host", "Name or service not known", "does not resolve"),
+    ],
+)
+def test_wrong_database_url_fails_at_once_with_the_right_words(
+    run_main: Any, server_url: str, where: str, said: str, hint: str
+) -> None:
+    """A setting that retrying cannot fix is reported at once, even with --wait (as
+    `taskq dev` migrates); a missing role is not reported as a missing database."""
+    params: dict[str, Any] = conninfo_to_dict(server_url)
+    params["dbname"] = "taskq_missing_db"
+    if where == "role":
+        params["dbname"] = "postgres"
+        params["user"] = "taskq_missing_role"
+    if where == "host":
+        params["host"] = "no-such-host.invalid"
+    started = time.monotonic()
+    code, out, err = run_main(make_conninfo(**params), "migrate", "--wait", "30")
+    assert time.monotonic() - started < 10, err  # not the 30 s of --wait
+    assert code == 1, out + err
+    assert said in err
+    assert hint in err
+    if where == "role":
+        assert "database named in" not in err
+    assert "Traceback" not in err
+
+
+def test_refused_connections_are_still_waited_for(run_main: Any) -> None:
+    url = f"postgresql://u@127.0.0.1:{free_port()}/x"
+    started = time.monotonic()
+    code, _, err = run_main(url, "migrate", "--wait", "1.5")
+    assert code == 1
+    assert time.monotonic() - started >= 1.5
+    assert "Connection refused" in err
+
+
 def test_unreachable_database_from_the_console(tmp_path: Any) -> None:
     env = taskq_env(f"postgresql://u:s3cret@127.0.0.1:{free_port()}/x")
     result = run_taskq(env, "submit", "echo")
@@ -479,3 +539,27 @@ def test_cancel_command(taskq: Any, conn: Conn) -> None:
     assert "cancelled" in err
     code, _, err = taskq("cancel", "nope")
     assert code == 2
+
+
+def test_a_busy_api_port_is_one_line_naming_the_setting(database_url: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = run_taskq(taskq_env(database_url), "api", "--bind", f"127.0.0.1:{port}")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line
+    assert "TASKQ_API_BIND" in line
+    assert "--bind" in line
+
+
+@pytest.mark.parametrize("command", [["worker", "--burst"], ["api"]])
+def test_an_unimportable_handler_module_is_one_line(database_url: str, command: list[str]) -> None:
+    env = taskq_env(
+        database_url, handler_modules="myapp.tasks", api_bind=f"127.0.0.1:{free_port()}"
+    )
+    result = run_taskq(env, *command)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "TASKQ_HANDLER_MODULES" in line
+    assert "'myapp.tasks'" in line
+    assert "PYTHONPATH" in line

@@ -122,6 +122,8 @@ def test_stats_prints_a_table_of_queues(run_main: Any, database_url: str, conn: 
     assert "1 finished in the last hour (1 failed)." in out
     assert "Oldest waiting: " in out
     assert "ValueError: bad input" in out
+    # No worker runs: both queues with queued tasks are named as unserved.
+    assert "No live worker serves alpha, beta" in out
 
 
 def test_stats_json_is_the_shape_of_the_api(run_main: Any, database_url: str, conn: Conn) -> None:

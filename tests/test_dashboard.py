@@ -366,6 +366,35 @@ def test_the_dashboard_in_a_browser(
         f"{9 + past_ok + past_failed} finished in the last hour ({1 + past_failed} failed)"
     )
     assert page.locator("#chart svg rect").count() >= 56  # a bar per minute with work
+    expect(page.locator("#failure-line")).to_have_count(1)  # failures on their own axis
+    # No worker serves "reports" here: the page says so; the worker's queues are served.
+    expect(page.locator('tr[data-queue="reports"]')).to_contain_text("no worker")
+    expect(page.locator('tr[data-queue="default"]')).not_to_contain_text("no worker")
+    # Authentication is off: nothing asks for a token.
+    expect(page.get_by_role("button", name="API token")).to_be_hidden()
+
+    # The task list: filters by queue and kind, and pages.
+    page.locator("#queue-filter").select_option("emails")
+    expect(page.locator("#tasks tr td:nth-child(3)").first).to_have_text("emails", timeout=timeout)
+    queues = page.locator("#tasks tr td:nth-child(3)").all_inner_texts()
+    assert set(queues) == {"emails"}, queues
+    page.locator("#queue-filter").select_option("")
+    page.locator("#kind-filter").fill("render")
+    page.locator("#kind-filter").press("Enter")
+    expect(page.locator("#tasks tr td:nth-child(4)").first).to_have_text("render", timeout=timeout)
+    expect(page.locator("#tasks tr")).to_have_count(15)
+    assert set(page.locator("#tasks tr td:nth-child(4)").all_inner_texts()) == {"render"}
+    first_page = page.locator("#tasks tr td:nth-child(1)").all_inner_texts()
+    expect(page.get_by_role("button", name="← Newer")).to_be_disabled()
+    page.get_by_role("button", name="Older →").click()
+    expect(page.locator("#page-number")).to_have_text("page 2", timeout=timeout)
+    expect(page.locator("#tasks tr td:nth-child(1)").first).not_to_have_text(first_page[0])
+    second_page = page.locator("#tasks tr td:nth-child(1)").all_inner_texts()
+    assert not set(first_page) & set(second_page)
+    page.get_by_role("button", name="← Newer").click()
+    expect(page.locator("#tasks tr td:nth-child(1)").first).to_have_text(first_page[0])
+    page.locator("#kind-filter").fill("")
+    page.locator("#kind-filter").press("Enter")
 
     # A task's detail, from the failure list.
     page.get_by_text("card declined: insufficient funds").first.click()
@@ -519,6 +548,7 @@ def test_the_dashboard_behind_bearer_tokens(
         page.goto(f"http://127.0.0.1:{port}/dashboard")
         form = page.locator("#token-form")
         expect(form).to_be_visible(timeout=15_000)
+        expect(page.get_by_role("button", name="API token")).to_be_visible()
         expect(page.locator("#totals")).to_be_empty()
         page.get_by_label("Token", exact=True).fill("not-the-token-at-all-000")
         page.get_by_role("button", name="Use token").click()
@@ -610,3 +640,57 @@ def test_cancel_a_running_task_from_the_dashboard(
     done = _http(port, "GET", f"/tasks/{task['id']}")
     assert (done["status"], done["attempts"]) == ("cancelled", 1)
     assert problems == []
+
+
+def _label_fits(page: Any, label: str) -> dict[str, float]:
+    """The rendered box of an axis label and of its SVG, in CSS pixels."""
+    boxes: dict[str, float] = page.evaluate(
+        """(id) => {
+            const label = document.getElementById(id).getBoundingClientRect();
+            const chart = document.querySelector("#chart svg").getBoundingClientRect();
+            return {left: label.left, right: label.right, top: label.top,
+                    bottom: label.bottom, svgLeft: chart.left, svgRight: chart.right,
+                    svgTop: chart.top, svgBottom: chart.bottom};
+        }""",
+        label,
+    )
+    return boxes
+
+
+def test_the_chart_axes_fit_large_numbers_and_show_few_failures(
+    browser: Any, running_taskq: dict[str, Any], database_url: str
+) -> None:
+    """20,204 tasks in one minute: the left axis label is drawn whole inside the chart (it
+    used to lose its first digit), and 3 failures stay visible on their own axis."""
+    from playwright.sync_api import expect
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO taskq_tasks (queue, kind, status, attempts, started_at, finished_at)"
+            " SELECT 'bulk', 'render', 'succeeded', 1, now() - interval '5 minutes',"
+            " now() - interval '5 minutes' FROM generate_series(1, 20204)"
+        )
+        conn.execute(
+            "INSERT INTO taskq_tasks (queue, kind, status, attempts, started_at, finished_at,"
+            " last_error) SELECT 'bulk', 'render', 'failed', 1, now() - interval '9 minutes',"
+            " now() - interval '9 minutes', 'boom' FROM generate_series(1, 3)"
+        )
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    page.goto(f"http://127.0.0.1:{running_taskq['port']}/dashboard")
+    expect(page.locator("#axis-left")).to_have_text("20,204", timeout=15_000)
+    expect(page.locator("#axis-right")).to_have_text("3")
+    for label in ("axis-left", "axis-right"):
+        box = _label_fits(page, label)
+        assert box["left"] >= box["svgLeft"], (label, box)
+        assert box["right"] <= box["svgRight"], (label, box)
+        assert box["top"] >= box["svgTop"], (label, box)
+        assert box["bottom"] <= box["svgBottom"], (label, box)
+    # The failure line reaches the top of its axis at the failing minute: visible, where
+    # a stacked bar of 3 next to 20,204 would be a fraction of a pixel.
+    line = page.locator("#failure-line")
+    expect(line).to_have_count(1)
+    ys = [float(p.split(",")[1]) for p in line.get_attribute("points").split()]
+    assert max(ys) - min(ys) > 100  # viewBox units: nearly the chart's height
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#chart").screenshot(path=str(ARTIFACTS / "dashboard-chart.png"))
+    assert (ARTIFACTS / "dashboard-chart.png").stat().st_size > 2_000

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -95,7 +96,9 @@ def _up(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def dev_process(env: dict[str, str], log: Path, *args: str) -> Iterator[tuple[Any, str]]:
+def dev_process(
+    env: dict[str, str], log: Path, *args: str, cwd: Path | None = None
+) -> Iterator[tuple[Any, str]]:
     """`taskq dev`, its URL once the API is ready; everything it started is killed after."""
     port = free_port()
     with log.open("w") as out:
@@ -104,6 +107,7 @@ def dev_process(env: dict[str, str], log: Path, *args: str) -> Iterator[tuple[An
             env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            **({"cwd": cwd} if cwd else {}),
         )
     seen: set[Proc] = set()
     try:
@@ -160,11 +164,20 @@ def test_dev_against_database_url(database_url: str, tmp_path: Path, variable: s
     env[variable] = env.pop("DATABASE_URL")
     data_dir = tmp_path / "pgdata"
     log = tmp_path / "dev.log"
-    with dev_process(env, log, "--data-dir", str(data_dir)) as (proc, url):
+    with dev_process(env, log, "--data-dir", str(data_dir), "--queues", "default,emails") as (
+        proc,
+        url,
+    ):
         done = _submit_and_wait(url)
         assert done["status"] == "succeeded", done
         assert done["result"] == {"input": "hello"}
         assert not _postgres_for(data_dir)
+        # A queue nobody serves is marked as such; the worker's queues are served.
+        status, _ = _http("POST", f"{url}/tasks", {"kind": "echo", "queue": "nobody_serves"})
+        assert status == 201
+        stats = _http("GET", f"{url}/stats")[1]
+        served = {q["queue"]: q["served"] for q in stats["queues"]}
+        assert served == {"default": True, "emails": True, "nobody_serves": False}, served
         _interrupt_and_check(proc, log)
     assert not data_dir.exists(), "taskq dev started an embedded PostgreSQL"
     with psycopg.connect(database_url) as conn:
@@ -197,19 +210,42 @@ def test_dev_decides_embedded_or_not_from_the_loaded_settings(
 
 
 def test_dev_with_embedded_postgres(tmp_path: Path) -> None:
-    """The `make run` path: no DATABASE_URL, so pgserver runs PostgreSQL in --data-dir;
-    stopped by Ctrl-C, and the tasks are still there on the next start."""
+    """The `make run` path: no DATABASE_URL, so pgserver runs PostgreSQL in ./.pgdata; the
+    first screen is the banner alone (no initdb output, no warnings) with the DATABASE_URL
+    to export; `taskq` commands and `taskq.database_url()` run in the same directory find
+    the server; stopped by Ctrl-C, and the tasks are still there on the next start."""
     pytest.importorskip("pgserver")
-    data_dir = tmp_path / "pgdata"
+    data_dir = tmp_path / ".pgdata"
     env = taskq_env("")
     del env["DATABASE_URL"]
     try:
         log = tmp_path / "dev.log"
-        with dev_process(env, log, "--data-dir", str(data_dir)) as (proc, url):
+        with dev_process(env, log, cwd=tmp_path) as (proc, url):
             assert _postgres_for(data_dir), "the embedded PostgreSQL should be running"
             done = _submit_and_wait(url)
             assert done["status"] == "succeeded", done
             assert done["result"] == {"input": "hello"}
+            # The README's next steps, with DATABASE_URL unset.
+            shown = subprocess.run(
+                [sys.executable, "-m", "taskq.cli", "status", done["id"]],
+                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert shown.returncode == 0, shown.stderr
+            assert json.loads(shown.stdout)["status"] == "succeeded"
+            found = subprocess.run(
+                [sys.executable, "-c", "import taskq; print(taskq.database_url())"],
+                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert found.returncode == 0, found.stderr
+            with psycopg.connect(found.stdout.strip()) as conn:
+                row = conn.execute("SELECT status FROM taskq_tasks WHERE id = %s", (done["id"],))
+                assert row.fetchone() == ("succeeded",)
+            screen = log.read_text()
+            assert f"export DATABASE_URL='{found.stdout.strip()}'" in screen
+            assert "Ctrl-C" in screen
+            assert f"{url}/dashboard" in screen
+            for noise in ("initdb", "Warning", "RuntimeDirWarning", "pgserver", "Success."):
+                assert noise not in screen, screen
             _interrupt_and_check(proc, log)
         assert (data_dir / "PG_VERSION").exists()
         wait_until(
@@ -218,9 +254,10 @@ def test_dev_with_embedded_postgres(tmp_path: Path) -> None:
             what="the embedded PostgreSQL to stop",
         )
         assert "Traceback" not in log.read_text()
+        assert not (data_dir / "taskq-database-url").exists()  # nothing to find any more
 
         again = tmp_path / "dev-again.log"
-        with dev_process(env, again, "--data-dir", str(data_dir)) as (proc, url):
+        with dev_process(env, again, cwd=tmp_path) as (proc, url):
             assert _http("GET", f"{url}/tasks/{done['id']}") == (200, done)
             _interrupt_and_check(proc, again)
         wait_until(lambda: not _postgres_for(data_dir), timeout=15, what="PostgreSQL to stop")
@@ -252,36 +289,48 @@ def test_dev_refuses_a_data_dir_the_embedded_postgres_cannot_use(tmp_path: Path)
 
 
 def test_dev_stops_everything_when_a_child_fails(database_url: str, tmp_path: Path) -> None:
-    """The API cannot bind (the port is taken): dev stops the worker and exits 1."""
+    """The API dies: dev stops the worker and exits 1."""
     env = taskq_env(database_url)
+    log = tmp_path / "dev.log"
+    with dev_process(env, log) as (proc, _):
+        children = _descendants(proc.pid)
+        api = [pid for pid, _ in children if " api " in _cmdline(pid)]
+        assert api, [_cmdline(pid) for pid, _ in children]
+        os.kill(min(api), signal.SIGKILL)  # the gunicorn master (the first one started)
+        assert proc.wait(timeout=60) == 1, log.read_text()
+    assert "the api exited" in log.read_text()
+    wait_until(lambda: not any(_alive(p) for p in children), timeout=10, what="children to exit")
+
+
+def _run_dev_expecting_failure(env: dict[str, str], *args: str) -> str:
+    proc = spawn_taskq(["dev", *args], env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 2, out
+    assert "taskq is running" not in out
+    assert "Traceback" not in out
+    return out
+
+
+def test_dev_with_a_busy_api_port_says_so_in_one_line(database_url: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        proc = spawn_taskq(
-            ["dev", "--bind", f"127.0.0.1:{port}"],
-            env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        children: set[Proc] = set()
-        try:
-            wait_until(
-                lambda: (
-                    proc.poll() is not None
-                    or any(" worker" in _cmdline(pid) for pid, _ in _descendants(proc.pid))
-                ),
-                timeout=30,
-                what="the worker to start",
-            )
-            children = _descendants(proc.pid)
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            stop_process(proc)
-            for pid, _ in (p for p in children if _alive(p)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 1, out
-    assert "the api exited" in out
-    wait_until(lambda: not any(_alive(p) for p in children), timeout=10, what="children to exit")
+        out = _run_dev_expecting_failure(taskq_env(database_url), "--bind", f"127.0.0.1:{port}")
+    (line,) = out.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line
+    assert "TASKQ_API_BIND" in line
+    assert "--bind" in line
+
+
+def test_dev_with_an_unimportable_handler_module_says_so_first(database_url: str) -> None:
+    env = taskq_env(database_url, handler_modules="myapp.tasks")
+    out = _run_dev_expecting_failure(env, "--bind", f"127.0.0.1:{free_port()}")
+    (line,) = out.strip().splitlines()
+    assert "TASKQ_HANDLER_MODULES" in line
+    assert "'myapp.tasks'" in line
+    assert "PYTHONPATH" in line
 
 
 def test_dev_refuses_a_bad_settings_file_before_starting_anything(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from taskq.errors import NonRetryableError, TaskCancelled, UnknownKind
+from taskq.errors import HandlerModuleError, NonRetryableError, TaskCancelled, UnknownKind
 from taskq.handlers import Registry, TaskContext, default_registry, register_builtins
 
 
@@ -74,5 +74,16 @@ def test_load_modules_registers_user_handlers(
 
 
 def test_load_modules_fails_loudly_on_a_typo(registry: Registry) -> None:
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(HandlerModuleError, match="TASKQ_HANDLER_MODULES names 'no_such_mod"):
         registry.load_modules(["no_such_module_here"])
+
+
+def test_a_module_failing_inside_is_named_with_its_error(
+    registry: Registry, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_handlers_mod.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerModuleError) as info:
+        registry.load_modules(["broken_handlers_mod"])
+    assert "importing 'broken_handlers_mod' failed" in info.value.message
+    assert "no_such_dependency_xyz" in info.value.message

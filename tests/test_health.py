@@ -47,3 +47,15 @@ def test_stop_is_immediate_and_frees_the_port() -> None:
     assert time.monotonic() - started < 0.2  # serve_forever polls every 0.5 s
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/live", timeout=1)
+
+
+def test_head_live_answers_200() -> None:
+    server = HealthServer(health_app(lambda: {}), "127.0.0.1", 0)
+    server.start()
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/live", method="HEAD")
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 (our server)
+            assert resp.status == 200
+            assert resp.read() == b""
+    finally:
+        server.stop()

@@ -78,6 +78,28 @@ def test_text_format_is_readable_with_fields_after_the_message(captured: io.Stri
         json.loads(line)
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_client_text_cannot_forge_a_line_or_drive_the_terminal(
+    api_client: Any, captured: io.StringIO, log_format: str
+) -> None:
+    """A crafted path (%0A, ESC, a Unicode line separator) stays inside its one line."""
+    client = api_client()
+    _configure(captured, log_format=log_format, log_level="INFO")
+    client.simulate_get("/x%0A12:00:00%20ERROR%20taskq.api:%20forged%1B[31m%E2%80%A8%0D%C2%9B")
+    logging.getLogger("taskq.test").warning("error text %s", "a\nb\x1b[2J", extra={"e": "c\nd"})
+    text = captured.getvalue()
+    lines = [line for line in text.split("\n") if line]
+    assert len(lines) == 2, lines
+    for bad in ("\x1b", "\r", "\u2028", "\x9b"):
+        assert bad not in text
+    if log_format == "json":
+        assert json.loads(lines[0])["path"].startswith("/x\n12:00:00 ERROR")
+    else:
+        assert "/x\\x0a12:00:00 ERROR taskq.api: forged\\x1b[31m\\u2028\\x0d\\x9b" in lines[0]
+        assert "a\\x0ab\\x1b[2J" in lines[1]
+        assert "e=c\\x0ad" in lines[1]
+
+
 def test_level_setting_filters(captured: io.StringIO) -> None:
     _configure(captured, log_format="json", log_level="WARNING")
     logging.getLogger("taskq.test").info("hidden")
@@ -126,6 +148,40 @@ def test_worker_logs_name_the_task_without_its_payload(
     raised = [r for r in records if r.get("task_id") == str(bad.id) and r["level"] == "warning"]
     assert raised, records
     assert raised[0]["kind"] == "fail"
+
+
+def test_permanent_failures_are_warnings_with_task_kind_and_error(
+    captured: io.StringIO, make_settings: Any, conn: Any
+) -> None:
+    """NonRetryableError, attempts used up and an unknown kind: the task will not run
+    again, so the log says which, of what kind, and why (never the payload)."""
+    from taskq import queue
+
+    settings: Settings = make_settings(log_format="json", log_level="WARNING")
+    logs.configure(settings)
+    logging.getLogger().handlers[0].setStream(captured)  # type: ignore[attr-defined]
+    final = queue.enqueue(conn, "fail", {"retryable": False, "message": "bad\ninput", "s": SECRET})
+    used_up = queue.enqueue(conn, "fail", {"message": "flaky", "s": SECRET}, max_attempts=1)
+    unknown = queue.enqueue(conn, "no_such_kind", {"s": SECRET})
+    tasks = (final, used_up, unknown)
+    with running_worker(settings, fresh_registry()):
+        wait_until(lambda: all(queue.get(conn, t.id).finished for t in tasks), what="all failed")
+    records = _json_lines(captured)
+    assert SECRET not in captured.getvalue()
+    for task, error in (
+        (final, "(not retryable): NonRetryableError"),
+        (used_up, "(attempts used up): RuntimeError"),
+        (unknown, "(not retryable): no handler for kind 'no_such_kind'"),
+    ):
+        found = [
+            r for r in records if r.get("task_id") == str(task.id) and "failed for good" in r["msg"]
+        ]
+        assert len(found) == 1, (task.kind, records)
+        assert found[0]["level"] == "warning"
+        assert found[0]["kind"] == task.kind
+        assert str(task.id) in found[0]["msg"]
+        assert error in found[0]["msg"]
+        assert "input" not in found[0]["msg"]  # a handler's message may quote the payload
 
 
 # ---------------------------------------------------------------- API requests
@@ -192,3 +248,25 @@ def test_request_lines_move_to_debug_when_asked(api_client: Any, captured: io.St
     _configure(captured, log_format="json", log_level="INFO")
     client.simulate_post("/tasks", json={})
     assert [r for r in _json_lines(captured) if r["logger"] == "taskq.access"] == []
+
+
+def test_a_worker_on_a_wrong_database_url_says_what_is_wrong(
+    captured: io.StringIO, make_settings: Any, server_url: str
+) -> None:
+    """Started against a role that does not exist, the worker's first warning names it
+    (it keeps retrying: the role may yet be created)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params: dict[str, Any] = conninfo_to_dict(server_url)
+    url = make_conninfo(**{**params, "user": "taskq_no_such_role", "dbname": "postgres"})
+    settings: Settings = make_settings(database_url=url, log_format="text")
+    logs.configure(settings)
+    logging.getLogger().handlers[0].setStream(captured)  # type: ignore[attr-defined]
+    with running_worker(settings):
+        wait_until(
+            lambda: any(
+                "cannot claim" in line and 'role "taskq_no_such_role" does not exist' in line
+                for line in captured.getvalue().splitlines()
+            ),
+            what="the worker to name the missing role",
+        )

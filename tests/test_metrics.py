@@ -7,13 +7,14 @@ import json
 import re
 import subprocess
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
-from taskq import metrics, queue, stats
+from taskq import metrics, queue, registry, stats
 from taskq.settings import Settings
 
 from tests.helpers import wait_until
@@ -268,7 +269,8 @@ def test_api_metrics_in_process(make_settings: Any, conn: psycopg.Connection[Any
         client = falcon.testing.TestClient(
             create_app(settings, Deps(pool=pool, registry=fresh_registry()))
         )
-        before = parse(client.simulate_get("/metrics").text)
+        registry.worker_seen(conn, "metrics-test-worker", ["inproc"])  # a live worker serves it
+        before = parse(client.simulate_get("/metrics").text)  # the scrape learns that
         task = client.simulate_post(
             "/tasks", json={"kind": "echo", "queue": "inproc"}, headers={"X-Request-ID": "m1"}
         ).json
@@ -300,6 +302,43 @@ def test_api_metrics_in_process(make_settings: Any, conn: psycopg.Connection[Any
     assert exported("api") <= families(text)
 
 
+def test_queue_labels_are_capped_to_known_queues(
+    make_settings: Any, conn: psycopg.Connection[Any]
+) -> None:
+    """A client submitting to ever new queue names creates no new series: unknown queues
+    count under `other`; configured and served queues keep their own label."""
+    import falcon.testing
+    from taskq import db
+    from taskq.api import Deps, create_app
+
+    settings: Settings = make_settings(worker_queues=["configured_q"])
+    pool = db.create_pool(settings, name="test")
+    try:
+        client = falcon.testing.TestClient(
+            create_app(settings, Deps(pool=pool, registry=fresh_registry()))
+        )
+        registry.worker_seen(conn, "cap-test-worker", ["served_q"])
+        before = parse(client.simulate_get("/metrics").text)
+        names = [f"flood_{uuid.uuid4().hex[:8]}" for _ in range(30)]
+        for name in [*names, "configured_q", "served_q"]:
+            assert client.simulate_post("/tasks", json={"queue": name}).status_code == 201
+        text = client.simulate_get("/metrics").text
+    finally:
+        pool.close()
+    after = parse(text)
+    assert not any(name in text for name in names)
+    enqueued = "taskq_tasks_enqueued_total"
+    assert (
+        value(after, enqueued, queue="other", kind="echo")
+        - value(before, enqueued, queue="other", kind="echo")
+        == 30
+    )
+    assert value(after, enqueued, queue="configured_q", kind="echo") >= 1
+    assert value(after, enqueued, queue="served_q", kind="echo") >= 1
+    assert value(after, "taskq_queue_depth", queue="other") >= 30  # the depth gauges too
+    assert value(after, "taskq_queue_depth", queue="served_q") >= 1
+
+
 # ---------------------------------------------------------------- gunicorn, several processes
 
 
@@ -326,7 +365,7 @@ def test_totals_add_up_across_gunicorn_worker_processes(database_url: str) -> No
     (stale / "counter_1.db").write_bytes(b"\0" * 64)
 
     port = free_port()
-    env = taskq_env(database_url, db_pool_max=3)
+    env = taskq_env(database_url, db_pool_max=3, worker_queues="default,mp")  # known queues
     api = spawn_taskq(["api", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env,
                       stderr=subprocess.DEVNULL)  # fmt: skip
     try:

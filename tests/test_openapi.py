@@ -275,6 +275,8 @@ def test_real_responses_match_the_document(
     call("GET", "/metrics")
     call("GET", "/openapi.json")
     call("GET", "/dashboard")
+    call("HEAD", "/live")
+    call("HEAD", "/dashboard")
 
     down = make_app(database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
     down_client = falcon.testing.TestClient(down)

@@ -56,3 +56,18 @@ def test_public_surface() -> None:
     for name in ("enqueue", "enqueue_many", "TaskSpec", "handler", "NonRetryableError"):
         assert name in taskq.__all__
         assert getattr(taskq, name) is not None
+
+
+def test_make_run_installs_only_the_runtime_and_the_embedded_server(tmp_path: Path) -> None:
+    """`make run` from a fresh clone needs taskq and pgserver, not the development tools;
+    `make test` keeps the full set."""
+    fresh = f"VENV={tmp_path / 'venv'}"
+    run = subprocess.run(
+        ["make", "-n", "run", fresh], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert "-e '.[embedded]'" in run
+    assert ".[dev]" not in run
+    test = subprocess.run(
+        ["make", "-n", "test", fresh], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert "-e '.[dev]'" in test

@@ -25,6 +25,7 @@ from taskq.errors import NonRetryableError, RetryLater, Snooze, TaskCancelled
 from taskq.flow import LimitsUpdate, RateLimit
 from taskq.flow import set_limits as set_queue_limits
 from taskq.handlers import TaskContext, default_registry, handler
+from taskq.library import check_kinds as _check_kinds
 from taskq.models import Task, TaskSpec
 from taskq.registry import pause as pause_queue
 from taskq.registry import resume as resume_queue
@@ -33,6 +34,17 @@ from taskq.schedules import delete as delete_schedule
 from taskq.schedules import put as set_schedule
 
 __version__ = "0.1.0"
+
+
+def database_url() -> str:
+    """The database taskq uses here: DATABASE_URL (or TASKQ_DATABASE_URL) when set, else
+    the embedded PostgreSQL that `make run` / `taskq dev` runs from ./.pgdata, else the
+    default postgresql://127.0.0.1:5432/taskq."""
+    from taskq import embedded
+    from taskq.settings import load_settings
+
+    return embedded.resolve(load_settings()).database_url
+
 
 __all__ = [
     "LimitsUpdate",
@@ -46,6 +58,7 @@ __all__ = [
     "TaskContext",
     "TaskSpec",
     "__version__",
+    "database_url",
     "delete_schedule",
     "enqueue",
     "enqueue_many",
@@ -74,6 +87,7 @@ def enqueue(
     else:
         fields = {"kind": kind_or_spec, "payload": payload or {}, **options}
         spec = TaskSpec.model_validate(fields)
+    _check_kinds([spec])  # as the API does: a kind without a handler here is refused
     spec = default_registry.prepare(spec)
     return _queue.enqueue(conn, spec, default_max_attempts=default_max_attempts)
 
@@ -83,6 +97,7 @@ def enqueue_many(
 ) -> list[Task]:
     """Insert many tasks in one statement per chunk, results in input order; each spec
     is prepared as `enqueue` does (InvalidInput names `tasks[i].payload...`)."""
+    _check_kinds(specs, batch=True)
     prepared = [
         default_registry.prepare(spec, field=f"tasks[{i}].payload") for i, spec in enumerate(specs)
     ]

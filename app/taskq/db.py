@@ -24,7 +24,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from taskq import sql
-from taskq.errors import DatabaseUnavailable, InvalidInput, SchemaOutdated
+from taskq.errors import DatabaseRefused, DatabaseUnavailable, InvalidInput, SchemaOutdated
 from taskq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,31 @@ _MISSING_OBJECT_STATES = frozenset({"42P01", "42883"})
 # asks the pool for a connection, so the first request after PostgreSQL returns
 # reconnects; the first successful connection ends the fast-fail mode.
 UNREACHABLE_WAIT = 0.25
+
+
+# A failed connection attempt that retrying cannot change. libpq gives connection
+# failures no SQLSTATE, so the server's (and the resolver's) words are matched. Refused
+# connections, timeouts, a server starting up or shutting down, and a temporary resolver
+# failure are not here: those are waited out.
+_PERMANENT_CONNECT_FAILURES = (
+    "password authentication failed",
+    "authentication failed for user",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    'FATAL:  role "',
+    'FATAL:  database "',
+    "Name or service not known",
+    "nodename nor servname provided",
+    "No address associated with hostname",
+)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a connection failure is a wrong setting rather than an outage."""
+    text = str(exc)
+    return isinstance(exc, psycopg.OperationalError) and any(
+        needle in text for needle in _PERMANENT_CONNECT_FAILURES
+    )
 
 
 class _Reachability:
@@ -465,6 +490,8 @@ def translate_errors() -> Iterator[None]:
     except psycopg_pool.PoolTimeout as exc:
         raise DatabaseUnavailable("database unavailable: no connection within timeout") from exc
     except psycopg.OperationalError as exc:
+        if is_permanent(exc):
+            raise DatabaseRefused(f"database refused the connection: {type(exc).__name__}") from exc
         # OperationalError covers lost connections, shutdowns and statement timeouts.
         raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
     except psycopg.DataError as exc:
@@ -482,6 +509,17 @@ def translate_errors() -> Iterator[None]:
             # here, not now", like a shutdown.
             raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         raise
+
+
+def cause_line(exc: BaseException) -> str:
+    """What PostgreSQL or libpq said behind a DatabaseUnavailable (its first line), for
+    operators' logs: libpq never quotes a password, and it says which role, database or
+    host it could not use. Empty when there is no driver error behind it."""
+    cause = exc.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return ""
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -50,6 +50,18 @@ class SchemaOutdated(TaskqError):
     code = "schema_outdated"
 
 
+class DatabaseRefused(DatabaseUnavailable):
+    """PostgreSQL (or DNS) refused the connection for a reason retrying cannot change:
+    credentials, an unknown database or role, a host name that does not resolve. Start-up
+    reports it at once instead of waiting for the database to come up."""
+
+
+class HandlerModuleError(TaskqError):
+    """A module named by TASKQ_HANDLER_MODULES cannot be imported."""
+
+    code = "handler_module"
+
+
 class UnknownKind(InvalidInput):
     """No handler is registered for the task's kind."""
 

@@ -31,7 +31,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from taskq.errors import InvalidInput, NonRetryableError, TaskCancelled, UnknownKind
+from taskq.errors import (
+    HandlerModuleError,
+    InvalidInput,
+    NonRetryableError,
+    TaskCancelled,
+    UnknownKind,
+)
 from taskq.models import MAX_TIMEOUT_SECONDS, TaskSpec
 from taskq.validation import problems
 
@@ -180,6 +186,13 @@ class Registry:
         except KeyError:
             raise UnknownKind(f"unknown kind {kind!r}", field="kind") from None
 
+    def check(self, kind: str, *, field: str = "kind") -> None:
+        """Refuse a kind without a handler, in the words of every surface (the API's 422,
+        the CLI, taskq.enqueue)."""
+        if kind not in self._handlers:
+            known = ", ".join(self.kinds())
+            raise UnknownKind(f"unknown kind {kind!r}; known kinds: {known}", field=field)
+
     def __contains__(self, kind: object) -> bool:
         return kind in self._handlers
 
@@ -187,9 +200,28 @@ class Registry:
         return sorted(self._handlers)
 
     def load_modules(self, modules: Iterable[str]) -> None:
-        """Import user modules; their @handler decorators register into this registry."""
+        """Import user modules; their @handler decorators register into this registry.
+
+        A module that cannot be imported is one HandlerModuleError naming the setting and
+        the module, not a traceback: the usual cause is a module that is not on the path.
+        """
         for name in modules:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name is not None and (name + ".").startswith(exc.name + "."):
+                    raise HandlerModuleError(
+                        f"TASKQ_HANDLER_MODULES names {name!r}, which cannot be imported "
+                        f"(no module named {exc.name!r}): it must be importable, on "
+                        "PYTHONPATH or installed in this environment"
+                    ) from None
+                raise HandlerModuleError(
+                    f"TASKQ_HANDLER_MODULES: importing {name!r} failed: {exc}"
+                ) from None
+            except Exception as exc:
+                raise HandlerModuleError(
+                    f"TASKQ_HANDLER_MODULES: importing {name!r} failed: {type(exc).__name__}: {exc}"
+                ) from None
 
 
 default_registry = Registry()

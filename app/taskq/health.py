@@ -41,6 +41,9 @@ class LiveResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "live"}
 
+    # Probes and uptime checkers often ask with HEAD: the same answer, without the body.
+    on_head = on_get
+
 
 class ReadyResource:
     def __init__(self, check: Callable[[], dict[str, bool]]) -> None:
@@ -77,6 +80,25 @@ def health_app(
 
 class BindError(OSError):
     """The health server's address is taken or not ours to bind."""
+
+
+def check_bind(host: str, port: int) -> None:
+    """Raise BindError now if host:port cannot be bound (taken, or not an address of this
+    host), so a server is not started only to fail, retrying, after it was announced."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(exc.errno, exc.strerror) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # As gunicorn and the health server bind: a port in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise BindError(exc.errno, exc.strerror) from None
 
 
 class HealthServer:

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -121,6 +122,22 @@ def extras(record: logging.LogRecord) -> dict[str, Any]:
     return out
 
 
+# What must not reach a text log as is: C0/C1 control characters (a newline would start a
+# forged line, ESC drives the terminal), Unicode line separators and bidi overrides.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """`text` with control characters written as \\xNN / \\uNNNN, so a value taken from
+    a client (a request path, an error message) stays inside its one log line."""
+    return _UNSAFE.sub(_escaped, text) if _UNSAFE.search(text) else text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
     return (
         time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -151,13 +168,21 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # The message is escaped on its own; only a traceback (formatted by us, from our
+        # frames) may add lines below it.
+        record.message = escape(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         fields = extras(record)
-        if not fields:
-            return line
-        head, sep, tail = line.partition("\n")  # keep tracebacks below the fields
-        pairs = " ".join(f"{key}={value}" for key, value in fields.items())
-        return f"{head} {pairs}{sep}{tail}"
+        if fields:
+            line += " " + " ".join(f"{key}={escape(str(value))}" for key, value in fields.items())
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
 
 
 def configure(settings: Settings) -> None:

@@ -17,7 +17,11 @@ time whether it runs in that mode, so this module imports it only on first use: 
 gunicorn master must not record a metric before it forks.
 
 Nothing here labels by task id, payload or error text: label values are queue and kind
-names (validated, bounded) and HTTP route templates. One module for the one noun: the
+names and HTTP route templates. Any client may submit to a new queue name, so the
+`queue` label is bounded too: a queue has its own label once it is known to the process
+(named in TASKQ_WORKER_QUEUES, served by a worker in this process, or served by a live
+worker as the database says at each /metrics scrape), and every other queue counts under
+`other` (`queue_label`). One module for the one noun: the
 METRICS table, the functions that record each metric and the exposition belong together.
 """
 
@@ -37,7 +41,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskq import registry, stats
+from taskq import registry, stats, workers
 from taskq.stats import STATS_CAP
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; see the module docstring
@@ -226,6 +230,27 @@ def started() -> bool:
     return _metrics is not None
 
 
+# ------------------------------------------------------------------ bounded queue labels
+
+OTHER_QUEUE = "other"
+# Known queues per process, at most: a safety net should workers serve very many queues.
+MAX_QUEUE_LABELS = 500
+_known_queues: set[str] = set()
+
+
+def know_queues(names: Iterable[str]) -> None:
+    """Give these queues labels of their own (configured or served by a live worker)."""
+    for name in names:
+        if len(_known_queues) >= MAX_QUEUE_LABELS:
+            return
+        _known_queues.add(name)
+
+
+def queue_label(name: str) -> str:
+    """The `queue` label value of a queue: its name when known, else "other"."""
+    return name if name in _known_queues else OTHER_QUEUE
+
+
 # ------------------------------------------------------------------ task events
 
 
@@ -235,7 +260,7 @@ def tasks_enqueued(tasks: Iterable[Task]) -> None:
     m = _m()
     for task in tasks:
         if task.created:
-            _child(m.enqueued, task.queue, task.kind).inc()
+            _child(m.enqueued, queue_label(task.queue), task.kind).inc()
 
 
 def observe_many(child: Any, values: Sequence[float]) -> None:
@@ -272,14 +297,16 @@ def _grouped(items: Iterable[tuple[tuple[str, ...], float]]) -> dict[tuple[str, 
 def tasks_claimed(tasks: Iterable[Claimed]) -> None:
     """Observe how long each claimed task waited after becoming runnable."""
     m = _m()
-    for labels, waits in _grouped(((t.queue, t.kind), t.waited) for t in tasks).items():
+    for labels, waits in _grouped(
+        ((queue_label(t.queue), t.kind), t.waited) for t in tasks
+    ).items():
         observe_many(_child(m.queue_wait, *labels), waits)
 
 
 def tasks_ran(runs: Iterable[tuple[str, str, float]]) -> None:
     """Observe handler run times: (queue, kind, seconds) per finished attempt."""
     m = _m()
-    for labels, seconds in _grouped(((q, k), s) for q, k, s in runs).items():
+    for labels, seconds in _grouped(((queue_label(q), k), s) for q, k, s in runs).items():
         observe_many(_child(m.run_time, *labels), seconds)
 
 
@@ -296,7 +323,7 @@ def tasks_finished(applied: Iterable[dict[str, Any]], lost: int = 0) -> None:
     counts: dict[tuple[str, str, str], int] = {}
     for row in applied:
         status = "snoozed" if row.get("snoozed") else row["status"]
-        key = (status, row["queue"], row["kind"])
+        key = (status, queue_label(row["queue"]), row["kind"])
         counts[key] = counts.get(key, 0) + 1
     for (status, queue, kind), n in counts.items():
         counter = by_status.get(status)
@@ -320,9 +347,10 @@ def tasks_recovered(rows: Iterable[dict[str, Any]]) -> None:
     """Count tasks recovered from expired leases (rows of RECOVER_EXPIRED)."""
     m = _m()
     for row in rows:
-        _child(m.recovered, row["queue"], row["kind"]).inc()
+        label = queue_label(row["queue"])
+        _child(m.recovered, label, row["kind"]).inc()
         if row["status"] == "failed":
-            _child(m.failed, row["queue"], row["kind"]).inc()
+            _child(m.failed, label, row["kind"]).inc()
 
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
@@ -362,6 +390,7 @@ def watch_worker(worker: _Worker) -> None:
     scrape time."""
     with _state_lock:
         _workers.add(worker)
+    know_queues(worker.queues)
     refresh()
 
 
@@ -421,6 +450,7 @@ class QueueCollector:
             with pooled(self._pool) as conn:
                 rows = stats.depths(conn)
                 paused = registry.paused_queues(conn)
+                know_queues(workers.served_queues(conn))
         except TaskqError as exc:
             log.warning("queue statistics unavailable for /metrics: %s", exc.message)
             up.add_metric([], 0)
@@ -440,9 +470,18 @@ class QueueCollector:
                 labels=["queue"],
             ),
         }
+        # Unknown queues add up under "other" (the oldest age: the largest of them).
+        merged: dict[str, dict[str, float]] = {}
         for row in rows:
+            into = merged.setdefault(queue_label(row["queue"]), dict.fromkeys(families, 0.0))
+            into["runnable"] += float(row["runnable"])
+            into["queued"] += float(row["queued"])
+            into["oldest_age_seconds"] = max(
+                into["oldest_age_seconds"], float(row["oldest_age_seconds"])
+            )
+        for label, values in merged.items():
             for column, family in families.items():
-                family.add_metric([row["queue"]], float(row[column]))
+                family.add_metric([label], values[column])
         paused_family = GaugeMetricFamily(
             "taskq_queue_paused", _INFO["taskq_queue_paused"].help, labels=["queue"]
         )

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from taskq import db
 from taskq.backoff import Backoff
-from taskq.errors import DatabaseUnavailable
+from taskq.errors import DatabaseRefused, DatabaseUnavailable
 from taskq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,15 @@ def _yoyo_backend(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _wait_for_database(settings: Settings, wait: float) -> db.Connection:
+    """Connect, waiting up to `wait` seconds for a database that is not up yet; a wrong
+    setting (credentials, database, role, host name) is raised at once."""
     deadline = time.monotonic() + wait
     retry = Backoff(0.25, 5.0)
     while True:
         try:
             return db.connect(settings, name="migrate")
+        except DatabaseRefused:
+            raise
         except DatabaseUnavailable:
             if time.monotonic() >= deadline:
                 raise

@@ -14,24 +14,53 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 
 # Mirrors the CHECK constraints in db/migrations/0003: names safe in URLs, logs and shells.
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+_NAME = re.compile(NAME_PATTERN)
+QUEUE_MAX = 64
+KIND_MAX = 128
+# The one wording of each rule, whichever surface refuses a name: the API (bodies and
+# query parameters), the CLI, the library, settings (taskq.validation maps pydantic's
+# pattern and length errors on these fields to it).
+NAME_RULES = {
+    "queue": f"queue names are 1-{QUEUE_MAX} characters of letters, digits and _ . : -",
+    "kind": f"kinds are 1-{KIND_MAX} characters of letters, digits and _ . : -",
+}
+# Control characters (C0, DEL, C1): refused in idempotency keys; KEY_PATTERN says the same
+# in the OpenAPI document.
+KEY_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_DELAY_SECONDS = 10 * 365 * 86_400
 MAX_PAYLOAD_DEPTH = 64
 MAX_TIMEOUT_SECONDS = 7 * 86_400
 
 
 def check_queue_name(value: str) -> str:
-    if not 1 <= len(value) <= 64 or not _NAME.fullmatch(value):
-        raise ValueError("queue names are 1-64 characters of letters, digits and _ . : -")
+    if not 1 <= len(value) <= QUEUE_MAX or not _NAME.fullmatch(value):
+        raise ValueError(NAME_RULES["queue"])
+    return value
+
+
+def check_kind(value: str) -> str:
+    if not 1 <= len(value) <= KIND_MAX or not _NAME.fullmatch(value):
+        raise ValueError(NAME_RULES["kind"])
     return value
 
 
@@ -57,18 +86,49 @@ def check_json_value(value: Any, path: str = "payload", depth: int = 0) -> None:
         raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
 
 
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 5.0 is the integer 5 (as JSON Schema says), 5.5 is not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field: strict (no "5" strings, no booleans), but 5.0 counts as 5.
+Integer = Annotated[int, BeforeValidator(_integral)]
+
+
 class TaskSpec(BaseModel):
     """A task to enqueue. Strict: "5" is not an integer, unknown fields are errors."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        # The document states `_schedule` too: not both run_at and delay (null is absent).
+        json_schema_extra={
+            "not": {
+                "required": ["run_at", "delay"],
+                "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
+            }
+        },
+    )
 
-    kind: str = Field("echo", min_length=1, max_length=128, pattern=_NAME.pattern)
+    kind: str = Field("echo", min_length=1, max_length=KIND_MAX, pattern=NAME_PATTERN)
     payload: dict[str, Any] = Field(default_factory=dict)
-    queue: str = Field("default", min_length=1, max_length=64, pattern=_NAME.pattern)
-    priority: int = Field(0, ge=-32768, le=32767, description="higher runs first")
+    queue: str = Field("default", min_length=1, max_length=QUEUE_MAX, pattern=NAME_PATTERN)
+    priority: Integer = Field(0, ge=-32768, le=32767, description="higher runs first")
     run_at: AwareDatetime | None = None
     delay: float | None = Field(None, ge=0, le=MAX_DELAY_SECONDS, description="seconds")
-    max_attempts: int | None = Field(None, ge=1, le=1000)
+    # WithJsonSchema: pydantic writes the bounds of an optional validated integer as
+    # "ge"/"le", which JSON Schema does not know.
+    max_attempts: (
+        Annotated[
+            Integer,
+            Field(ge=1, le=1000),
+            WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 1000}),
+        ]
+        | None
+    ) = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
     timeout_seconds: float | None = Field(
         None,
@@ -94,8 +154,8 @@ class TaskSpec(BaseModel):
     @field_validator("idempotency_key")
     @classmethod
     def _key(cls, value: str | None) -> str | None:
-        if value is not None and ("\x00" in value or not value.isprintable()):
-            raise ValueError("must be printable text")
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("must be text without control characters")
         return value
 
     @field_validator("run_at")
@@ -103,9 +163,12 @@ class TaskSpec(BaseModel):
     def _run_at(cls, value: datetime | None) -> datetime | None:
         # PostgreSQL accepts years up to 294276, Python up to 9999; refuse the edges where
         # converting to UTC would overflow.
-        if value is not None and not 1 < value.year < 9999:
+        if value is None:
+            return None
+        if not 1 < value.year < 9999:
             raise ValueError("must be between years 2 and 9998")
-        return value
+        # In UTC: ISO 8601 allows offsets up to 23:59, PostgreSQL up to 15:59.
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _schedule(self) -> TaskSpec:

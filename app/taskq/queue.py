@@ -82,7 +82,10 @@ def fetch(conn: AnyConnection, query: Any, params: dict[str, Any]) -> list[dict[
         return cur.fetchall() if result and result.status == ExecStatus.TUPLES_OK else []
 
 
-def _spec(kind_or_spec: str | TaskSpec, payload: dict[str, Any] | None, **options: Any) -> TaskSpec:
+def to_spec(
+    kind_or_spec: str | TaskSpec, payload: dict[str, Any] | None, **options: Any
+) -> TaskSpec:
+    """The TaskSpec of an enqueue call (validated as the API validates a body)."""
     if isinstance(kind_or_spec, TaskSpec):
         return kind_or_spec
     return TaskSpec.model_validate({"kind": kind_or_spec, "payload": payload or {}, **options})
@@ -117,7 +120,7 @@ def enqueue(
     idempotency_key, concurrency_key. The returned task's `created` is False for an
     idempotent repeat.
     """
-    spec = _spec(kind_or_spec, payload, **options)
+    spec = to_spec(kind_or_spec, payload, **options)
     params = _insert_params(spec, default_max_attempts)
     with translate_errors(), conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(sql.INSERT_TASK, params)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskq import flow, queue, sql
+from taskq import flow, queue, sql, workers
 from taskq.db import translate_errors
 from taskq.models import FINISHED
 from taskq.queue import AnyConnection
@@ -53,6 +53,9 @@ class QueueStats(_Out):
     max_running: int | None = Field(None, description="flow control: null when unlimited")
     max_running_per_key: int | None = Field(None, description="flow control: null when unlimited")
     rate_limit: flow.RateLimit | None = Field(None, description="flow control: null when unlimited")
+    served: bool = Field(
+        description="a live worker serves this queue; false: its tasks wait until one does"
+    )
 
 
 class Totals(_Out):
@@ -187,6 +190,7 @@ def collect(conn: Any) -> Stats:
     limited = {
         x.queue: x for x in flow.limits(conn, runnable=runnable, cap=STATS_CAP, only_limited=True)
     }
+    served = workers.served_queues(conn)
     now = now.astimezone(UTC)
 
     finished: dict[str, dict[str, int]] = {}
@@ -211,7 +215,9 @@ def collect(conn: Any) -> Stats:
         for t in range(first + FINISHED_BUCKET, last + 1, FINISHED_BUCKET)
     ]
 
-    names = sorted({r["queue"] for r in per_queue} | set(running) | set(finished) | set(limited))
+    names = sorted(
+        {r["queue"] for r in per_queue} | set(running) | set(finished) | set(limited) | served
+    )
     ready = {r["queue"]: r for r in per_queue}
     queues = []
     for name in names:
@@ -226,6 +232,7 @@ def collect(conn: Any) -> Stats:
                 queued=int(r.get("queued", 0)),
                 running=running.get(name, 0),
                 oldest_runnable_age_seconds=round(float(r.get("oldest_age_seconds", 0.0)), 3),
+                served=name in served,
                 **done,
                 **(
                     {}

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from taskq.models import NAME_RULES
+
+# pydantic's own words for a name's pattern or length ("String should match pattern
+# '^[A-Za-z0-9_.:-]+$'"): replaced by the rule every surface states (models.NAME_RULES).
+_NAME_ERRORS = frozenset({"string_pattern_mismatch", "string_too_short", "string_too_long"})
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -38,5 +44,7 @@ def problems(exc: ValidationError) -> list[Problem]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+        elif err["type"] in _NAME_ERRORS and err["loc"] and err["loc"][-1] in NAME_RULES:
+            message = NAME_RULES[str(err["loc"][-1])]
         out.append(Problem(field_path(err["loc"]), message))
     return out

@@ -56,7 +56,12 @@ def create_app(
     app.add_route("/dashboard", DashboardResource())
     app.add_route(
         "/openapi.json",
-        OpenApiResource(lambda: build(app, settings, deps.registry.payload_models())),
+        OpenApiResource(
+            lambda: build(
+                app, settings, deps.registry.payload_models(), kinds=deps.registry.kinds()
+            )
+        ),
     )
     metrics.track_pool(deps.pool, "api")
+    metrics.know_queues(settings.worker_queues)
     return app

@@ -59,3 +59,6 @@ class DashboardResource:
         resp.set_header("X-Content-Type-Options", "nosniff")
         resp.set_header("Referrer-Policy", "no-referrer")
         resp.cache_control = ["no-cache"]
+
+    # Uptime checkers ask with HEAD: the same headers, no body.
+    on_head = on_get

@@ -25,7 +25,17 @@ from pydantic.json_schema import models_json_schema
 
 from taskq import __version__, flow, stats
 from taskq.api.observability import public_template
-from taskq.models import STATUSES, BatchSpec, Task, TaskSpec
+from taskq.models import (
+    KEY_PATTERN,
+    KIND_MAX,
+    MAX_PAYLOAD_DEPTH,
+    NAME_PATTERN,
+    QUEUE_MAX,
+    STATUSES,
+    BatchSpec,
+    Task,
+    TaskSpec,
+)
 from taskq.registry import QueueEntry
 from taskq.schedules import ScheduleSpec
 from taskq.settings import Settings
@@ -288,6 +298,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         tags=("operations",),
         open=True,
     ),
+    ("HEAD", "/live"): Operation(
+        "Liveness, for probes that ask with HEAD (no body)",
+        {200: Response("alive (no body)", content_type="")},
+        tags=("operations",),
+        open=True,
+    ),
     ("GET", "/ready"): Operation(
         "Readiness: PostgreSQL answers",
         {200: Response("ready", "Ready"), 503: Response("not ready", "Ready")},
@@ -316,7 +332,32 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         tags=("operations",),
         open=True,
     ),
+    ("HEAD", "/dashboard"): Operation(
+        "The dashboard's headers, for uptime checks (no body)",
+        {200: Response("the page's headers (no body)", content_type="")},
+        tags=("operations",),
+        open=True,
+    ),
 }
+
+
+# Printable ASCII: what the server accepts in the Idempotency-Key header.
+IDEMPOTENCY_HEADER_PATTERN = "^[ -~]+$"
+
+
+_NO_NUL = "^[^\\x00]*$"
+
+
+def _json_object() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "propertyNames": {"pattern": _NO_NUL},
+        "additionalProperties": _ref("JsonValue"),
+    }
+
+
+def _name_schema(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": NAME_PATTERN}
 
 
 def _parameters(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -348,12 +389,19 @@ def _parameters(settings: Settings) -> dict[str, dict[str, Any]]:
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-            "description": "the same key returns the existing task (200), never a duplicate",
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 255,
+                "pattern": IDEMPOTENCY_HEADER_PATTERN,
+            },
+            "description": "the same key returns the existing task (200), never a duplicate. "
+            "The body's `idempotency_key` may be left out; if both are given they must be "
+            "equal (422 otherwise).",
         },
         "status": query("status", {"type": "string", "enum": list(STATUSES)}, "only this status"),
-        "queue": query("queue", {"type": "string", "maxLength": 64}, "only this queue"),
-        "kind": query("kind", {"type": "string", "maxLength": 128}, "only this kind"),
+        "queue": query("queue", _name_schema(QUEUE_MAX), "only this queue"),
+        "kind": query("kind", _name_schema(KIND_MAX), "only this kind"),
         "limit": query(
             "limit",
             {"type": "integer", "minimum": 1, "maximum": settings.api_page_max, "default": 50},
@@ -436,7 +484,9 @@ def _payload_schemas(
         schemas["TaskSpec"]["allOf"] = choices
 
 
-def _schemas(payloads: dict[str, type[BaseModel]]) -> dict[str, Any]:
+def _schemas(
+    payloads: dict[str, type[BaseModel]], kinds: list[str] | None = None
+) -> dict[str, Any]:
     models: list[tuple[Any, Any]] = [
         (TaskSpec, "validation"),
         (BatchSpec, "validation"),
@@ -450,6 +500,31 @@ def _schemas(payloads: dict[str, type[BaseModel]]) -> dict[str, Any]:
     keys, defs = models_json_schema(models, ref_template=REF)
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     _payload_schemas(schemas, keys, payloads)
+    # What TaskSpec's validators refuse, said in JSON Schema (tests/test_schemathesis.py
+    # holds the server to it).
+    spec = schemas["TaskSpec"]["properties"]
+    if kinds is not None:  # the server refuses kinds without a handler (422)
+        spec["kind"]["enum"] = kinds
+        spec["kind"]["description"] = "a kind with a handler here (TASKQ_HANDLER_MODULES)"
+    spec["payload"] = {
+        **_json_object(),
+        "description": "any JSON object: no NUL (\\u0000) in strings or keys, nested at "
+        f"most {MAX_PAYLOAD_DEPTH} levels",
+    }
+    spec["idempotency_key"]["anyOf"][0]["pattern"] = KEY_PATTERN
+    # Years 2-9998 (Python's datetime, converted to UTC, must hold it).
+    spec["run_at"]["anyOf"][0]["pattern"] = "^(?!000[01]|9999)[0-9]{4}-"
+    schemas["JsonValue"] = {
+        "description": "a JSON value PostgreSQL's jsonb can store",
+        "anyOf": [
+            {"type": "string", "pattern": _NO_NUL},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": _ref("JsonValue")},
+            _json_object(),
+        ],
+    }
     schemas["Task"] = _task_schema()
     schemas["TaskPage"] = {
         "type": "object",
@@ -588,9 +663,11 @@ def build(
     app: falcon.App[Any, Any],
     settings: Settings,
     payloads: dict[str, type[BaseModel]] | None = None,
+    *,
+    kinds: list[str] | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI document for the routes `app` serves; `payloads` are the typed kinds'
-    payload models (kind -> model)."""
+    payload models (kind -> model), `kinds` those with a handler."""
     parameters = _parameters(settings)
     paths: dict[str, dict[str, Any]] = {}
     for method, path in sorted(routes(app)):
@@ -636,7 +713,7 @@ def build(
         ],
         "paths": paths,
         "components": {
-            "schemas": _schemas(payloads or {}),
+            "schemas": _schemas(payloads or {}, kinds),
             "headers": copy.deepcopy(HEADERS),
             "securitySchemes": {
                 "bearerAuth": {

@@ -12,7 +12,7 @@ from typing import Any
 
 import falcon
 
-from taskq import stats
+from taskq import metrics, stats
 from taskq.db import pooled
 
 CACHE_SECONDS = 2.0
@@ -30,7 +30,9 @@ class StatsResource:
         with self._lock:
             if self._cached is None or time.monotonic() - self._cached[0] > CACHE_SECONDS:
                 with pooled(self.pool) as conn:
-                    self._cached = (time.monotonic(), stats.to_json(stats.collect(conn)))
+                    collected = stats.collect(conn)
+                metrics.know_queues(q.queue for q in collected.queues if q.served)
+                self._cached = (time.monotonic(), stats.to_json(collected))
             body = self._cached[1]
         resp.media = body
         resp.cache_control = ["no-store"]

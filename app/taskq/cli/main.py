@@ -10,12 +10,12 @@ from collections.abc import Callable, Sequence
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from taskq import db, logs
+from taskq import db, embedded, logs
 from taskq.cli.parser import UsageError, build_parser
 from taskq.cli.schedules import cmd_queue, cmd_schedule
 from taskq.cli.services import cmd_api, cmd_dev, cmd_migrate, cmd_worker
 from taskq.cli.tasks import cmd_cancel, cmd_prune, cmd_stats, cmd_status, cmd_submit
-from taskq.errors import DatabaseUnavailable, SchemaOutdated, TaskqError
+from taskq.errors import DatabaseUnavailable, HandlerModuleError, SchemaOutdated, TaskqError
 from taskq.settings import Settings, SettingsError, load_settings
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
@@ -41,9 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskq: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings)
+    if args.command != "dev":  # dev starts the embedded server; the others find it
+        settings = embedded.resolve(settings)
     try:
         return COMMANDS[args.command](args, settings)
-    except UsageError as exc:
+    except (UsageError, HandlerModuleError) as exc:
         print(f"taskq: {exc}", file=sys.stderr)
         return 2
     except DatabaseUnavailable as exc:
@@ -77,7 +79,12 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
         "in DATABASE_URL",
     ),
     (
-        ("could not translate host name", "Name or service not known", "nodename nor"),
+        (
+            "could not translate host name",
+            "failed to resolve host",
+            "Name or service not known",
+            "nodename nor",
+        ),
         "the host name in DATABASE_URL does not resolve: fix DATABASE_URL",
     ),
     (
@@ -86,9 +93,19 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
         "password (PGPASSWORD or the URL)",
     ),
     (
-        ("does not exist",),
+        ('role "',),
+        "PostgreSQL has no role (user) of that name: fix the user in DATABASE_URL, or "
+        "create the role (CREATE ROLE name LOGIN)",
+    ),
+    (
+        ('database "',),
         "the database named in DATABASE_URL does not exist: create it (then `taskq "
         "migrate`) or fix the name",
+    ),
+    (
+        ("no pg_hba.conf entry",),
+        "PostgreSQL's pg_hba.conf does not let this user connect from here: check the "
+        "user and database in DATABASE_URL, or pg_hba.conf",
     ),
     (
         ("timeout expired", "timed out"),

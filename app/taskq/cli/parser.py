@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show a task",
         description="Print a task as JSON. With --wait, follow it until it finishes (a "
-        "live status line on a terminal, on stderr), then print it; exit 1 if the timeout "
-        "came first.",
+        "live status line on a terminal, on stderr), then print it; exit 0 if it succeeded, "
+        "1 if it failed, was cancelled or the timeout came first.",
     )
     status.add_argument("id")
     status.add_argument("--wait", action="store_true", help="follow the task until it finishes")
@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="migrate, then run the API and a worker together")
     dev.add_argument(
         "--bind", type=_bind, default=None, help="API HOST:PORT (default TASKQ_API_BIND)"
+    )
+    dev.add_argument(
+        "--queues", type=_queues, help="queues the worker serves (TASKQ_WORKER_QUEUES)"
     )
     dev.add_argument("--data-dir", default=".pgdata", help="embedded PostgreSQL data directory")
     return parser

@@ -6,22 +6,44 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 
-from taskq import migrate
+from taskq import db, migrate
 from taskq.cli.parser import UsageError
-from taskq.settings import Settings, load_settings
+from taskq.embedded import names_a_database
+from taskq.settings import Settings, load_settings, parse_bind
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    from taskq.handlers import default_registry
     from taskq.server import serve
 
-    serve(settings, bind=args.bind, workers=args.workers)
+    # Before gunicorn forks: an unimportable module is one line here, not a traceback
+    # from every worker process.
+    default_registry.load_modules(settings.handler_modules)
+    bind = args.bind or settings.api_bind
+    check_api_bind(bind)
+    serve(settings, bind=bind, workers=args.workers)
     return 0
+
+
+def check_api_bind(bind: str) -> None:
+    """A taken API address is one line naming the setting, not gunicorn's five retries."""
+    from taskq.health import BindError, check_bind
+
+    try:
+        check_bind(*parse_bind(bind))
+    except BindError as exc:
+        raise UsageError(
+            f"the API cannot listen on {bind}: {exc.strerror or exc}; choose another "
+            "address with TASKQ_API_BIND or --bind"
+        ) from None
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,12 +86,6 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def names_a_database(settings: Settings) -> bool:
-    """Whether DATABASE_URL (or its alias TASKQ_DATABASE_URL) was set to a database, as
-    opposed to the built-in default that `taskq dev` replaces with an embedded server."""
-    return "database_url" in settings.model_fields_set and bool(settings.database_url)
-
-
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     if settings.config_file is not None:  # the worker applies it; refuse a bad one now
         from taskq.settings_file import SettingsFileError, load
@@ -79,13 +95,30 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         except SettingsFileError as exc:
             print(f"taskq: TASKQ_CONFIG_FILE: {exc}", file=sys.stderr)
             return 2
+    from taskq.handlers import default_registry
+    from taskq.health import BindError, check_bind
+
+    # Everything that would make a child fail at once is checked before anything starts
+    # (and before anything claims to be running): handler modules, both addresses.
+    default_registry.load_modules(settings.handler_modules)
+    bind = args.bind or settings.api_bind
+    check_api_bind(bind)
+    try:
+        check_bind(*parse_bind(settings.worker_health_bind))
+    except BindError as exc:
+        raise UsageError(
+            f"the worker's health server cannot listen on {settings.worker_health_bind}: "
+            f"{exc.strerror or exc}; choose another address with TASKQ_WORKER_HEALTH_BIND"
+        ) from None
+    queues = args.queues or settings.worker_queues
     env = dict(os.environ)
     server = None
+    data_dir = Path(args.data_dir).resolve()
     if not names_a_database(settings):
         from taskq import embedded
 
         try:
-            server, env["DATABASE_URL"] = embedded.start(Path(args.data_dir).resolve())
+            server, env["DATABASE_URL"] = embedded.start(data_dir)
         except embedded.EmbeddedError as exc:
             print(f"taskq: {exc}", file=sys.stderr)
             return 1
@@ -93,13 +126,74 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         if server is not None:
             settings = load_settings(database_url=env["DATABASE_URL"])
         migrate.apply(settings, wait=30)
-        return _run_dev_children(args.bind or settings.api_bind, env, settings)
+        found_here = server is not None and data_dir == (Path.cwd() / ".pgdata").resolve()
+        return _run_dev_children(
+            bind, queues, env, settings, embedded_url=server is not None, found_here=found_here
+        )
     finally:
         if server is not None:
-            server.cleanup()
+            from taskq import embedded
+
+            embedded.stop(server, data_dir)
 
 
-def _run_dev_children(bind: str, env: dict[str, str], settings: Settings) -> int:
+def _banner(
+    bind: str, queues: list[str], settings: Settings, *, embedded_url: bool, found_here: bool
+) -> str:
+    """What a user needs on the first screen: where things are, and how to stop."""
+    url = f"http://{bind}"
+    lines = [
+        "",
+        f"taskq is running: API {url}  dashboard {url}/dashboard  metrics {url}/metrics",
+        f"  worker serving queue(s) {', '.join(queues)} (others: taskq dev --queues a,b); "
+        f"health on {settings.worker_health_bind}",
+    ]
+    if embedded_url:
+        where = "in this directory find it, elsewhere" if found_here else "need"
+        lines.append(f"  embedded PostgreSQL; `taskq` commands and taskq.database_url() {where}:")
+        lines.append(f"  export DATABASE_URL='{settings.database_url}'")
+    else:
+        lines.append(f"  database {db.redact(settings.database_url)}")
+    if settings.config_file:
+        lines.append(f"  settings file {settings.config_file} (schedules and queue settings)")
+    lines += [
+        f"  curl -s -XPOST {bind}/tasks -H 'content-type: application/json' "
+        """-d '{"kind":"echo","payload":{"input":"hello"}}'""",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _wait_for_api(
+    bind: str, children: Iterable[subprocess.Popen[bytes]], stopping: Callable[[], bool]
+) -> bool:
+    """Wait until GET /live answers (True), or a child exits or Ctrl-C comes (False)."""
+    host, port = parse_bind(bind)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not stopping():
+        if any(child.poll() is not None for child in children):
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=1) as sock:
+                sock.sendall(b"GET /live HTTP/1.0\r\nHost: taskq\r\n\r\n")
+                if sock.recv(64).split(b" ")[1:2] == [b"200"]:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return not stopping()
+
+
+def _run_dev_children(
+    bind: str,
+    queues: list[str],
+    env: dict[str, str],
+    settings: Settings,
+    *,
+    embedded_url: bool,
+    found_here: bool,
+) -> int:
     """Run the API and a worker until Ctrl-C (or SIGTERM), then stop both and wait."""
     stopping = False
     children: dict[str, subprocess.Popen[bytes]] = {}
@@ -118,25 +212,17 @@ def _run_dev_children(bind: str, env: dict[str, str], settings: Settings) -> int
     # children in order (the worker drains, gunicorn finishes its requests).
     commands = {
         "api": [*base, "api", "--bind", bind, "--workers", "2"],
-        "worker": [*base, "worker"],
+        "worker": [*base, "worker", "--queues", ",".join(queues)],
     }
     try:
         for name, command in commands.items():
             children[name] = subprocess.Popen(command, env=env, start_new_session=True)
-        print(
-            f"\ntaskq is running: API on http://{bind}, worker on {settings.worker_health_bind}\n"
-            f"  curl -s -XPOST {bind}/tasks -H 'content-type: application/json' "
-            f"""-d '{{"kind":"echo","payload":{{"input":"hello"}}}}'\n"""
-            f"  curl -s {bind}/tasks/<id>\n"
-            f"Dashboard: http://{bind}/dashboard   Metrics: http://{bind}/metrics\n"
-            + (
-                f"Settings file: {settings.config_file} (schedules and queue settings)\n"
-                if settings.config_file
-                else ""
+        # The banner comes last on the first screen, once the API answers.
+        if _wait_for_api(bind, children.values(), lambda: stopping):
+            banner = _banner(
+                bind, queues, settings, embedded_url=embedded_url, found_here=found_here
             )
-            + "Ctrl-C stops everything.\n",
-            flush=True,
-        )
+            print(banner, flush=True)
         while not stopping and all(child.poll() is None for child in children.values()):
             time.sleep(0.1)
         for name, child in children.items():

@@ -21,7 +21,7 @@ from taskq import db
 from taskq import queue as q
 from taskq.cli.output import Progress, StatusLine, duration, print_json, show_progress, table
 from taskq.cli.parser import UsageError
-from taskq.errors import InvalidInput
+from taskq.errors import InvalidInput, UnknownKind
 from taskq.handlers import Registry, default_registry
 from taskq.models import TaskSpec, parse_task_id
 from taskq.settings import Settings
@@ -35,6 +35,7 @@ SUBMIT_CHUNK = 1000
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    default_registry.load_modules(settings.handler_modules)
     if args.file is not None:
         if args.kind is not None:
             raise UsageError("give either KIND or --file, not both")
@@ -65,6 +66,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         )
     except ValidationError as exc:
         raise UsageError(_describe(exc)) from None
+    _check_kind(spec.kind, "KIND")
     try:
         spec = _registry(settings).prepare(spec, field="--payload")
     except InvalidInput as exc:
@@ -147,6 +149,15 @@ def _submit_file(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _check_kind(kind: str, name: str) -> None:
+    """Refuse a kind without a handler, as the API does (cmd_submit has loaded
+    TASKQ_HANDLER_MODULES, as the API loads them)."""
+    try:
+        default_registry.check(kind)
+    except UnknownKind as exc:
+        raise UsageError(f"{name}: {exc.message}") from None
+
+
 def _registry(settings: Settings) -> Registry:
     """The handler modules' kinds, so typed payloads are checked before anything is sent
     (kinds this process does not know are passed through unchecked)."""
@@ -162,9 +173,12 @@ def _read_specs(lines: Iterable[str], source: str, registry: Registry) -> Iterat
         if not line.strip():
             continue
         try:
-            yield registry.prepare(TaskSpec.model_validate_json(line))
+            spec = TaskSpec.model_validate_json(line)
         except ValidationError as exc:
             raise UsageError(f"{source}:{number}: {_describe_line(exc)}") from None
+        _check_kind(spec.kind, f"{source}:{number}: kind")
+        try:
+            yield registry.prepare(spec)
         except InvalidInput as exc:
             raise UsageError(f"{source}:{number}: {exc.message}") from None
 
@@ -223,7 +237,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             task = q.get(conn, task_id)
     line.finish(task.to_json())
     print_json(task.to_json())
-    return 0 if task.finished or not args.wait else 1
+    # A script waiting for a task wants to know whether it worked: only success is 0.
+    return 0 if task.status == "succeeded" or not args.wait else 1
 
 
 # ------------------------------------------------------------------ cancel
@@ -328,6 +343,12 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             if s.rate_limit is not None:
                 parts.append(f"{s.rate_limit.count} starts per {s.rate_limit.per_seconds:g}s")
             print(f"  {s.queue}: {', '.join(parts)}")
+    unserved = [s.queue for s in collected.queues if not s.served and s.queued]
+    if unserved:
+        print(
+            f"\nNo live worker serves {', '.join(unserved)}: those tasks wait until one does "
+            f"(taskq worker --queues {','.join(unserved)})."
+        )
     finished = t.succeeded + t.failed + t.cancelled
     series = collected.throughput
     print(f"\n{finished:,} finished in the last hour ({t.failed:,} failed).")

@@ -98,7 +98,7 @@ def _run(
     try:
         handler = registry.get(task.kind)
     except UnknownKind:
-        return Finish(lease, "failed", error=f"no handler for kind {task.kind!r}")
+        return _failed(task, f"no handler for kind {task.kind!r}")
     try:
         argument = handler.parse_payload(task.payload)
     except ValidationError as exc:  # stored before the kind had its model, or changed since
@@ -125,7 +125,7 @@ def _run(
     except RetryLater as exc:
         return Finish(lease, "retry", error=describe(exc), retry_delay=exc.seconds)
     except NonRetryableError as exc:
-        return Finish(lease, "failed", error=describe(exc))
+        return _failed(task, describe(exc), logged=type(exc).__name__)
     except Exception as exc:  # any handler error is a retryable failure by contract
         log.warning(
             "task %s (%s) attempt %d/%d raised %s",
@@ -144,14 +144,36 @@ def _run(
             type(exc).__name__,
         )
         delay = backoff_delay(task.attempts, settings, handler.backoff)
+        if task.attempts >= task.max_attempts:  # the database records this one as failed
+            _log_failed(task, type(exc).__name__, "attempts used up")
         return Finish(lease, "retry", error=describe(exc), retry_delay=delay)
     try:
         encoded = _RESULT_ENCODER.encode(result)
     except (TypeError, ValueError) as exc:  # a handler bug: retrying cannot help
-        return Finish(lease, "failed", error=f"result is not JSON: {exc}")
+        return _failed(task, f"result is not JSON: {exc}")
     if "\\u0000" in encoded:
-        return Finish(lease, "failed", error="result contains a NUL character")
+        return _failed(task, "result contains a NUL character")
     return Finish(lease, "succeeded", result_json=encoded)
+
+
+def _failed(task: Claimed, error: str, *, logged: str | None = None) -> Finish:
+    _log_failed(task, error if logged is None else logged, "not retryable")
+    return Finish(task.lease, "failed", error=error)
+
+
+def _log_failed(task: Claimed, error: str, why: str) -> None:
+    """A task that will not run again is worth a WARNING: an operator sees which task, of
+    which kind, and why. A handler's exception is named by its type only (its message may
+    quote the payload; the task's last_error keeps it); taskq's own reasons in full."""
+    log.warning(
+        "task %s (%s) failed for good after attempt %d/%d (%s): %s",
+        task.id,
+        task.kind,
+        task.attempts,
+        task.max_attempts,
+        why,
+        error[:500],
+    )
 
 
 def describe(exc: BaseException) -> str:

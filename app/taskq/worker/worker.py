@@ -362,7 +362,10 @@ class Worker:
                     self.claim_progress.done()
                 except DatabaseUnavailable as exc:
                     if retry.failures == 0:
-                        log.warning("cannot claim: %s; retrying", exc.message)
+                        # A wrong setting (role, database, host, password) says so at once.
+                        log.warning(
+                            "cannot claim: %s (%s); retrying", exc.message, db.cause_line(exc)
+                        )
                     self.stopping.wait(retry.next())
                     continue
                 self.inflight.claimed(claimed)
