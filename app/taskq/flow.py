@@ -11,18 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from psycopg.rows import tuple_row
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from taskq import sql
 from taskq.db import translate_errors
-from taskq.models import check_queue_name
+from taskq.models import Integer, check_queue_name
 from taskq.queue import AnyConnection, Claimed, _decode, fetch
 
 MAX_LIMIT = 1_000_000
 MAX_RATE_SECONDS = 86_400.0
+
+
+# A limit's value: a whole number from 1 (5.0 counts as 5). WithJsonSchema: pydantic
+# writes the bounds of an optional validated integer as "ge"/"le", unknown to JSON Schema.
+Limit = Annotated[
+    Integer,
+    Field(ge=1, le=MAX_LIMIT),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+]
 
 
 class RateLimit(BaseModel):
@@ -30,7 +39,7 @@ class RateLimit(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    count: int = Field(ge=1, le=MAX_LIMIT)
+    count: Integer = Field(ge=1, le=MAX_LIMIT)
     per_seconds: float = Field(gt=0, le=MAX_RATE_SECONDS)
 
     @classmethod
@@ -52,8 +61,8 @@ class LimitsUpdate(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    max_running: int | None = Field(None, ge=1, le=MAX_LIMIT)
-    max_running_per_key: int | None = Field(None, ge=1, le=MAX_LIMIT)
+    max_running: Limit | None = None
+    max_running_per_key: Limit | None = None
     rate_limit: RateLimit | None = None
 
     @model_validator(mode="before")
