@@ -449,14 +449,17 @@ def test_the_only_synchronous_standby_dies(
             request(patient_port, "POST", "/tasks", {"kind": "echo"}, timeout=60)
         )
     )
-    poster.start()
     with psycopg.connect(pair.primary.url(), autocommit=True) as admin:
+        # Only this request's commit: the first API's stalled one still waits too.
+        since = admin.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        poster.start()
 
         def cancel_the_wait() -> bool:
             row = admin.execute(
                 "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity"
                 " WHERE wait_event = 'SyncRep' AND datname = 'taskq'"
-                " AND application_name = 'taskq-api'"
+                " AND application_name = 'taskq-api' AND xact_start >= %s",
+                (since,),
             ).fetchone()
             return bool(row and row[0])
 
