@@ -294,7 +294,7 @@ def test_put_get_list_delete(client: falcon.testing.TestClient) -> None:
         ({"every": 0, "kind": "echo"}, "every", "greater than or equal to 1"),
         ({"every": "5", "kind": "echo"}, "every", "integer"),
         ({"every": 5}, "kind", "required"),
-        ({"every": 5, "kind": "echo", "queue": "no spaces"}, "queue", "pattern"),
+        ({"every": 5, "kind": "echo", "queue": "no spaces"}, "queue", "letters, digits"),
         ({"every": 5, "kind": "echo", "extra": 1}, "extra", "unknown field"),
     ],
 )
