@@ -347,3 +347,24 @@ def test_the_settings_file_sets_and_removes_limits(conn: Conn, tmp_path: Any) ->
     path.write_text("queues:\n  emails:\n    max_running: 0\n")
     with pytest.raises(settings_file.SettingsFileError, match="max_running"):
         settings_file.load(path)
+
+
+def test_a_settings_file_schedule_carries_a_concurrency_key(conn: Conn, tmp_path: Any) -> None:
+    from taskq import schedules, settings_file
+
+    path = tmp_path / "taskq.yaml"
+    path.write_text(
+        "schedules:\n"
+        "  - name: sync-acme\n"
+        "    every: 60\n"
+        "    kind: echo\n"
+        "    queue: tenants\n"
+        "    concurrency_key: acme\n"
+        "    timeout_seconds: 20\n"
+    )
+    settings_file.apply(conn, settings_file.load(path))
+    spec = schedules.get(conn, "sync-acme").spec
+    assert (spec.concurrency_key, spec.timeout_seconds) == ("acme", 20)
+    path.write_text(path.read_text().replace("key: acme", "key: acme corp"))
+    with pytest.raises(settings_file.SettingsFileError, match=r"schedules\[0\]\.concurrency_key"):
+        settings_file.load(path)
