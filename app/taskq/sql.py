@@ -583,7 +583,7 @@ SELECT q.queue, r.n AS runnable, a.n AS scheduled, o.id AS oldest_id, o.run_at A
  ORDER BY q.queue
 """
 
-# Running tasks per queue, from the lease index (only running rows are in it).
+# Running tasks per queue, from the index of running tasks (only running rows are in it).
 COUNT_RUNNING: LiteralString = """
 SELECT queue, count(*) AS n FROM taskq_tasks WHERE status = 'running' GROUP BY queue
 """
