@@ -575,7 +575,8 @@ def test_the_schedules_panel_and_pausing_queues_in_a_browser(
     port = running_taskq["port"]
     _http(port, "PUT", "/schedules/tick", {"every": 1, "kind": "echo"})
     _http(port, "PUT", "/schedules/nightly", {"cron": "0 3 * * *", "kind": "echo",
-                                             "timezone": "Europe/Berlin"})  # fmt: skip
+                                             "timezone": "Europe/Berlin",
+                                             "concurrency_key": "tenant-9"})  # fmt: skip
     page = browser.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(str(exc)))
@@ -587,6 +588,7 @@ def test_the_schedules_panel_and_pausing_queues_in_a_browser(
     expect(tick.locator('[data-field="last-status"]')).to_contain_text("succeeded", timeout=timeout)
     nightly = page.locator('[data-schedule="nightly"]')
     expect(nightly).to_contain_text("0 3 * * * (Europe/Berlin)")
+    expect(nightly.locator('[data-field="queue"]')).to_have_text("default · key tenant-9")
     nightly.locator('button[data-action="disable"]').click()
     expect(nightly.locator('[data-field="next"]')).to_have_text("disabled", timeout=timeout)
     assert _http(port, "GET", "/schedules/nightly")["enabled"] is False

@@ -318,11 +318,43 @@ def test_the_limited_claim_reads_indexes_only(conn: Conn, per_key: bool) -> None
             for row in conn.execute("EXPLAIN " + sql.CLAIM_LIMITED, params).fetchall()
         )
     assert "Seq Scan on taskq_tasks" not in plan, plan
-    assert "taskq_tasks_running_idx" in plan, plan
+    assert "taskq_tasks_running_lease_idx" in plan, plan
     if per_key:
         assert "taskq_tasks_ready_key_idx" in plan, plan
     else:
         assert "taskq_tasks_ready_idx" in plan, plan
+
+
+def test_one_index_serves_flow_counts_and_the_lease_sweep(conn: Conn) -> None:
+    """Running tasks have one index (a claim writes one entry, not two), and the lease
+    sweep reads it rather than the table, with a backlog and a history."""
+    from taskq import sql
+
+    conn.execute(
+        "INSERT INTO taskq_tasks (queue, kind, status, attempts, started_at, finished_at)"
+        " SELECT 'q', 'echo', 'succeeded', 1, now(), now() FROM generate_series(1, 20000)"
+    )
+    conn.execute(
+        "INSERT INTO taskq_tasks (queue, kind) SELECT 'q', 'echo' FROM generate_series(1, 20000)"
+    )
+    conn.execute(
+        "INSERT INTO taskq_tasks (queue, kind, status, attempts, worker_id, started_at,"
+        " lease_expires_at) SELECT 'q', 'echo', 'running', 1, 'w', now(),"
+        " now() + i * interval '1 minute' FROM generate_series(-5, 100) AS i WHERE i <> 0"
+    )
+    conn.execute("VACUUM ANALYZE taskq_tasks")
+    running = conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'taskq_tasks'"
+        " AND indexdef LIKE '%%status = ''running''%%'"
+    ).fetchall()
+    assert [r["indexname"] for r in running] == ["taskq_tasks_running_lease_idx"]
+    plan = "\n".join(
+        str(row["QUERY PLAN"])
+        for row in conn.execute("EXPLAIN " + sql.RECOVER_EXPIRED, {"limit": 100}).fetchall()
+    )
+    assert "Seq Scan on taskq_tasks" not in plan, plan
+    assert "taskq_tasks_running_lease_idx" in plan, plan
+    assert len(q.recover_expired(conn, limit=100)) == 5  # the expired ones, by the index
 
 
 def test_the_settings_file_sets_and_removes_limits(conn: Conn, tmp_path: Any) -> None:
@@ -346,4 +378,25 @@ def test_the_settings_file_sets_and_removes_limits(conn: Conn, tmp_path: Any) ->
     assert (limits.max_running, limits.max_running_per_key) == (None, 1)  # left out: kept
     path.write_text("queues:\n  emails:\n    max_running: 0\n")
     with pytest.raises(settings_file.SettingsFileError, match="max_running"):
+        settings_file.load(path)
+
+
+def test_a_settings_file_schedule_carries_a_concurrency_key(conn: Conn, tmp_path: Any) -> None:
+    from taskq import schedules, settings_file
+
+    path = tmp_path / "taskq.yaml"
+    path.write_text(
+        "schedules:\n"
+        "  - name: sync-acme\n"
+        "    every: 60\n"
+        "    kind: echo\n"
+        "    queue: tenants\n"
+        "    concurrency_key: acme\n"
+        "    timeout_seconds: 20\n"
+    )
+    settings_file.apply(conn, settings_file.load(path))
+    spec = schedules.get(conn, "sync-acme").spec
+    assert (spec.concurrency_key, spec.timeout_seconds) == ("acme", 20)
+    path.write_text(path.read_text().replace("key: acme", "key: acme corp"))
+    with pytest.raises(settings_file.SettingsFileError, match=r"schedules\[0\]\.concurrency_key"):
         settings_file.load(path)

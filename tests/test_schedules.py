@@ -150,6 +150,25 @@ def test_a_slot_enqueued_twice_is_one_task(conn: psycopg.Connection[Any]) -> Non
     )  # fmt: skip
 
 
+def test_a_slots_task_carries_the_schedules_timeout_and_concurrency_key(
+    conn: psycopg.Connection[Any],
+) -> None:
+    spec = ScheduleSpec(
+        every=1, kind="echo", queue="tenants", timeout_seconds=2.5, concurrency_key="acme"
+    )
+    schedules.put(conn, "per-tenant", spec)
+    stored = schedules.get(conn, "per-tenant")
+    assert (stored.spec.timeout_seconds, stored.spec.concurrency_key) == (2.5, "acme")
+    [done] = wait_until(lambda: schedules.enqueue_due(conn), timeout=5, what="a due slot")
+    task = conn.execute(
+        "SELECT timeout_seconds, concurrency_key FROM taskq_tasks WHERE id = %s", (done.task.id,)
+    ).fetchone()
+    assert task == {"timeout_seconds": 2.5, "concurrency_key": "acme"}
+    # Without them, the slot's task has neither (the kind's timeout applies, no key).
+    schedules.put(conn, "per-tenant", ScheduleSpec(every=1, kind="echo", queue="tenants"))
+    assert schedules.get(conn, "per-tenant").to_json()["concurrency_key"] is None
+
+
 def test_catch_up_after_downtime_enqueues_only_the_latest_slot(
     conn: psycopg.Connection[Any],
 ) -> None:
@@ -264,11 +283,14 @@ def test_put_get_list_delete(client: falcon.testing.TestClient) -> None:
     next_run = datetime.fromisoformat(got["next_run_at"].replace("Z", "+00:00"))
     assert next_run.astimezone(BERLIN).hour == 3
     assert next_run.minute == 0
+    assert (got["timeout_seconds"], got["concurrency_key"]) == (None, None)
     assert got["last_run_at"] is None
     assert got["last_task_id"] is None
-    replaced = _put(client, "nightly", {**body, "cron": None, "every": 60})
+    options = {"timeout_seconds": 30, "concurrency_key": "tenant-7"}
+    replaced = _put(client, "nightly", {**body, "cron": None, "every": 60, **options})
     assert replaced.status_code == 200
     assert replaced.json["every"] == 60
+    assert (replaced.json["timeout_seconds"], replaced.json["concurrency_key"]) == (30, "tenant-7")
     assert client.simulate_get("/schedules/nightly").json["every"] == 60
     assert [s["name"] for s in client.simulate_get("/schedules").json["schedules"]] == ["nightly"]
     disabled = client.simulate_post("/schedules/nightly/disable").json
@@ -296,6 +318,10 @@ def test_put_get_list_delete(client: falcon.testing.TestClient) -> None:
         ({"every": 5}, "kind", "required"),
         ({"every": 5, "kind": "echo", "queue": "no spaces"}, "queue", "letters, digits"),
         ({"every": 5, "kind": "echo", "extra": 1}, "extra", "unknown field"),
+        ({"every": 5, "kind": "echo", "concurrency_key": "a b"}, "concurrency_key", "pattern"),
+        ({"every": 5, "kind": "echo", "concurrency_key": ""}, "concurrency_key", "at least 1"),
+        ({"every": 5, "kind": "echo", "timeout_seconds": 0}, "timeout_seconds", "greater than 0"),
+        ({"every": 5, "kind": "echo", "timeout_seconds": "9"}, "timeout_seconds", "number"),
     ],
 )
 def test_every_invalid_schedule_is_a_422_naming_the_field(
@@ -326,6 +352,19 @@ def test_cli_schedule_set_list_delete(database_url: str) -> None:
                        "--timezone", "Europe/Berlin", "--payload", '{"a": 1}')  # fmt: skip
     assert code == 0
     assert json.loads(out)["timezone"] == "Europe/Berlin"
+    code, out, _ = run("schedule", "set", "keyed", "--every", "60", "--kind", "echo",
+                       "--timeout", "4", "--concurrency-key", "tenant-1")  # fmt: skip
+    assert code == 0
+    assert (json.loads(out)["timeout_seconds"], json.loads(out)["concurrency_key"]) == (
+        4.0, "tenant-1",
+    )  # fmt: skip
+    code, _, err = run(
+        "schedule", "set", "bad", "--every", "5", "--kind", "echo", "--concurrency-key", "a b"
+    )
+    assert code == 2
+    assert "--concurrency-key" in err
+    code, out, _ = run("schedule", "delete", "keyed")
+    assert code == 0
     code, out, _ = run("schedule", "list", "--json")
     assert code == 0
     assert [s["name"] for s in json.loads(out)] == ["nightly"]

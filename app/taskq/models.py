@@ -96,6 +96,15 @@ def _integral(value: Any) -> Any:
 # An integer field: strict (no "5" strings, no booleans), but 5.0 counts as 5.
 Integer = Annotated[int, BeforeValidator(_integral)]
 
+# Task options a schedule's tasks carry too (schedules.ScheduleSpec): one definition each.
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
+TIMEOUT_DOC = (
+    "seconds an attempt may run before the worker stops it (a retryable failure); "
+    "default: the kind's timeout, else none"
+)
+ConcurrencyKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+CONCURRENCY_KEY_DOC = "groups tasks for the queue's max_running_per_key (a tenant, a customer)"
+
 
 class TaskSpec(BaseModel):
     """A task to enqueue. Strict: "5" is not an integer, unknown fields are errors."""
@@ -130,20 +139,8 @@ class TaskSpec(BaseModel):
         | None
     ) = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
-    timeout_seconds: float | None = Field(
-        None,
-        gt=0,
-        le=MAX_TIMEOUT_SECONDS,
-        description="seconds an attempt may run before the worker stops it (a retryable "
-        "failure); default: the kind's timeout, else none",
-    )
-    concurrency_key: str | None = Field(
-        None,
-        min_length=1,
-        max_length=64,
-        pattern=_NAME.pattern,
-        description="groups tasks for the queue's max_running_per_key (a tenant, a customer)",
-    )
+    timeout_seconds: TimeoutSeconds | None = Field(None, description=TIMEOUT_DOC)
+    concurrency_key: ConcurrencyKey | None = Field(None, description=CONCURRENCY_KEY_DOC)
 
     @field_validator("payload")
     @classmethod

@@ -23,7 +23,17 @@ from taskq import queue as q
 from taskq import sql
 from taskq.cron import CronError, Slots, zone
 from taskq.errors import InvalidInput, TaskNotFound
-from taskq.models import _NAME, Task, TaskSpec, _iso, check_json_value
+from taskq.models import (
+    _NAME,
+    CONCURRENCY_KEY_DOC,
+    TIMEOUT_DOC,
+    ConcurrencyKey,
+    Task,
+    TaskSpec,
+    TimeoutSeconds,
+    _iso,
+    check_json_value,
+)
 from taskq.queue import AnyConnection
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,8 @@ class ScheduleSpec(BaseModel):
     queue: str = Field("default", min_length=1, max_length=64, pattern=_NAME.pattern)
     priority: int = Field(0, ge=-32768, le=32767)
     max_attempts: int | None = Field(None, ge=1, le=1000)
+    timeout_seconds: TimeoutSeconds | None = Field(None, description=TIMEOUT_DOC)
+    concurrency_key: ConcurrencyKey | None = Field(None, description=CONCURRENCY_KEY_DOC)
     enabled: bool = True
 
     @field_validator("cron")
@@ -134,6 +146,8 @@ class Schedule:
             queue=row["queue"],
             priority=row["priority"],
             max_attempts=row["max_attempts"],
+            timeout_seconds=row["timeout_seconds"],
+            concurrency_key=row["concurrency_key"],
             enabled=row["enabled"],
         )
         return cls(
@@ -160,6 +174,8 @@ class Schedule:
             "queue": s.queue,
             "priority": s.priority,
             "max_attempts": s.max_attempts,
+            "timeout_seconds": s.timeout_seconds,
+            "concurrency_key": s.concurrency_key,
             "enabled": s.enabled,
             "source": self.source,
             "next_run_at": _iso(self.next_run_at) if s.enabled else None,
@@ -195,6 +211,8 @@ def put(conn: AnyConnection, name: str, spec: ScheduleSpec, *, source: Source = 
         "queue": spec.queue,
         "priority": spec.priority,
         "max_attempts": spec.max_attempts,
+        "timeout_seconds": spec.timeout_seconds,
+        "concurrency_key": spec.concurrency_key,
         "enabled": spec.enabled,
         "source": source,
         "next_run_at": next_run_at,
@@ -267,6 +285,8 @@ def enqueue_due(
                 queue=row["queue"],
                 priority=row["priority"],
                 max_attempts=row["max_attempts"],
+                timeout_seconds=row["timeout_seconds"],
+                concurrency_key=row["concurrency_key"],
                 idempotency_key=slot_key(name, slot),
             )
             task = q.enqueue(conn, spec, default_max_attempts=default_max_attempts)

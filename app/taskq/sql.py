@@ -583,7 +583,7 @@ SELECT q.queue, r.n AS runnable, a.n AS scheduled, o.id AS oldest_id, o.run_at A
  ORDER BY q.queue
 """
 
-# Running tasks per queue, from the lease index (only running rows are in it).
+# Running tasks per queue, from the index of running tasks (only running rows are in it).
 COUNT_RUNNING: LiteralString = """
 SELECT queue, count(*) AS n FROM taskq_tasks WHERE status = 'running' GROUP BY queue
 """
@@ -739,8 +739,8 @@ PING_WRITABLE: LiteralString = "SELECT current_setting('transaction_read_only') 
 # and GET /schedules show it); a primary-key probe per schedule.
 _SCHEDULE_COLUMNS = """
 s.name, s.cron, s.every_seconds, s.timezone, s.kind, s.payload, s.queue, s.priority,
-s.max_attempts, s.enabled, s.source, s.next_run_at, s.last_run_at, s.last_task_id,
-s.created_at, s.updated_at, t.status AS last_task_status
+s.max_attempts, s.timeout_seconds, s.concurrency_key, s.enabled, s.source, s.next_run_at,
+s.last_run_at, s.last_task_id, s.created_at, s.updated_at, t.status AS last_task_status
 """
 
 # Create or replace a schedule; `created` tells which. The stored next_run_at is kept when
@@ -750,14 +750,16 @@ s.created_at, s.updated_at, t.status AS last_task_status
 UPSERT_SCHEDULE: LiteralString = """
 INSERT INTO taskq_schedules AS s
        (name, cron, every_seconds, timezone, kind, payload, queue, priority, max_attempts,
-        enabled, source, next_run_at)
+        timeout_seconds, concurrency_key, enabled, source, next_run_at)
 VALUES (%(name)s, %(cron)s, %(every)s, %(timezone)s, %(kind)s, %(payload)s, %(queue)s,
-        %(priority)s, %(max_attempts)s, %(enabled)s, %(source)s, %(next_run_at)s)
+        %(priority)s, %(max_attempts)s, %(timeout_seconds)s, %(concurrency_key)s,
+        %(enabled)s, %(source)s, %(next_run_at)s)
 ON CONFLICT (name) DO UPDATE
    SET cron = EXCLUDED.cron, every_seconds = EXCLUDED.every_seconds,
        timezone = EXCLUDED.timezone, kind = EXCLUDED.kind, payload = EXCLUDED.payload,
        queue = EXCLUDED.queue, priority = EXCLUDED.priority,
-       max_attempts = EXCLUDED.max_attempts, enabled = EXCLUDED.enabled,
+       max_attempts = EXCLUDED.max_attempts, timeout_seconds = EXCLUDED.timeout_seconds,
+       concurrency_key = EXCLUDED.concurrency_key, enabled = EXCLUDED.enabled,
        source = EXCLUDED.source,
        next_run_at = CASE
            WHEN s.enabled AND s.next_run_at IS NOT NULL
@@ -803,7 +805,7 @@ RETURNING name
 # database's clock decides what is due, so the workers' own clocks do not matter.
 LOCK_DUE_SCHEDULES: LiteralString = """
 SELECT name, cron, every_seconds, timezone, kind, payload, queue, priority, max_attempts,
-       next_run_at, now() AS db_now
+       timeout_seconds, concurrency_key, next_run_at, now() AS db_now
   FROM taskq_schedules
  WHERE enabled AND next_run_at <= now()
  ORDER BY next_run_at

@@ -3,7 +3,7 @@
 Every number comes from an index, and every query is bounded (app/taskq/sql.py):
 - queued and runnable counts and the oldest runnable task per queue: the ready index,
   counted up to STATS_CAP per queue (`capped` says when a count reached it);
-- running per queue: the lease index (as many rows as tasks in flight);
+- running per queue: the index of running tasks (as many rows as tasks in flight);
 - finished in the last hour per queue, status and minute: the finished index, reading at
   most FINISHED_BUDGET rows (at higher throughput `throughput.complete_since` says from
   when the series is complete);

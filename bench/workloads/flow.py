@@ -8,9 +8,10 @@ queue under each condition, measured exactly like the drain workload.
 - `per_key`: max_running_per_key = 1 over `keys` distinct concurrency keys, tasks spread
   round-robin over the keys (the key walk of the limited claim);
 - `before` (only with `--flow-baseline-src DIR`): the `none` drain by the worker of
-  another source tree (e.g. the commit before flow control), without migration 0007's
-  indexes, so the plain claim's cost is compared with the code and schema that had no
-  flow control at all.
+  another source tree (e.g. the commit before flow control), with the indexes of before
+  flow control (no keyed ready index; the lease sweep's index of running tasks instead
+  of today's one of queue, key and lease), so the plain claim's cost is compared with
+  the code and schema that had no flow control at all.
 
 Tasks are inserted with one SQL statement per round (taskq_tasks columns as `taskq
 submit` writes them, plus the key), so the bulk insert is not what is measured.
@@ -29,12 +30,17 @@ from bench.systems import Mode, Taskq
 from bench.workloads import drain
 
 CONDITIONS = ("none", "max_running", "per_key")
-# Migration 0007's indexes (db/migrations/0007.flow-control.sql), as `before` drops them.
+# The indexes flow control changed (migrations 0007 and 0014): today's, which `before`
+# drops, and the one before them, which only `before` has.
 INDEXES = {
-    "taskq_tasks_running_idx": "ON taskq_tasks (queue, concurrency_key) WHERE status = 'running'",
+    "taskq_tasks_running_lease_idx": "ON taskq_tasks (queue, concurrency_key, lease_expires_at)"
+    " WHERE status = 'running'",
     "taskq_tasks_ready_key_idx": "ON taskq_tasks"
     " (queue, concurrency_key, priority DESC, run_at, id)"
     " WHERE status = 'queued' AND concurrency_key IS NOT NULL",
+}
+BEFORE_INDEXES = {
+    "taskq_tasks_lease_idx": "ON taskq_tasks (lease_expires_at) WHERE status = 'running'",
 }
 
 
@@ -58,13 +64,13 @@ class _Condition(Taskq):
 
     def reset(self) -> None:
         pg.execute(self.url, "TRUNCATE taskq_tasks, taskq_queues, taskq_queue_flow")
-        # `before` runs without flow control's two indexes too (every claim writes an
-        # entry in the running index), so it is the code and the schema before it.
-        for name, definition in INDEXES.items():
-            if self.baseline is not None:
-                pg.execute(self.url, f"DROP INDEX IF EXISTS {name}")
-            else:
-                pg.execute(self.url, f"CREATE INDEX IF NOT EXISTS {name} {definition}")
+        # `before` runs with the indexes of before flow control too, so it is the code
+        # and the schema before it.
+        drop, create = (INDEXES, BEFORE_INDEXES) if self.baseline else (BEFORE_INDEXES, INDEXES)
+        for name in drop:
+            pg.execute(self.url, f"DROP INDEX IF EXISTS {name}")
+        for name, definition in create.items():
+            pg.execute(self.url, f"CREATE INDEX IF NOT EXISTS {name} {definition}")
         column = {"max_running": "max_running", "per_key": "max_running_per_key"}
         if self.condition in column:
             value = DEFAULT_CONCURRENCY if self.condition == "max_running" else 1

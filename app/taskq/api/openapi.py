@@ -577,6 +577,8 @@ def _schedule_and_queue_schemas() -> dict[str, Any]:
         "queue": {"type": "string"},
         "priority": {"type": "integer"},
         "max_attempts": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+        "timeout_seconds": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+        "concurrency_key": {"anyOf": [{"type": "string"}, {"type": "null"}]},
         "enabled": {"type": "boolean"},
         "source": {"enum": ["api", "file"], "description": "who owns it"},
         "next_run_at": nullable_time | {"description": "the next slot (null when disabled)"},

@@ -80,6 +80,17 @@ def _progress_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _task_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the tasks a submit or a schedule creates."""
+    parser.add_argument("--max-attempts", type=_positive_int)
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="time limit of each attempt"
+    )
+    parser.add_argument(
+        "--concurrency-key", help="groups tasks for the queue's max_running_per_key"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskq", description="A task queue on PostgreSQL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -127,14 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--queue", default="default")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--delay", type=_non_negative, help="seconds from now")
-    submit.add_argument("--max-attempts", type=_positive_int)
-    submit.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="time limit of each attempt"
-    )
+    _task_options(submit)
     submit.add_argument("--idempotency-key")
-    submit.add_argument(
-        "--concurrency-key", help="groups tasks for the queue's max_running_per_key"
-    )
     submit.add_argument(
         "--count", type=_positive_int, default=1, help="copies, in one bulk transaction"
     )
@@ -200,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_set.add_argument("--payload", default="{}", help="JSON object")
     schedule_set.add_argument("--queue", default="default")
     schedule_set.add_argument("--priority", type=int, default=0)
-    schedule_set.add_argument("--max-attempts", type=_positive_int)
+    _task_options(schedule_set)
     schedule_set.add_argument("--disabled", action="store_true", help="store it disabled")
     schedule_delete = schedule_actions.add_parser("delete", help="delete a schedule")
     schedule_delete.add_argument("name")

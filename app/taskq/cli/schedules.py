@@ -74,6 +74,8 @@ def _spec(args: argparse.Namespace, settings: Settings) -> schedules.ScheduleSpe
                 "queue": args.queue,
                 "priority": args.priority,
                 "max_attempts": args.max_attempts,
+                "timeout_seconds": args.timeout,
+                "concurrency_key": args.concurrency_key,
                 "enabled": not args.disabled,
             }
         )
