@@ -116,11 +116,11 @@ def set_limits(conn: AnyConnection, queue: str, update: LimitsUpdate) -> None:
     fetch(conn, sql.NOTIFY_QUEUES, {"queues": [queue]})
 
 
-def limited_queues(conn: AnyConnection, queues: Sequence[str]) -> frozenset[str]:
-    """The given queues that have a limit (claimed with `claim_limited`)."""
-    return frozenset(
-        row["name"] for row in fetch(conn, sql.LIMITED_QUEUES, {"queues": list(queues)})
-    )
+def limited_queues(conn: AnyConnection, queues: Sequence[str]) -> dict[str, bool]:
+    """The given queues that have a limit (claimed with `claim_limited`), each with
+    whether it has a rate limit (whose window `rate_wait` tells when it opens)."""
+    rows = fetch(conn, sql.LIMITED_QUEUES, {"queues": list(queues)})
+    return {row["name"]: bool(row["rated"]) for row in rows}
 
 
 def claim_limited(

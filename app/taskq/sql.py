@@ -147,9 +147,12 @@ SELECT pg_advisory_xact_lock(29809, hashtext(%(queue)s)),
        set_config('plan_cache_mode', 'force_generic_plan', true)
 """
 
-# Which of the given queues have limits (the worker claims those with CLAIM_LIMITED).
+# Which of the given queues have limits (the worker claims those with CLAIM_LIMITED), and
+# whether each has a rate limit (only those need RATE_WAIT after a short claim).
 LIMITED_QUEUES: LiteralString = (
-    "SELECT l.name FROM taskq_queues l WHERE l.name = ANY(%(queues)s::text[]) AND " + LIMITED
+    "SELECT l.name,"
+    " (l.rate_limit_count IS NOT NULL AND l.rate_limit_per_seconds IS NOT NULL) AS rated"
+    " FROM taskq_queues l WHERE l.name = ANY(%(queues)s::text[]) AND " + LIMITED
 )
 
 # Claim up to `limit` tasks of one limited queue, within its limits, holding its turn.

@@ -96,6 +96,7 @@ class Worker:
             self.settings_file = settings_file.load(settings.config_file)
             self.settings_file.check_kinds(set(registry.kinds()))
         self.limited: frozenset[str] = frozenset()  # this worker's queues that have limits
+        self.rated: frozenset[str] = frozenset()  # those of them with a rate limit
         self._limited_read_at = float("-inf")
         # Room in a limited queue appears only when a task of it is recorded (here or by
         # another worker, which notifies), when its limits change (notified) or when its
@@ -391,7 +392,9 @@ class Worker:
         now = time.monotonic()
         if now - self._limited_read_at >= FLOW_REFRESH_SECONDS:
             with self._claim_db.use() as conn:
-                self.limited = flow.limited_queues(conn, self.queues)
+                limited = flow.limited_queues(conn, self.queues)
+            self.limited = frozenset(limited)
+            self.rated = frozenset(name for name, rated in limited.items() if rated)
             self._limited_read_at = now
         self._limited_first = not self._limited_first
         claimed: list[q.Claimed] = []
@@ -444,10 +447,11 @@ class Worker:
             claimed.extend(got)
             if len(got) < room or full:
                 self._short[name] = news
-                with self._claim_db.use() as conn:
-                    opens = flow.rate_wait(conn, name)
-                if opens is not None:
-                    wait = min(wait, max(opens, 0.001))
+                if name in self.rated:  # else only a recording or a notification opens it
+                    with self._claim_db.use() as conn:
+                        opens = flow.rate_wait(conn, name)
+                    if opens is not None:
+                        wait = min(wait, max(opens, 0.001))
             else:
                 self._short.pop(name, None)
         return wait
