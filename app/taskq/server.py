@@ -1,5 +1,11 @@
 """Serve the Falcon app with gunicorn, configured from our settings.
 
+The API is an ASGI app (falcon.asgi) on gunicorn's uvicorn workers ("asgi", what
+`taskq api` runs): each process holds many requests in flight, and concurrent
+submissions share one commit (app/taskq/api/ingest.py). Two other designs stay
+available for comparison (bench/): "sync", one request per process at a time (the WSGI
+app on sync workers), and "gthread", the WSGI app with group commit on threaded workers.
+
 The app (and its connection pool) is built in each gunicorn worker after the fork:
 database connections must never be shared across processes.
 
@@ -23,6 +29,7 @@ from typing import Any
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from uvicorn_worker import UvicornWorker
 
 from taskq import db, metrics
 from taskq.health import HealthServer, health_app
@@ -96,18 +103,54 @@ class GunicornLogger(Logger):  # type: ignore[misc]
             log.propagate = True
 
 
+class ApiWorker(UvicornWorker):  # type: ignore[misc]
+    """uvicorn in a gunicorn worker process, its logs handed to the root logger like
+    gunicorn's own (uvicorn's worker would give them gunicorn's handlers, which
+    GunicornLogger empties, and stop their propagation: they would vanish). Access lines
+    come from the API's own observer (app/taskq/api/observability.py), not uvicorn."""
+
+    CONFIG_KWARGS: dict[str, Any] = {
+        "loop": "auto",  # uvloop when installed
+        "http": "auto",  # httptools when installed
+        "access_log": False,
+        "lifespan": "off",
+        "server_header": False,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("uvicorn.error", "uvicorn.access"):
+            logger = logging.getLogger(name)
+            logger.handlers = []
+            logger.propagate = True
+
+
+# gunicorn worker class and WSGI/ASGI app options per server design.
+WORKER_CLASSES = {
+    "asgi": "taskq.server.ApiWorker",
+    "gthread": "gthread",
+    "sync": "sync",
+}
+# Threads per process for "gthread": requests a process holds in flight.
+GTHREAD_THREADS = 16
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     metrics.process_exited(worker.pid)
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, *, bind: str, workers: int) -> None:
+    def __init__(
+        self, settings: Settings, *, bind: str, workers: int, design: str = "asgi"
+    ) -> None:
         self._settings = settings
+        self._design = design
         metrics_dir = metrics.prepare_multiprocess_dir()  # before any worker is forked
         self._options: dict[str, Any] = {
             "bind": bind,
             "workers": workers,
-            "worker_class": "sync",
+            "worker_class": WORKER_CLASSES[design],
+            "threads": GTHREAD_THREADS if design == "gthread" else 1,
             # Keep-alive lets load balancers and load tests reuse connections.
             "keepalive": 5,
             "timeout": 30,
@@ -145,7 +188,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         logs.configure(self._settings)
         logging.getLogger("gunicorn.error").addFilter(_WithholdRequestDetails())
         deps = Deps.from_settings(self._settings)
-        app = create_app(self._settings, deps)
+        app = create_app(
+            self._settings, deps, asgi=self._design == "asgi", group_commit=self._design != "sync"
+        )
         start_worker_health(self._settings, deps.pool)
         watch_master(os.getppid())
         return app
@@ -154,10 +199,11 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 def start_worker_health(settings: Settings, pool: Any) -> HealthServer | None:
     """/live and /ready on TASKQ_API_HEALTH_BIND from a thread of this worker process.
 
-    A sync worker serves one request at a time; were the probes to share its port they
-    would queue behind requests waiting on a hung database, and a liveness probe would
-    restart a healthy API. The probe thread answers apart from them; `/ready` asks the
-    process's own pool, bounded by the watchdog (taskq/db.py).
+    Requests waiting on a hung database hold a sync worker, and the threads an ASGI
+    worker runs its queries on; were the probes to share the API's port they would queue
+    behind them, and a liveness probe would restart a healthy API. The probe thread
+    answers apart from them; `/ready` asks the process's own pool, bounded by the
+    watchdog (taskq/db.py).
     """
     host, port = parse_bind(settings.api_health_bind)
     if port == 0:
@@ -191,9 +237,16 @@ def watch_master(master: int, interval: float = 0.2) -> threading.Thread:
     return thread
 
 
-def serve(settings: Settings, *, bind: str | None = None, workers: int | None = None) -> None:
+def serve(
+    settings: Settings,
+    *,
+    bind: str | None = None,
+    workers: int | None = None,
+    design: str = "asgi",
+) -> None:
     GunicornServer(
         settings,
         bind=settings.api_bind if bind is None else bind,
         workers=settings.api_workers if workers is None else workers,
+        design=design,
     ).run()
