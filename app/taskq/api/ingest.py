@@ -69,6 +69,11 @@ class Ingest:
         self.groups = 0
         self.written = 0
 
+    @property
+    def pending(self) -> int:
+        """Submissions waiting for the next group."""
+        return len(self._pending)
+
     def submit(self, spec: TaskSpec) -> concurrent.futures.Future[Task]:
         """Queue `spec` for the next group; the future holds its Task once committed,
         or the domain error (TaskqError) its row met."""
