@@ -1,6 +1,6 @@
 """The HTTP ceiling of taskq's own stack: POST /tasks without the database.
 
-Same gunicorn settings (taskq.server.GunicornServer, TASKQ_API_WORKERS workers), same
+Same gunicorn settings (taskq.server.GunicornServer, TASKQ_API_WORKERS sync workers), same
 Falcon app options and error handling, same body reading and TaskSpec validation, and a
 response of the same shape (Task.to_json of a task built in memory). The only thing
 missing is the INSERT, so taskq's ingest rate divided by this one is the share of the
@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--bind", required=True)
     args = parser.parse_args()
     settings = load_settings()
-    BaselineServer(settings, bind=args.bind, workers=settings.api_workers).run()
+    # Sync workers, the stack before the API moved to ASGI: the ceiling stays comparable
+    # across releases, whatever design the API itself runs on.
+    BaselineServer(settings, bind=args.bind, workers=settings.api_workers, design="sync").run()
 
 
 if __name__ == "__main__":

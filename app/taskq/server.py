@@ -24,11 +24,13 @@ import os
 import signal
 import threading
 import time
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from taskq import db, metrics
@@ -49,10 +51,7 @@ _GUNICORN_ERROR_CODES = {
 }
 
 
-def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's answer to a request it cannot parse (a bad request line, oversized or
-    malformed headers, bad chunking) in the API's one JSON error shape instead of an HTML
-    page. The detail is left out: it may quote the offending header, a token included."""
+def _json_error_response(status_int: int, reason: str) -> bytes:
     body = json.dumps(
         {
             "error": {
@@ -68,7 +67,14 @@ def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
-    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+    return head.encode("latin-1") + body
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (a bad request line, oversized or
+    malformed headers, bad chunking) in the API's one JSON error shape instead of an HTML
+    page. The detail is left out: it may quote the offending header, a token included."""
+    gunicorn_util.write_nonblock(sock, _json_error_response(status_int, reason))
 
 
 # gunicorn writes its own error responses through this one function.
@@ -103,6 +109,46 @@ class GunicornLogger(Logger):  # type: ignore[misc]
             log.propagate = True
 
 
+# Request limits, as gunicorn's sync workers enforce them (limit_request_* below).
+LIMIT_REQUEST_LINE = 8190
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
+
+
+class _Refused(Exception):
+    pass
+
+
+class ApiHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with gunicorn's request limits (a URL over 8190
+    bytes: 414; more than 100 header fields, or one over 8190 bytes: 431) and, for every
+    request it cannot parse, the API's JSON error shape instead of uvicorn's plain text.
+    Like gunicorn's, the answer never quotes the offending bytes."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._refusal = 400
+        self._fields = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > LIMIT_REQUEST_LINE:
+            self._refusal = 414
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > LIMIT_REQUEST_FIELDS or len(name) + len(value) > LIMIT_REQUEST_FIELD_SIZE:
+            self._refusal = 431
+            raise _Refused
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        status = getattr(self, "_refusal", 400)
+        self.transport.write(_json_error_response(status, HTTPStatus(status).phrase))
+        self.transport.close()
+
+
 class ApiWorker(UvicornWorker):  # type: ignore[misc]
     """uvicorn in a gunicorn worker process, its logs handed to the root logger like
     gunicorn's own (uvicorn's worker would give them gunicorn's handlers, which
@@ -111,7 +157,7 @@ class ApiWorker(UvicornWorker):  # type: ignore[misc]
 
     CONFIG_KWARGS: dict[str, Any] = {
         "loop": "auto",  # uvloop when installed
-        "http": "auto",  # httptools when installed
+        "http": ApiHttpProtocol,
         "access_log": False,
         "lifespan": "off",
         "server_header": False,
@@ -160,9 +206,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "loglevel": settings.log_level.lower(),
             "proc_name": "taskq-api",
             # Headers above these limits get a 400 from gunicorn before our code runs.
-            "limit_request_line": 8190,
-            "limit_request_fields": 100,
-            "limit_request_field_size": 8190,
+            "limit_request_line": LIMIT_REQUEST_LINE,
+            "limit_request_fields": LIMIT_REQUEST_FIELDS,
+            "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
             "logger_class": "taskq.server.GunicornLogger",
             "child_exit": _child_exit,
             "on_exit": lambda server: metrics.remove_multiprocess_dir(metrics_dir),
