@@ -150,9 +150,9 @@ class ApiHttpProtocol(HttpToolsProtocol):
 
 
 class ApiWorker(UvicornWorker):  # type: ignore[misc]
-    """uvicorn in a gunicorn worker process, its logs handed to the root logger like
-    gunicorn's own (uvicorn's worker would give them gunicorn's handlers, which
-    GunicornLogger empties, and stop their propagation: they would vanish). Access lines
+    """uvicorn in a gunicorn worker process, its error log handed to the root logger like
+    gunicorn's own (uvicorn's worker would give it gunicorn's handlers, which
+    GunicornLogger empties, and stop its propagation: it would vanish). Access lines
     come from the API's own observer (app/taskq/api/observability.py), not uvicorn."""
 
     CONFIG_KWARGS: dict[str, Any] = {
@@ -165,10 +165,13 @@ class ApiWorker(UvicornWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name in ("uvicorn.error", "uvicorn.access"):
-            logger = logging.getLogger(name)
-            logger.handlers = []
-            logger.propagate = True
+        errors = logging.getLogger("uvicorn.error")
+        errors.handlers = []
+        errors.propagate = True
+        # No handler and no propagation: uvicorn then skips its access line altogether.
+        access = logging.getLogger("uvicorn.access")
+        access.handlers = []
+        access.propagate = False
 
 
 # gunicorn worker class and WSGI/ASGI app options per server design.

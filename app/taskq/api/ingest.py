@@ -5,7 +5,7 @@ Every durable commit waits for a WAL flush; one request per commit makes that fl
 price of every submission. Here requests hand their validated TaskSpec to the process's
 ingest thread and wait on a future. The thread takes everything queued since its last
 write (up to `max_group`), inserts it with the batch endpoint's statement
-(queue.enqueue_many) in one transaction, and only after the commit resolves each future
+(queue.enqueue_many) as one statement, and only after its commit resolves each future
 with its own task. Nothing waits for a group to fill: a lone request is written at once,
 and the group is whatever arrived while the previous write was in flight.
 
@@ -54,7 +54,8 @@ class Ingest:
         *,
         default_max_attempts: int,
         announce: Announce,
-        max_group: int = 256,
+        max_group: int = 1000,  # within one statement of enqueue_many (5000)
+        writers: int = 1,
     ) -> None:
         self._pool = pool
         self._default_max_attempts = default_max_attempts
@@ -64,7 +65,8 @@ class Ingest:
             collections.deque()
         )
         self._wake = threading.Condition(threading.Lock())
-        self._thread: threading.Thread | None = None
+        self._writers = writers
+        self._threads: list[threading.Thread] = []
         # How many groups were written and how many requests they held (tests, profiles).
         self.groups = 0
         self.written = 0
@@ -80,9 +82,11 @@ class Ingest:
         future: concurrent.futures.Future[Task] = concurrent.futures.Future()
         with self._wake:
             self._pending.append((spec, future))
-            if self._thread is None:  # started on first use: after gunicorn's fork
-                self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
-                self._thread.start()
+            if not self._threads:  # started on first use: after gunicorn's fork
+                for n in range(self._writers):
+                    thread = threading.Thread(target=self._run, name=f"ingest-{n}", daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
             self._wake.notify()
         return future
 
@@ -107,12 +111,15 @@ class Ingest:
         try:
             with pooled(self._pool) as conn:
                 try:
-                    with conn.transaction():
-                        outcomes = list(
-                            queue.enqueue_many(
-                                conn, specs, default_max_attempts=self._default_max_attempts
-                            )
+                    # One statement (a group is at most api_batch_max rows, within one
+                    # chunk of enqueue_many) on an autocommit connection: its own
+                    # transaction, committed when it returns; no BEGIN and COMMIT round
+                    # trips. A repeated idempotency key's task is read after it.
+                    outcomes = list(
+                        queue.enqueue_many(
+                            conn, specs, default_max_attempts=self._default_max_attempts
                         )
+                    )
                 except _GROUP_FAILURES:
                     raise
                 except Exception as exc:

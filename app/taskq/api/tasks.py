@@ -62,7 +62,6 @@ class TasksResource(_Base):
                 self.pool,
                 default_max_attempts=settings.default_max_attempts,
                 announce=self._announce,
-                max_group=settings.api_batch_max,
             )
             if group_commit
             else None
