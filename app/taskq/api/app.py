@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any
 
 import falcon
@@ -49,6 +50,16 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
 
+    # Threads for the resources' queries: with the ingest thread's connection, no more
+    # than the pool holds (a sync worker likewise never used more than one at a time).
+    executor = (
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, settings.db_pool_max - 1), thread_name_prefix="api"
+        )
+        if asgi
+        else None
+    )
+
     def route(
         path: str,
         resource: object,
@@ -63,6 +74,7 @@ def create_app(
                 max_body_bytes=settings.api_max_body_bytes,
                 blocking=blocking,
                 native=native,
+                executor=executor,
             )
         app.add_route(path, resource, suffix=suffix)
 

@@ -2,13 +2,15 @@
 
 falcon.asgi wants coroutine responders. The resources are written once, as plain
 methods over the synchronous data layer; `on_loop` gives falcon.asgi an adapter whose
-responders await them on a thread (asyncio.to_thread, which carries the request's log
-context along), so a query never blocks the loop. A request body is read on the loop
-first (at most the size limit plus one byte) and handed to `read_body` through
-`req.context.body`. Responders named in `native` are coroutines already and are served
-as they are (POST /tasks: app/taskq/api/ingest.py). `blocking=False` serves quick
-responders that touch nothing outside the process (/live, the dashboard page) on the
-loop itself, so they answer even while every thread waits on a hung database.
+responders await them on a thread of `executor` (carrying the request's log context
+along), so a query never blocks the loop. The API sizes that executor to its pool
+(taskq/api/app.py): a process never has more queries in flight than pooled connections.
+A request body is read on the loop first (at most the size limit plus one byte) and
+handed to `read_body` through `req.context.body`. Responders named in `native` are
+coroutines already and are served as they are (POST /tasks: app/taskq/api/ingest.py).
+`blocking=False` serves quick responders that touch nothing outside the process (/live,
+the dashboard page) on the loop itself, so they answer even while every thread waits
+on a hung database.
 
 The same resource objects serve the worker's WSGI probe server (taskq/health.py).
 """
@@ -16,6 +18,8 @@ The same resource objects serve the worker's WSGI probe server (taskq/health.py)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,8 +40,10 @@ def on_loop(
     max_body_bytes: int,
     blocking: bool = True,
     native: dict[str, AsyncResponder] | None = None,
+    executor: concurrent.futures.Executor | None = None,
 ) -> object:
-    """An object with a coroutine for each `on_*` responder of `resource`."""
+    """An object with a coroutine for each `on_*` responder of `resource` (run on
+    `executor`, the loop's default one when None)."""
     adapter = _Adapter(resource)
     for name in dir(resource):
         if not name.startswith("on_"):
@@ -47,7 +53,7 @@ def on_loop(
             continue
         method = getattr(resource, name)
         if callable(method):
-            setattr(adapter, name, _wrap(method, name, max_body_bytes, blocking))
+            setattr(adapter, name, _wrap(method, name, max_body_bytes, blocking, executor))
     return adapter
 
 
@@ -56,7 +62,13 @@ class _Adapter:
         self.resource = resource  # what the adapter serves (inspection, tests)
 
 
-def _wrap(method: Responder, name: str, max_body_bytes: int, blocking: bool) -> AsyncResponder:
+def _wrap(
+    method: Responder,
+    name: str,
+    max_body_bytes: int,
+    blocking: bool,
+    executor: concurrent.futures.Executor | None,
+) -> AsyncResponder:
     http_method = name[3:].split("_", 1)[0].upper()
     with_body = http_method in _WITH_BODY
 
@@ -65,7 +77,8 @@ def _wrap(method: Responder, name: str, max_body_bytes: int, blocking: bool) -> 
         if with_body:
             await prefetch_body(req, max_body_bytes)
         if blocking:
-            await asyncio.to_thread(method, req, resp, **params)
+            call = functools.partial(contextvars.copy_context().run, method, req, resp, **params)
+            await asyncio.get_running_loop().run_in_executor(executor, call)
         else:
             method(req, resp, **params)
 
