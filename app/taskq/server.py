@@ -149,6 +149,13 @@ class ApiHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+def _drop_color_message(record: logging.LogRecord) -> bool:
+    """uvicorn attaches a terminal-coloured copy of some messages as an extra field, which
+    taskq's formatters would print as one more key."""
+    record.__dict__.pop("color_message", None)
+    return True
+
+
 class ApiWorker(UvicornWorker):  # type: ignore[misc]
     """uvicorn in a gunicorn worker process, its error log handed to the root logger like
     gunicorn's own (uvicorn's worker would give it gunicorn's handlers, which
@@ -171,6 +178,7 @@ class ApiWorker(UvicornWorker):  # type: ignore[misc]
         errors = logging.getLogger("uvicorn.error")
         errors.handlers = []
         errors.propagate = True
+        errors.addFilter(_drop_color_message)
         # No handler and no propagation: uvicorn then skips its access line altogether.
         access = logging.getLogger("uvicorn.access")
         access.handlers = []
@@ -197,6 +205,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
     ) -> None:
         self._settings = settings
         self._design = design
+        # The master's pid, taken before the fork: a worker whose master died while it
+        # was still loading would otherwise watch its new parent (init) for ever.
+        self._master = os.getpid()
         metrics_dir = metrics.prepare_multiprocess_dir()  # before any worker is forked
         self._options: dict[str, Any] = {
             "bind": bind,
@@ -244,7 +255,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             self._settings, deps, asgi=self._design == "asgi", group_commit=self._design != "sync"
         )
         start_worker_health(self._settings, deps.pool)
-        watch_master(os.getppid())
+        watch_master(self._master)
         return app
 
 

@@ -21,15 +21,16 @@ The guarantees each request keeps:
   DatabaseUnavailable (503 + Retry-After), as it would have alone.
 
 The blocking psycopg calls run on this thread, never on the event loop: an ASGI request
-awaits `asyncio.wrap_future(ingest.submit(spec))`, a threaded WSGI request blocks on
-`.result()`.
+awaits `ingest.submit_async(spec)` (its group is settled in one callback on the loop), a
+threaded WSGI request blocks on `ingest.submit(spec).result()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
-import logging
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,12 +40,13 @@ from taskq.db import pooled
 from taskq.errors import DatabaseUnavailable, SchemaOutdated
 from taskq.models import Task, TaskSpec
 
-log = logging.getLogger(__name__)
-
 # Failures that concern the whole group (no row is at fault): every request gets them.
 _GROUP_FAILURES = (DatabaseUnavailable, SchemaOutdated)
 
 Announce = Callable[[Any, list[Task]], None]
+
+
+Waiter = concurrent.futures.Future[Task] | asyncio.Future[Task]
 
 
 class Ingest:
@@ -55,18 +57,14 @@ class Ingest:
         default_max_attempts: int,
         announce: Announce,
         max_group: int = 1000,  # within one statement of enqueue_many (5000)
-        writers: int = 1,
     ) -> None:
         self._pool = pool
         self._default_max_attempts = default_max_attempts
         self._announce = announce
         self._max_group = max_group
-        self._pending: collections.deque[tuple[TaskSpec, concurrent.futures.Future[Task]]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[tuple[TaskSpec, Waiter]] = collections.deque()
         self._wake = threading.Condition(threading.Lock())
-        self._writers = writers
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         # How many groups were written and how many requests they held (tests, profiles).
         self.groups = 0
         self.written = 0
@@ -80,15 +78,23 @@ class Ingest:
         """Queue `spec` for the next group; the future holds its Task once committed,
         or the domain error (TaskqError) its row met."""
         future: concurrent.futures.Future[Task] = concurrent.futures.Future()
-        with self._wake:
-            self._pending.append((spec, future))
-            if not self._threads:  # started on first use: after gunicorn's fork
-                for n in range(self._writers):
-                    thread = threading.Thread(target=self._run, name=f"ingest-{n}", daemon=True)
-                    thread.start()
-                    self._threads.append(thread)
-            self._wake.notify()
+        self._queue(spec, future)
         return future
+
+    def submit_async(self, spec: TaskSpec) -> asyncio.Future[Task]:
+        """`submit` for a coroutine: a future of the running loop, settled with the rest
+        of its group in one callback (one wake-up of the loop per group, not per task)."""
+        future: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+        self._queue(spec, future)
+        return future
+
+    def _queue(self, spec: TaskSpec, waiter: Waiter) -> None:
+        with self._wake:
+            self._pending.append((spec, waiter))
+            if self._thread is None:  # started on first use: after gunicorn's fork
+                self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+                self._thread.start()
+            self._wake.notify()
 
     def _run(self) -> None:
         while True:
@@ -98,47 +104,36 @@ class Ingest:
                 count = min(len(self._pending), self._max_group)
                 group = [self._pending.popleft() for _ in range(count)]
             try:
-                self._write(group)
-            except BaseException as exc:  # never leave a request waiting
-                log.exception("ingest thread failed on a group of %d", len(group))
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
-
-    def _write(self, group: Sequence[tuple[TaskSpec, concurrent.futures.Future[Task]]]) -> None:
-        specs = [spec for spec, _ in group]
-        outcomes: list[Task | BaseException]
-        try:
-            with pooled(self._pool) as conn:
-                try:
-                    # One statement (a group is at most api_batch_max rows, within one
-                    # chunk of enqueue_many) on an autocommit connection: its own
-                    # transaction, committed when it returns; no BEGIN and COMMIT round
-                    # trips. A repeated idempotency key's task is read after it.
-                    outcomes = list(
-                        queue.enqueue_many(
-                            conn, specs, default_max_attempts=self._default_max_attempts
-                        )
-                    )
-                except _GROUP_FAILURES:
-                    raise
-                except Exception as exc:
-                    # One request: its own error. More: find the row at fault.
-                    outcomes = [exc] if len(group) == 1 else self._one_by_one(conn, specs)
-                tasks = [t for t in outcomes if isinstance(t, Task)]
-                if tasks:
-                    self._announce(conn, tasks)
-        except Exception as exc:  # the connection, the commit or its replication failed
-            for _, future in group:
-                future.set_exception(exc)
-            return
-        self.groups += 1
-        self.written += len(group)
-        for (_, future), outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
+                outcomes = self._write([spec for spec, _ in group])
+            except BaseException as exc:  # never leave a request waiting; its handler logs
+                outcomes = [exc] * len(group)
             else:
-                future.set_result(outcome)
+                self.groups += 1
+                self.written += len(group)
+            _settle([waiter for _, waiter in group], outcomes)
+
+    def _write(self, specs: Sequence[TaskSpec]) -> list[Task | BaseException]:
+        """Each spec's Task, or the error its row met; raises what fails them all (the
+        connection, the database away, the commit's replication)."""
+        outcomes: list[Task | BaseException]
+        with pooled(self._pool) as conn:
+            try:
+                # One statement (a group is at most `max_group` rows, within one chunk of
+                # enqueue_many) on an autocommit connection: its own transaction,
+                # committed when it returns; no BEGIN and COMMIT round trips. A repeated
+                # idempotency key's task is read after it.
+                outcomes = list(
+                    queue.enqueue_many(conn, specs, default_max_attempts=self._default_max_attempts)
+                )
+            except _GROUP_FAILURES:
+                raise
+            except Exception as exc:
+                # One request: its own error. More: find the row at fault.
+                outcomes = [exc] if len(specs) == 1 else self._one_by_one(conn, specs)
+            tasks = [t for t in outcomes if isinstance(t, Task)]
+            if tasks:
+                self._announce(conn, tasks)
+        return outcomes
 
     def _one_by_one(self, conn: Any, specs: Sequence[TaskSpec]) -> list[Task | BaseException]:
         """Each row in its own savepoint, all in one transaction: the rows that fail get
@@ -158,3 +153,29 @@ class Ingest:
                 except Exception as exc:
                     outcomes.append(exc)
         return outcomes
+
+
+def _settle(waiters: Sequence[Waiter], outcomes: Sequence[Task | BaseException]) -> None:
+    """Resolve each waiter with its outcome: thread futures at once, a loop's futures in
+    one callback on that loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Task], Any]]] = {}
+    for waiter, outcome in zip(waiters, outcomes, strict=True):
+        if isinstance(waiter, asyncio.Future):
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
+        elif isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle_on_loop, pairs)
+
+
+def _settle_on_loop(pairs: list[tuple[asyncio.Future[Task], Any]]) -> None:
+    for future, outcome in pairs:
+        if future.done():  # the request was cancelled (its client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -75,7 +75,7 @@ class TasksResource(_Base):
     async def on_post_async(self, req: falcon.Request, resp: falcon.Response) -> None:
         spec = self._submitted(req, await read_body_async(req, self.settings.api_max_body_bytes))
         if self.ingest is not None:
-            task = await asyncio.wrap_future(self.ingest.submit(spec))
+            task = await self.ingest.submit_async(spec)
         else:
             task = await asyncio.to_thread(self._enqueue, spec)
         self._created(resp, task)
