@@ -60,6 +60,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "many_req_per_s": m["single_many"]["requests_per_s"],
             "many_p99_ms": m["single_many"]["p99_ms"],
             "many_errors": sum(r["single_many"]["errors"] for r in ing["rounds"]),
+            "many_ceiling_req_per_s": m["baseline_many"]["requests_per_s"],
+            "many_ceiling_p99_ms": m["baseline_many"]["p99_ms"],
             "designs": {
                 d: {
                     "req_per_s": v["requests_per_s"],
@@ -343,6 +345,11 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
             f"{_n(ing['db_insert_per_s'])} | {_n(ing['db_insert_p99_ms'], 1)} | - |"
         )
         if ing.get("many_clients"):
+            add(
+                f"| HTTP ceiling at {ing['many_clients']} clients | "
+                f"{_n(ing['many_ceiling_req_per_s'])} | - | "
+                f"{_n(ing['many_ceiling_p99_ms'], 1)} | - |"
+            )
             add(
                 f"| taskq POST /tasks at {ing['many_clients']} clients "
                 f"({ing['many_errors']} errors) | {_n(ing['many_req_per_s'])} | "

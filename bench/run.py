@@ -117,7 +117,7 @@ def run_ingest(cfg: Config, taskq: Taskq, say: Progress) -> Any:
         )
     median: dict[str, Any] = {
         key: _median([row[key] for row in rounds])
-        for key in ("baseline", "single", "batch", "db_insert", "single_many")
+        for key in ("baseline", "single", "batch", "db_insert", "single_many", "baseline_many")
     }
     median["designs"] = {
         d: _median([row["designs"][d] for row in rounds]) for d in rounds[0]["designs"]

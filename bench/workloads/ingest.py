@@ -46,8 +46,9 @@ class IngestRound:
     single: HttpResult
     batch: HttpResult
     db_insert: HttpResult  # pgbench: transactions/s as requests/s
-    # `taskq api` at 4x the clients (no error, p99 bound).
+    # `taskq api` at 4x the clients (no error, p99 bound), and the ceiling there too.
     single_many: HttpResult
+    baseline_many: HttpResult
     # POST /tasks (and the batch endpoint) on the other server designs, same clients:
     # "sync" is the design before group commit, "gthread" group commit on threads.
     designs: dict[str, HttpResult]
@@ -152,6 +153,9 @@ def run(
             insert = HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0, 0.0)
             many = _wrk(f"{api_url}/tasks", single_body, clients * 4, seconds, 1, api.pid)
             system.reset()
+            ceiling_many = _wrk(
+                f"{baseline_url}/tasks", single_body, clients * 4, seconds, 1, baseline.pid
+            )
             designs: dict[str, HttpResult] = {}
             for d, u in design_urls.items():
                 server = design_servers[d].pid
@@ -161,7 +165,7 @@ def run(
                     f"{u}/tasks/batch", batch_body, clients, seconds, batch_size, server
                 )
                 system.reset()
-            out.append(IngestRound(ceiling, single, batch, insert, many, designs))
+            out.append(IngestRound(ceiling, single, batch, insert, many, ceiling_many, designs))
         api_rss = _worker_rss_mb(api.pid)
         baseline_rss = _worker_rss_mb(baseline.pid)
     system.reset()
