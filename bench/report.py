@@ -56,23 +56,28 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "errors": sum(
                 r[k]["errors"] for r in ing["rounds"] for k in ("baseline", "single", "batch")
             ),
-            "many_clients": ing["clients"] * 4,
-            "many_req_per_s": m["single_many"]["requests_per_s"],
-            "many_p99_ms": m["single_many"]["p99_ms"],
-            "many_errors": sum(r["single_many"]["errors"] for r in ing["rounds"]),
-            "many_ceiling_req_per_s": m["baseline_many"]["requests_per_s"],
-            "many_ceiling_p99_ms": m["baseline_many"]["p99_ms"],
-            "designs": {
-                d: {
-                    "req_per_s": v["requests_per_s"],
-                    "tasks_per_s": v["tasks_per_s"],
-                    "p99_ms": v["p99_ms"],
-                    "cpu_us": v["server_cpu_us_per_request"],
-                    "errors": sum(r["designs"][d]["errors"] for r in ing["rounds"]),
-                }
-                for d, v in m["designs"].items()
-            },
         }
+        if "single_many" in m:  # results from before the design comparison have none
+            fig["ingest"].update(
+                {
+                    "many_clients": ing["clients"] * 4,
+                    "many_req_per_s": m["single_many"]["requests_per_s"],
+                    "many_p99_ms": m["single_many"]["p99_ms"],
+                    "many_errors": sum(r["single_many"]["errors"] for r in ing["rounds"]),
+                    "many_ceiling_req_per_s": m["baseline_many"]["requests_per_s"],
+                    "many_ceiling_p99_ms": m["baseline_many"]["p99_ms"],
+                    "designs": {
+                        d: {
+                            "req_per_s": v["requests_per_s"],
+                            "tasks_per_s": v["tasks_per_s"],
+                            "p99_ms": v["p99_ms"],
+                            "cpu_us": v["server_cpu_us_per_request"],
+                            "errors": sum(r["designs"][d]["errors"] for r in ing["rounds"]),
+                        }
+                        for d, v in m["designs"].items()
+                    },
+                }
+            )
         fig["api_worker_rss_mb"] = ing["api_worker_rss_mb"]
     ceil = results.get("ceiling")
     if ceil:
