@@ -1,6 +1,6 @@
 """The HTTP ceiling of taskq's own stack: POST /tasks without the database.
 
-Same gunicorn settings (taskq.server.GunicornServer, TASKQ_API_WORKERS workers), same
+Same gunicorn settings (taskq.server.GunicornServer, TASKQ_API_WORKERS sync workers), same
 Falcon app options and error handling, same body reading and TaskSpec validation, and a
 response of the same shape (Task.to_json of a task built in memory). The only thing
 missing is the INSERT, so taskq's ingest rate divided by this one is the share of the
@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import falcon
+import falcon.asgi
 from taskq.api import errors
+from taskq.api.asgi import on_loop
 from taskq.api.body import parse, read_body
 from taskq.health import LiveResource
 from taskq.models import Task, TaskSpec, new_task_id
@@ -43,26 +45,39 @@ class BaselineTasks:
         resp.media = task.to_json()
 
 
-def create_app(settings: Settings) -> falcon.App[falcon.Request, falcon.Response]:
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+def create_app(settings: Settings, *, asgi: bool = False) -> falcon.App[Any, Any]:
+    app: falcon.App[Any, Any] = (
+        falcon.asgi.App(media_type=falcon.MEDIA_JSON)
+        if asgi
+        else falcon.App(media_type=falcon.MEDIA_JSON)
+    )
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
-    app.add_route("/tasks", BaselineTasks(settings))
-    app.add_route("/live", LiveResource())
+    tasks: object = BaselineTasks(settings)
+    live: object = LiveResource()
+    if asgi:
+        size = settings.api_max_body_bytes
+        tasks, live = (on_loop(r, max_body_bytes=size, blocking=False) for r in (tasks, live))
+    app.add_route("/tasks", tasks)
+    app.add_route("/live", live)
     return app
 
 
 class BaselineServer(GunicornServer):
     def load(self) -> Any:
-        return create_app(self._settings)
+        return create_app(self._settings, asgi=self._design == "asgi")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bind", required=True)
+    # Sync workers by default, the stack before the API moved to ASGI: the ceiling stays
+    # comparable across releases, whatever design the API itself runs on. "asgi" gives
+    # the ceiling of the API's own stack (uvicorn workers), for the profile notes.
+    parser.add_argument("--design", choices=("sync", "asgi"), default="sync")
     args = parser.parse_args()
     settings = load_settings()
-    BaselineServer(settings, bind=args.bind, workers=settings.api_workers).run()
+    BaselineServer(settings, bind=args.bind, workers=settings.api_workers, design=args.design).run()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,27 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 r[k]["errors"] for r in ing["rounds"] for k in ("baseline", "single", "batch")
             ),
         }
+        if "single_many" in m:  # results from before the design comparison have none
+            fig["ingest"].update(
+                {
+                    "many_clients": ing["clients"] * 4,
+                    "many_req_per_s": m["single_many"]["requests_per_s"],
+                    "many_p99_ms": m["single_many"]["p99_ms"],
+                    "many_errors": sum(r["single_many"]["errors"] for r in ing["rounds"]),
+                    "many_ceiling_req_per_s": m["baseline_many"]["requests_per_s"],
+                    "many_ceiling_p99_ms": m["baseline_many"]["p99_ms"],
+                    "designs": {
+                        d: {
+                            "req_per_s": v["requests_per_s"],
+                            "tasks_per_s": v["tasks_per_s"],
+                            "p99_ms": v["p99_ms"],
+                            "cpu_us": v["server_cpu_us_per_request"],
+                            "errors": sum(r["designs"][d]["errors"] for r in ing["rounds"]),
+                        }
+                        for d, v in m["designs"].items()
+                    },
+                }
+            )
         fig["api_worker_rss_mb"] = ing["api_worker_rss_mb"]
     ceil = results.get("ceiling")
     if ceil:
@@ -159,6 +180,28 @@ def _targets(fig: dict[str, Any], r: dict[str, float | None]) -> list[dict[str, 
         15.0,
         "{:.1f} ms",
     )
+    many = fig.get("ingest") or {}
+    if many.get("many_clients"):
+        at_most(
+            f"Ingest errors at {many['many_clients']} clients = 0",
+            float(many["many_errors"]),
+            0.0,
+            "{:.0f}",
+        )
+        at_most(
+            f"Ingest p99 ≤ 50 ms at {many['many_clients']} clients",
+            many.get("many_p99_ms"),
+            50.0,
+            "{:.1f} ms",
+        )
+        before = (many.get("designs") or {}).get("sync batch")
+        if before:
+            at_least(
+                "Batch endpoint not slower than on sync workers (≥ 90%: noise)",
+                _ratio(many.get("batch_tasks_per_s"), before["tasks_per_s"]),
+                0.9,
+                "{:.0%}",
+            )
     at_least("Batch endpoint ≥ 10x single-request task rate", r["batch_vs_single"], 10, "{:.1f}x")
     at_least(
         "Scale: drain with queued backlog ≥ 80% of empty", r["scale_queued_vs_empty"], 0.8, "{:.0%}"
@@ -306,6 +349,23 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
             f"| pgbench INSERT_TASK (database ceiling) | {_n(ing['db_insert_per_s'])} | "
             f"{_n(ing['db_insert_per_s'])} | {_n(ing['db_insert_p99_ms'], 1)} | - |"
         )
+        if ing.get("many_clients"):
+            add(
+                f"| HTTP ceiling at {ing['many_clients']} clients | "
+                f"{_n(ing['many_ceiling_req_per_s'])} | - | "
+                f"{_n(ing['many_ceiling_p99_ms'], 1)} | - |"
+            )
+            add(
+                f"| taskq POST /tasks at {ing['many_clients']} clients "
+                f"({ing['many_errors']} errors) | {_n(ing['many_req_per_s'])} | "
+                f"{_n(ing['many_req_per_s'])} | {_n(ing['many_p99_ms'], 1)} | - |"
+            )
+        for d, v in (ing.get("designs") or {}).items():
+            add(
+                f"| {d} design: POST /tasks{'/batch' if 'batch' in d else ''} | "
+                f"{_n(v['req_per_s'])} | {_n(v['tasks_per_s'])} | {_n(v['p99_ms'], 1)} | "
+                f"{_n(v['cpu_us'])} |"
+            )
         add("")
     if f.get("scale_jobs_per_s"):
         add(f"## Scale ({f['scale_rows']:,} rows of backlog or history)\n")

@@ -90,7 +90,8 @@ def run_latency(cfg: Config, systems: list[System], col: Collector, say: Progres
 def run_ingest(cfg: Config, taskq: Taskq, say: Progress) -> Any:
     say(
         f"API ingest: {cfg.rounds} round(s) x (baseline, POST /tasks, POST /tasks/batch, "
-        f"pgbench INSERT), {cfg.ingest_seconds:g}s each at {cfg.ingest_clients} clients"
+        f"pgbench INSERT, POST /tasks at 4x the clients, the sync and gthread designs), "
+        f"{cfg.ingest_seconds:g}s each at {cfg.ingest_clients} clients"
     )
     res = ingest.run(
         taskq,
@@ -106,11 +107,20 @@ def run_ingest(cfg: Config, taskq: Taskq, say: Progress) -> Any:
             f"ingest round {i + 1}: baseline {r.baseline.requests_per_s:,.0f} req/s, "
             f"taskq {r.single.requests_per_s:,.0f} req/s (p99 {r.single.p99_ms:.1f} ms), "
             f"batch {r.batch.tasks_per_s:,.0f} tasks/s, pgbench INSERT "
-            f"{r.db_insert.requests_per_s:,.0f}/s"
+            f"{r.db_insert.requests_per_s:,.0f}/s; at {cfg.ingest_clients * 4} clients "
+            f"{r.single_many.requests_per_s:,.0f} req/s (p99 {r.single_many.p99_ms:.1f} ms, "
+            f"{r.single_many.errors} errors); "
+            + ", ".join(
+                f"{d} {h.tasks_per_s:,.0f} tasks/s (p99 {h.p99_ms:.1f} ms)"
+                for d, h in r.designs.items()
+            )
         )
-    median = {
+    median: dict[str, Any] = {
         key: _median([row[key] for row in rounds])
-        for key in ("baseline", "single", "batch", "db_insert")
+        for key in ("baseline", "single", "batch", "db_insert", "single_many", "baseline_many")
+    }
+    median["designs"] = {
+        d: _median([row["designs"][d] for row in rounds]) for d in rounds[0]["designs"]
     }
     return {
         "rounds": rounds,

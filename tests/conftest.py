@@ -8,13 +8,16 @@ run worker processes against their database, and leave nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import falcon.util.sync
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -25,6 +28,25 @@ from taskq.settings import Settings, load_settings
 from tests.helpers import TEST_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class _RunnerPerThread:
+    """falcon.testing drives an ASGI app (the API is one) through one process-wide
+    asyncio runner, so two threads simulating requests at once collide ("This event loop
+    is already running"). Tests race real requests from threads: each thread gets its own
+    runner."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self) -> asyncio.Runner:
+        runner: asyncio.Runner | None = getattr(self._local, "runner", None)
+        if runner is None or runner.get_loop().is_closed():
+            runner = self._local.runner = asyncio.Runner()
+        return runner
+
+
+falcon.util.sync._active_runner = _RunnerPerThread()  # type: ignore[assignment]
 LOCAL_SERVER = "postgresql://root@127.0.0.1:5432/postgres"
 
 

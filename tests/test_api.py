@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import falcon
+import falcon.asgi
 import falcon.testing
 import psycopg
 import pytest
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from taskq import db
 from taskq import queue as q
 from taskq.api import Deps, create_app
+from taskq.api.asgi import on_loop
 from taskq.handlers import Registry, register_builtins
 from taskq.settings import Settings, load_settings
 
@@ -378,12 +380,17 @@ def test_body_over_the_limit_is_413(make_client: Callable[..., Client], conn: Co
 
 
 def _chunked(client: Client, path: str, body: bytes) -> falcon.testing.Result:
-    """A request without Content-Length, as a server hands over a chunked body."""
-    env = falcon.testing.create_environ(
-        path=path,
-        method="POST",
-        headers={**JSON, "Transfer-Encoding": "chunked"},
-    )
+    """A request without Content-Length, as a server hands over a chunked body (the
+    ASGI server de-chunks it into body events; a WSGI server into a terminated input)."""
+    headers = {**JSON, "Transfer-Encoding": "chunked"}
+    if isinstance(client.app, falcon.asgi.App):
+        scope = falcon.testing.create_scope(path=path, method="POST", headers=headers)
+        emitter = falcon.testing.ASGIRequestEventEmitter(body)
+        collector = falcon.testing.ASGIResponseEventCollector()
+        falcon.util.async_to_sync(client.app, scope, emitter, collector)
+        status = falcon.util.code_to_http_status(collector.status)
+        return falcon.testing.Result(collector.body_chunks, status, collector.headers)
+    env = falcon.testing.create_environ(path=path, method="POST", headers=headers)
     env.pop("CONTENT_LENGTH", None)
     env["wsgi.input"] = io.BytesIO(body)
     env["wsgi.input_terminated"] = True
@@ -461,7 +468,7 @@ def test_an_unexpected_exception_is_a_500_without_a_traceback(settings: Settings
 
     client, pool, app = _client(settings)
     try:
-        app.add_route("/boom", Boom())
+        app.add_route("/boom", on_loop(Boom(), max_body_bytes=1024))
         result = client.simulate_get("/boom")
     finally:
         pool.close()
@@ -498,7 +505,7 @@ def test_an_unexpected_database_error_is_logged_without_the_row_it_quotes(
 
     client, pool, app = _client(settings)
     try:
-        app.add_route("/bad-insert", BadInsert(pool))
+        app.add_route("/bad-insert", on_loop(BadInsert(pool), max_body_bytes=1024))
         with caplog.at_level("DEBUG"):
             result = client.simulate_post("/bad-insert")
     finally:

@@ -23,6 +23,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from taskq import db
 from taskq.api import Deps, create_app, openapi
+from taskq.api.asgi import on_loop
 from taskq.settings import Settings
 
 from tests.helpers import free_port
@@ -151,7 +152,7 @@ def test_the_route_checks_catch_drift(
         def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
             """An endpoint somebody forgot to document."""
 
-    app.add_route("/tasks/{task_id:uuid}/extra", Extra())
+    app.add_route("/tasks/{task_id:uuid}/extra", on_loop(Extra(), max_body_bytes=1024))
     assert openapi.undocumented(app) == {("DELETE", "/tasks/{task_id}/extra")}
     fake = openapi.Operation("gone", {200: openapi.Response("ok")})
     monkeypatch.setitem(openapi.OPERATIONS, ("GET", "/nowhere"), fake)
@@ -373,6 +374,7 @@ def test_every_parameter_the_code_reads_is_documented(app: falcon.App[Any, Any])
         found = app._router.find(re.sub(r"\{\w+\}", str(uuid.uuid4()), path))
         assert found is not None, path
         resource, method_map = found[0], found[1]
+        resource = getattr(resource, "resource", resource)  # the ASGI adapter's resource
         read = _names_read(resource, method_map[method].__name__)
         documented = {p for p in op.parameters if p not in re.findall(r"\{(\w+)\}", path)}
         assert read == documented, (

@@ -1,5 +1,6 @@
-"""The API against its own OpenAPI document, with schemathesis: generated requests (valid
-and invalid) for every operation, every built-in check on. A document that allows what
+"""The API (the ASGI app `taskq api` serves) against its own OpenAPI document, with
+schemathesis: generated requests (valid and invalid) for every operation, every built-in
+check on. A document that allows what
 the server refuses, or a response the document does not describe, fails the build.
 
 Bounded: a fixed number of examples per operation, derandomized, so the run is repeatable
@@ -79,7 +80,7 @@ def _follow_documented_rules(case: Any) -> None:
 def test_the_api_does_what_its_document_says(
     api_app: falcon.App[Any, Any], mode: GenerationMode
 ) -> None:
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", api_app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     tested = 0
     for operation in operations:

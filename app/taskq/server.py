@@ -1,5 +1,11 @@
 """Serve the Falcon app with gunicorn, configured from our settings.
 
+The API is an ASGI app (falcon.asgi) on gunicorn's uvicorn workers ("asgi", what
+`taskq api` runs): each process holds many requests in flight, and concurrent
+submissions share one commit (app/taskq/api/ingest.py). Two other designs stay
+available for comparison (bench/): "sync", one request per process at a time (the WSGI
+app on sync workers), and "gthread", the WSGI app with group commit on threaded workers.
+
 The app (and its connection pool) is built in each gunicorn worker after the fork:
 database connections must never be shared across processes.
 
@@ -18,11 +24,14 @@ import os
 import signal
 import threading
 import time
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
 
 from taskq import db, metrics
 from taskq.health import HealthServer, health_app
@@ -42,10 +51,7 @@ _GUNICORN_ERROR_CODES = {
 }
 
 
-def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's answer to a request it cannot parse (a bad request line, oversized or
-    malformed headers, bad chunking) in the API's one JSON error shape instead of an HTML
-    page. The detail is left out: it may quote the offending header, a token included."""
+def _json_error_response(status_int: int, reason: str) -> bytes:
     body = json.dumps(
         {
             "error": {
@@ -61,7 +67,14 @@ def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
-    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+    return head.encode("latin-1") + body
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (a bad request line, oversized or
+    malformed headers, bad chunking) in the API's one JSON error shape instead of an HTML
+    page. The detail is left out: it may quote the offending header, a token included."""
+    gunicorn_util.write_nonblock(sock, _json_error_response(status_int, reason))
 
 
 # gunicorn writes its own error responses through this one function.
@@ -96,18 +109,111 @@ class GunicornLogger(Logger):  # type: ignore[misc]
             log.propagate = True
 
 
+# Request limits, as gunicorn's sync workers enforce them (limit_request_* below).
+LIMIT_REQUEST_LINE = 8190
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
+
+
+class _Refused(Exception):
+    pass
+
+
+class ApiHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with gunicorn's request limits (a URL over 8190
+    bytes: 414; more than 100 header fields, or one over 8190 bytes: 431) and, for every
+    request it cannot parse, the API's JSON error shape instead of uvicorn's plain text.
+    Like gunicorn's, the answer never quotes the offending bytes."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._refusal = 400
+        self._fields = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > LIMIT_REQUEST_LINE:
+            self._refusal = 414
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > LIMIT_REQUEST_FIELDS or len(name) + len(value) > LIMIT_REQUEST_FIELD_SIZE:
+            self._refusal = 431
+            raise _Refused
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        status = getattr(self, "_refusal", 400)
+        self.transport.write(_json_error_response(status, HTTPStatus(status).phrase))
+        self.transport.close()
+
+
+def _drop_color_message(record: logging.LogRecord) -> bool:
+    """uvicorn attaches a terminal-coloured copy of some messages as an extra field, which
+    taskq's formatters would print as one more key."""
+    record.__dict__.pop("color_message", None)
+    return True
+
+
+class ApiWorker(UvicornWorker):  # type: ignore[misc]
+    """uvicorn in a gunicorn worker process, its error log handed to the root logger like
+    gunicorn's own (uvicorn's worker would give it gunicorn's handlers, which
+    GunicornLogger empties, and stop its propagation: it would vanish). Access lines
+    come from the API's own observer (app/taskq/api/observability.py), not uvicorn."""
+
+    CONFIG_KWARGS: dict[str, Any] = {
+        "loop": "auto",  # uvloop when installed
+        "http": ApiHttpProtocol,
+        "access_log": False,
+        "lifespan": "off",
+        "server_header": False,
+        # Forwarded headers are not read (as under the sync workers, the app uses none of
+        # what they would rewrite); skipping uvicorn's middleware saves its work per request.
+        "proxy_headers": False,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        errors = logging.getLogger("uvicorn.error")
+        errors.handlers = []
+        errors.propagate = True
+        errors.addFilter(_drop_color_message)
+        # No handler and no propagation: uvicorn then skips its access line altogether.
+        access = logging.getLogger("uvicorn.access")
+        access.handlers = []
+        access.propagate = False
+
+
+# gunicorn worker class and WSGI/ASGI app options per server design.
+WORKER_CLASSES = {
+    "asgi": "taskq.server.ApiWorker",
+    "gthread": "gthread",
+    "sync": "sync",
+}
+# Threads per process for "gthread": requests a process holds in flight.
+GTHREAD_THREADS = 16
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     metrics.process_exited(worker.pid)
 
 
 class GunicornServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, *, bind: str, workers: int) -> None:
+    def __init__(
+        self, settings: Settings, *, bind: str, workers: int, design: str = "asgi"
+    ) -> None:
         self._settings = settings
+        self._design = design
+        # The master's pid, taken before the fork: a worker whose master died while it
+        # was still loading would otherwise watch its new parent (init) for ever.
+        self._master = os.getpid()
         metrics_dir = metrics.prepare_multiprocess_dir()  # before any worker is forked
         self._options: dict[str, Any] = {
             "bind": bind,
             "workers": workers,
-            "worker_class": "sync",
+            "worker_class": WORKER_CLASSES[design],
+            "threads": GTHREAD_THREADS if design == "gthread" else 1,
             # Keep-alive lets load balancers and load tests reuse connections.
             "keepalive": 5,
             "timeout": 30,
@@ -117,9 +223,9 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "loglevel": settings.log_level.lower(),
             "proc_name": "taskq-api",
             # Headers above these limits get a 400 from gunicorn before our code runs.
-            "limit_request_line": 8190,
-            "limit_request_fields": 100,
-            "limit_request_field_size": 8190,
+            "limit_request_line": LIMIT_REQUEST_LINE,
+            "limit_request_fields": LIMIT_REQUEST_FIELDS,
+            "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
             "logger_class": "taskq.server.GunicornLogger",
             "child_exit": _child_exit,
             "on_exit": lambda server: metrics.remove_multiprocess_dir(metrics_dir),
@@ -145,19 +251,22 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         logs.configure(self._settings)
         logging.getLogger("gunicorn.error").addFilter(_WithholdRequestDetails())
         deps = Deps.from_settings(self._settings)
-        app = create_app(self._settings, deps)
+        app = create_app(
+            self._settings, deps, asgi=self._design == "asgi", group_commit=self._design != "sync"
+        )
         start_worker_health(self._settings, deps.pool)
-        watch_master(os.getppid())
+        watch_master(self._master)
         return app
 
 
 def start_worker_health(settings: Settings, pool: Any) -> HealthServer | None:
     """/live and /ready on TASKQ_API_HEALTH_BIND from a thread of this worker process.
 
-    A sync worker serves one request at a time; were the probes to share its port they
-    would queue behind requests waiting on a hung database, and a liveness probe would
-    restart a healthy API. The probe thread answers apart from them; `/ready` asks the
-    process's own pool, bounded by the watchdog (taskq/db.py).
+    Requests waiting on a hung database hold a sync worker, and the threads an ASGI
+    worker runs its queries on; were the probes to share the API's port they would queue
+    behind them, and a liveness probe would restart a healthy API. The probe thread
+    answers apart from them; `/ready` asks the process's own pool, bounded by the
+    watchdog (taskq/db.py).
     """
     host, port = parse_bind(settings.api_health_bind)
     if port == 0:
@@ -191,9 +300,16 @@ def watch_master(master: int, interval: float = 0.2) -> threading.Thread:
     return thread
 
 
-def serve(settings: Settings, *, bind: str | None = None, workers: int | None = None) -> None:
+def serve(
+    settings: Settings,
+    *,
+    bind: str | None = None,
+    workers: int | None = None,
+    design: str = "asgi",
+) -> None:
     GunicornServer(
         settings,
         bind=settings.api_bind if bind is None else bind,
         workers=settings.api_workers if workers is None else workers,
+        design=design,
     ).run()

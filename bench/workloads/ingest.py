@@ -12,6 +12,7 @@ and one epoll thread keeps 16 connections busy at a fraction of one core.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -23,6 +24,8 @@ from bench import pgbench, procs
 from bench.pg import tool
 from bench.systems import BIN, Taskq
 
+# Server designs measured beside `taskq api` (app/taskq/server.py, bench/api_design.py).
+OTHER_DESIGNS = ("sync", "gthread")
 LUA = Path(__file__).resolve().parent.parent / "wrk" / "post.lua"
 TASK_BODY = {"kind": "echo", "payload": {"input": "hello"}}
 
@@ -43,6 +46,12 @@ class IngestRound:
     single: HttpResult
     batch: HttpResult
     db_insert: HttpResult  # pgbench: transactions/s as requests/s
+    # `taskq api` at 4x the clients (no error, p99 bound), and the ceiling there too.
+    single_many: HttpResult
+    baseline_many: HttpResult
+    # POST /tasks (and the batch endpoint) on the other server designs, same clients:
+    # "sync" is the design before group commit, "gthread" group commit on threads.
+    designs: dict[str, HttpResult]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,6 +104,7 @@ def run(
     api_url = f"http://127.0.0.1:{api_port}"
     baseline_cmd = [sys.executable, "-m", "bench.http_baseline", "--bind", baseline_url[7:]]
     api_cmd = [str(BIN / "taskq"), "api", "--bind", api_url[7:]]
+    design_urls = {d: f"http://127.0.0.1:{procs.free_port()}" for d in OTHER_DESIGNS}
     out: list[IngestRound] = []
     # Both servers stay up for the whole workload (idle, they cost only memory) so every
     # round runs all four measurements back to back: a burst of other activity on the
@@ -103,13 +113,26 @@ def run(
         tempfile.TemporaryDirectory(prefix="taskq-wrk-") as tmp,
         procs.running(baseline_cmd, env=env, log=logs / "ingest-baseline.log") as baseline,
         procs.running(api_cmd, env=env, log=logs / "ingest-taskq.log") as api,
+        contextlib.ExitStack() as stack,
     ):
+        design_servers = {
+            d: stack.enter_context(
+                procs.running(
+                    [sys.executable, "-m", "bench.api_design", "--design", d, "--bind", u[7:]],
+                    env=env,
+                    log=logs / f"ingest-{d}.log",
+                )
+            )
+            for d, u in design_urls.items()
+        }
         single_body = Path(tmp) / "single.json"
         single_body.write_text(json.dumps(TASK_BODY))
         batch_body = Path(tmp) / "batch.json"
         batch_body.write_text(json.dumps({"tasks": [TASK_BODY] * batch_size}))
         procs.wait_until(lambda: procs.http_ok(f"{baseline_url}/live"), 30, "the baseline")
         procs.wait_until(lambda: procs.http_ok(f"{api_url}/ready"), 30, "taskq api")
+        for d, u in design_urls.items():
+            procs.wait_until(lambda u=u: procs.http_ok(f"{u}/ready"), 30, f"taskq api ({d})")
         for _ in range(rounds):
             ceiling = _wrk(f"{baseline_url}/tasks", single_body, clients, seconds, 1, baseline.pid)
             system.reset()
@@ -128,7 +151,21 @@ def run(
                 options="-c taskq.notify=off",
             )
             insert = HttpResult(res.tps, res.tps, 0.0, res.p99_ms, 0, 0.0)
-            out.append(IngestRound(ceiling, single, batch, insert))
+            many = _wrk(f"{api_url}/tasks", single_body, clients * 4, seconds, 1, api.pid)
+            system.reset()
+            ceiling_many = _wrk(
+                f"{baseline_url}/tasks", single_body, clients * 4, seconds, 1, baseline.pid
+            )
+            designs: dict[str, HttpResult] = {}
+            for d, u in design_urls.items():
+                server = design_servers[d].pid
+                designs[d] = _wrk(f"{u}/tasks", single_body, clients, seconds, 1, server)
+                system.reset()
+                designs[f"{d} batch"] = _wrk(
+                    f"{u}/tasks/batch", batch_body, clients, seconds, batch_size, server
+                )
+                system.reset()
+            out.append(IngestRound(ceiling, single, batch, insert, many, ceiling_many, designs))
         api_rss = _worker_rss_mb(api.pid)
         baseline_rss = _worker_rss_mb(baseline.pid)
     system.reset()

@@ -73,6 +73,9 @@ def _synthetic() -> dict[str, Any]:
         "single": http(800, 800),
         "batch": http(100, 10_000),
         "db_insert": http(900, 900),
+        "single_many": http(900, 900),
+        "baseline_many": http(1100, 1100),
+        "designs": {"sync": http(300, 300), "sync batch": http(80, 8_000)},
     }
     ceiling_row = {"batch": 100, "synchronous_commit": True, "jobs_per_s": 4000.0, "cycle_ms": 1.0}
     lat = {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}
@@ -83,6 +86,7 @@ def _synthetic() -> dict[str, Any]:
             "rounds": [ingest_round],
             "median": ingest_round,
             "api_worker_rss_mb": 40.0,
+            "clients": 16,
         },
         "ceiling": [{"median": ceiling_row}],
         "scale": {
@@ -104,6 +108,9 @@ def test_summary_ratios_and_targets() -> None:
     met = {t["target"]: t["met"] for t in summary["targets"]}
     assert met["Drain ≥ 2x pgqueuer"] is True
     assert met["Pickup p50 better than pgqueuer"] is False  # equal is not better
+    assert met["Ingest errors at 64 clients = 0"] is True
+    assert met["Ingest p99 ≤ 50 ms at 64 clients"] is True
+    assert met["Batch endpoint not slower than on sync workers (≥ 90%: noise)"] is True
 
 
 def _missing_tools() -> list[str]:

@@ -339,12 +339,16 @@ def test_api_probes_answer_while_every_request_waits_on_a_frozen_database(
     frozen_at = time.monotonic()
     try:
         with Load(port, clients=4, pace=0.5) as load:
-            # Both request workers are stuck: the API port does not answer /live.
+            # Requests that need the database wait on it: a page of tasks does not come.
             wait_until(
-                lambda: get_status(port, "/live", timeout=1.5) is None,
+                lambda: get_status(port, "/tasks?limit=1", timeout=1.5) is None,
                 timeout=20,
-                what="the API port to stop answering",
+                what="requests to wait on the frozen database",
             )
+            # The API port's event loop waits on nothing: its /live still answers.
+            t0 = time.monotonic()
+            api_live = request(port, "GET", "/live", timeout=5)
+            api_live_seconds = time.monotonic() - t0
             t0 = time.monotonic()
             live = request(health, "GET", "/live", timeout=5)
             live_seconds = time.monotonic() - t0
@@ -358,6 +362,8 @@ def test_api_probes_answer_while_every_request_waits_on_a_frozen_database(
             )
     finally:
         node.signal_all(signal.SIGCONT)
+    assert api_live.status == 200, api_live
+    assert api_live_seconds < 1.0
     assert live.status == 200, live
     assert ready.status == 503, ready
     assert live_seconds < 1.0
@@ -365,7 +371,8 @@ def test_api_probes_answer_while_every_request_waits_on_a_frozen_database(
     assert api.alive()
     metrics.record(
         "api_probes_with_frozen_database",
-        api_port_live_answer=None,
+        api_port_live_status=api_live.status,
+        api_port_live_seconds=round(api_live_seconds, 3),
         health_live_status=live.status,
         health_live_seconds=round(live_seconds, 3),
         health_ready_status=ready.status,

@@ -138,3 +138,8 @@ class BearerAuth:
             code="unauthorized",
             headers={"WWW-Authenticate": CHALLENGE},
         )
+
+    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """falcon.asgi's hook: the same check (a stat() of the tokens file at most once a
+        second is all it may wait on)."""
+        self.process_request(req, resp)

@@ -19,6 +19,47 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
+    _check_head(req, max_bytes)
+    prefetched = req.context.get("body")
+    if prefetched is not None:  # read from the event loop already (taskq/api/asgi.py)
+        body: bytes = prefetched
+    else:
+        try:
+            body = _read_at_most(_body_stream(req), max_bytes + 1)
+        except Exception:  # the server refused the body's framing (bad chunking) or lost the client
+            raise _bad_framing() from None
+    return _checked(body, max_bytes)
+
+
+async def read_body_async(req: falcon.Request, max_bytes: int) -> bytes:
+    """read_body for falcon.asgi requests: the same checks, the body read without
+    blocking the event loop."""
+    _check_head(req, max_bytes)
+    prefetched = req.context.get("body")
+    return _checked(
+        prefetched if prefetched is not None else await read_at_most_async(req, max_bytes + 1),
+        max_bytes,
+    )
+
+
+async def read_at_most_async(req: falcon.Request, limit: int) -> bytes:
+    """Up to `limit` bytes of a falcon.asgi request's body (which the server de-chunks)."""
+    stream: Any = req.stream
+    parts: list[bytes] = []
+    remaining = limit
+    try:
+        while remaining > 0:
+            part = await stream.read(remaining)
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+    except Exception:  # the client went away mid-body
+        raise _bad_framing() from None
+    return b"".join(parts)
+
+
+def _check_head(req: falcon.Request, max_bytes: int) -> None:
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise ApiError(
@@ -30,12 +71,9 @@ def read_body(req: falcon.Request, max_bytes: int) -> bytes:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise _too_large(max_bytes)
-    try:
-        body = _read_at_most(_body_stream(req), max_bytes + 1)
-    except Exception:  # the server refused the body's framing (bad chunking) or lost the client
-        raise ApiError(
-            falcon.HTTP_400, "malformed request body framing", code="malformed_body"
-        ) from None
+
+
+def _checked(body: bytes, max_bytes: int) -> bytes:
     if len(body) > max_bytes:  # chunked bodies have no Content-Length to check up front
         raise _too_large(max_bytes)
     if not body.strip():
@@ -43,6 +81,10 @@ def read_body(req: falcon.Request, max_bytes: int) -> bytes:
             falcon.HTTP_400, "request body is empty; send a JSON object", code="malformed_json"
         )
     return body
+
+
+def _bad_framing() -> ApiError:
+    return ApiError(falcon.HTTP_400, "malformed request body framing", code="malformed_body")
 
 
 def _body_stream(req: falcon.Request) -> Any:

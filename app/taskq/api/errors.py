@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 import falcon
+import falcon.asgi
 
 from taskq.errors import (
     DatabaseUnavailable,
@@ -158,7 +159,24 @@ def _frames_only(error: BaseException) -> str:
     return "\n\nwhich was raised from or while handling:\n\n".join(parts)
 
 
-def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
+async def _handle_domain_error_async(
+    req: falcon.Request, resp: falcon.Response, error: TaskqError, params: dict[str, Any]
+) -> None:
+    handle_domain_error(req, resp, error, params)
+
+
+async def _handle_unexpected_async(
+    req: falcon.Request, resp: falcon.Response, error: Exception, params: dict[str, Any]
+) -> None:
+    handle_unexpected(req, resp, error, params)
+
+
+def register(app: falcon.App[Any, Any]) -> None:
+    """The error serializer and handlers, as coroutines on falcon.asgi (which wants them)."""
     app.set_error_serializer(serialize_error)
-    app.add_error_handler(Exception, handle_unexpected)
-    app.add_error_handler(TaskqError, handle_domain_error)
+    if isinstance(app, falcon.asgi.App):
+        app.add_error_handler(Exception, _handle_unexpected_async)
+        app.add_error_handler(TaskqError, _handle_domain_error_async)
+    else:
+        app.add_error_handler(Exception, handle_unexpected)
+        app.add_error_handler(TaskqError, handle_domain_error)

@@ -106,3 +106,25 @@ class RequestObserver:
             )
         finally:
             logs.unbind_request_id(req.context.log_token)
+
+    # falcon.asgi calls these: the same work, none of it waits on anything.
+    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.process_request(req, resp)
+
+    async def process_resource_async(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        resource: object,
+        params: dict[str, object],
+    ) -> None:
+        self.process_resource(req, resp, resource, params)
+
+    async def process_response_async(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
+        self.process_response(req, resp, resource, req_succeeded)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import falcon
 
 from taskq import metrics, queue
-from taskq.api.body import parse, read_body
+from taskq.api.body import parse, read_body, read_body_async
 from taskq.api.deps import Deps
+from taskq.api.ingest import Ingest
 from taskq.db import pooled
 from taskq.errors import InvalidInput
 from taskq.models import (
@@ -48,16 +50,49 @@ class _Base:
 
 
 class TasksResource(_Base):
-    """/tasks: POST submits one task, GET lists a page."""
+    """/tasks: POST submits one task, GET lists a page.
+
+    With `group_commit`, concurrent submissions of this process share one INSERT and one
+    commit (taskq/api/ingest.py); `on_post_async` is the submit of the ASGI app."""
+
+    def __init__(self, settings: Settings, deps: Deps, *, group_commit: bool = False) -> None:
+        super().__init__(settings, deps)
+        self.ingest = (
+            Ingest(
+                self.pool,
+                default_max_attempts=settings.default_max_attempts,
+                announce=self._announce,
+            )
+            if group_commit
+            else None
+        )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        spec = parse(TaskSpec, read_body(req, self.settings.api_max_body_bytes))
-        spec = self._check_kind(self._with_header_key(req, spec))
+        spec = self._submitted(req, read_body(req, self.settings.api_max_body_bytes))
+        task = self.ingest.submit(spec).result() if self.ingest else self._enqueue(spec)
+        self._created(resp, task)
+
+    async def on_post_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        spec = self._submitted(req, await read_body_async(req, self.settings.api_max_body_bytes))
+        if self.ingest is not None:
+            task = await self.ingest.submit_async(spec)
+        else:
+            task = await asyncio.to_thread(self._enqueue, spec)
+        self._created(resp, task)
+
+    def _submitted(self, req: falcon.Request, body: bytes) -> TaskSpec:
+        return self._check_kind(self._with_header_key(req, parse(TaskSpec, body)))
+
+    def _enqueue(self, spec: TaskSpec) -> Task:
         with pooled(self.pool) as conn:
             task = queue.enqueue(
                 conn, spec, default_max_attempts=self.settings.default_max_attempts
             )
             self._announce(conn, [task])
+        return task
+
+    @staticmethod
+    def _created(resp: falcon.Response, task: Task) -> None:
         resp.status = falcon.HTTP_201 if task.created else falcon.HTTP_200
         resp.location = f"/tasks/{task.id}"
         resp.media = task.to_json()
