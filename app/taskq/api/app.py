@@ -16,7 +16,7 @@ from taskq.api.openapi import OpenApiResource, build
 from taskq.api.queues import QueueLimitsResource, QueueResource, QueuesResource
 from taskq.api.schedules import ScheduleResource, SchedulesResource
 from taskq.api.stats import StatsResource
-from taskq.api.tasks import BatchResource, TaskResource, TasksResource
+from taskq.api.tasks import BatchResource, BatchStatusResource, TaskResource, TasksResource
 from taskq.health import LiveResource, MetricsResource, ReadyResource
 from taskq.settings import Settings
 
@@ -39,6 +39,7 @@ def create_app(
     app.add_route("/tasks/{task_id:uuid}", task)
     app.add_route("/tasks/{task_id:uuid}/cancel", task, suffix="cancel")
     app.add_route("/tasks/{task_id:uuid}/retry", task, suffix="retry")
+    app.add_route("/batches/{batch_id:uuid}", BatchStatusResource(settings, deps))
     app.add_route("/schedules", SchedulesResource(settings, deps))
     schedule = ScheduleResource(settings, deps)
     app.add_route("/schedules/{name}", schedule)

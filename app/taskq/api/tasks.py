@@ -7,7 +7,7 @@ from typing import Any
 
 import falcon
 
-from taskq import metrics, queue
+from taskq import metrics, queue, workflows
 from taskq.api.body import parse, read_body
 from taskq.api.deps import Deps
 from taskq.db import pooled
@@ -54,7 +54,7 @@ class TasksResource(_Base):
         spec = parse(TaskSpec, read_body(req, self.settings.api_max_body_bytes))
         spec = self._check_kind(self._with_header_key(req, spec))
         with pooled(self.pool) as conn:
-            task = queue.enqueue(
+            task = workflows.enqueue(
                 conn, spec, default_max_attempts=self.settings.default_max_attempts
             )
             self._announce(conn, [task])
@@ -139,12 +139,25 @@ class BatchResource(_Base):
         ]
         with pooled(self.pool) as conn:
             with conn.transaction():
-                tasks = queue.enqueue_many(
-                    conn, specs, default_max_attempts=self.settings.default_max_attempts
+                tasks = workflows.enqueue_many(
+                    conn,
+                    specs,
+                    default_max_attempts=self.settings.default_max_attempts,
+                    on_complete=batch.on_complete,
                 )
             self._announce(conn, tasks)
         resp.status = falcon.HTTP_201 if any(t.created for t in tasks) else falcon.HTTP_200
         resp.media = {"tasks": [t.to_json() for t in tasks]}
+        if batch.on_complete is not None:
+            resp.media["batch_id"] = str(tasks[0].batch_id)
+
+
+class BatchStatusResource(_Base):
+    """/batches/{id}: GET a batch's progress (members by status, its on_complete task)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, batch_id: uuid.UUID) -> None:
+        with pooled(self.pool) as conn:
+            resp.media = workflows.get_batch(conn, batch_id)
 
 
 class TaskResource(_Base):
@@ -155,16 +168,16 @@ class TaskResource(_Base):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID) -> None:
         with pooled(self.pool) as conn:
-            resp.media = queue.get(conn, task_id).to_json()
+            resp.media = workflows.describe(conn, task_id)
 
     def on_post_cancel(
         self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID
     ) -> None:
         with pooled(self.pool) as conn:
-            task = queue.cancel(conn, task_id)
+            task = workflows.cancel(conn, task_id)
         resp.status = falcon.HTTP_202 if task.status == "running" else falcon.HTTP_200
         resp.media = task.to_json()
 
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, task_id: uuid.UUID) -> None:
         with pooled(self.pool) as conn:
-            resp.media = queue.retry(conn, task_id).to_json()
+            resp.media = workflows.retry(conn, task_id).to_json()

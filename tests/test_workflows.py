@@ -1,0 +1,257 @@
+"""app/taskq/workflows.py against a real PostgreSQL: dependencies, cascades, batches."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from pydantic import ValidationError
+from taskq import queue as q
+from taskq import workflows as wf
+from taskq.errors import InvalidInput
+from taskq.models import MAX_PARENTS, OnComplete, TaskSpec
+from taskq.validation import problems
+
+Conn = psycopg.Connection[dict[str, Any]]
+W = "worker-one"
+
+
+def spec(**kw: Any) -> TaskSpec:
+    return TaskSpec.model_validate({"kind": "echo", **kw})
+
+
+def run_all(
+    conn: Conn,
+    outcome: q.Outcome = "succeeded",
+    *,
+    queues: list[str] | None = None,
+    result: Any = None,
+    limit: int = 100,
+) -> list[q.Claimed]:
+    """Claim every runnable task and record `outcome` for each (as a worker would)."""
+    claimed = q.claim(conn, queues=queues or ["default"], limit=limit, worker_id=W, lease=30)
+    outcomes = [
+        q.Finish(
+            t.lease,
+            outcome,
+            result_json=json.dumps(result if result is not None else {"from": t.payload.get("n")}),
+            error=None if outcome == "succeeded" else "boom",
+        )
+        for t in claimed
+    ]
+    wf.finish(conn, outcomes, worker_id=W)
+    return claimed
+
+
+def status(conn: Conn, task_id: uuid.UUID) -> str:
+    return str(q.get(conn, task_id).status)
+
+
+def test_a_chain_runs_in_order(conn: Conn) -> None:
+    a, b, c = wf.enqueue_many(
+        conn,
+        [
+            spec(ref="a", payload={"n": 1}),
+            spec(ref="b", depends_on=["a"], payload={"n": 2}),
+            spec(depends_on=["b"], payload={"n": 3}),
+        ],
+    )
+    assert (a.status, b.status, c.status) == ("queued", "blocked", "blocked")
+    assert (b.blocked_by, c.depends_on) == (1, [b.id])
+    assert [t.id for t in run_all(conn)] == [a.id]
+    assert status(conn, b.id) == "queued"
+    assert status(conn, c.id) == "blocked"
+    ran = run_all(conn)
+    assert [t.id for t in ran] == [b.id]
+    assert ran[0].depends_on == [a.id]
+    assert [t.id for t in run_all(conn)] == [c.id]
+    assert status(conn, c.id) == "succeeded"
+
+
+def test_fan_in_waits_for_every_parent_and_gets_their_results(conn: Conn) -> None:
+    parents = wf.enqueue_many(conn, [spec(ref=f"p{i}", payload={"n": i}) for i in range(3)])
+    child = wf.enqueue(conn, spec(depends_on=[str(p.id) for p in parents]))
+    assert (child.status, child.blocked_by) == ("blocked", 3)
+    first = q.claim(conn, queues=["default"], limit=2, worker_id=W, lease=30)
+    wf.finish(conn, [q.Finish(t.lease, "succeeded", result_json="1") for t in first], worker_id=W)
+    assert q.get(conn, child.id).blocked_by == 1
+    run_all(conn)
+    claimed = q.claim(conn, queues=["default"], limit=10, worker_id=W, lease=30)
+    assert [t.id for t in claimed] == [child.id]
+    [with_results] = wf.attach_parent_results(conn, claimed)
+    assert with_results.parent_results is not None
+    assert with_results.parent_results["p2"] == {"from": 2}
+    assert with_results.parent_results[str(parents[2].id)] == {"from": 2}
+
+
+def test_a_parent_that_succeeded_already_does_not_block(conn: Conn) -> None:
+    parent = wf.enqueue(conn, spec())
+    run_all(conn)
+    child = wf.enqueue(conn, spec(depends_on=[str(parent.id)]))
+    assert (child.status, child.blocked_by) == ("queued", 0)
+
+
+def test_failure_cancels_dependents_transitively_and_retry_reopens_them(conn: Conn) -> None:
+    a, b, c, d = wf.enqueue_many(
+        conn,
+        [
+            spec(ref="a", max_attempts=1),
+            spec(ref="b", depends_on=["a"]),
+            spec(ref="c", depends_on=["b"]),
+            spec(queue="other"),
+        ],
+    )
+    run_all(conn, "failed")
+    assert status(conn, a.id) == "failed"
+    for task in (b, c):
+        row = q.get(conn, task.id)
+        assert (row.status, row.cancelled_by) == ("cancelled", a.id)
+        assert row.finished_at is not None
+    assert q.get(conn, b.id).last_error == f"cancelled: dependency {a.id} failed"
+    assert q.get(conn, c.id).last_error == f"cancelled: dependency {b.id} was cancelled"
+    assert status(conn, d.id) == "queued"  # unrelated
+    wf.retry(conn, a.id)
+    assert [(status(conn, t.id), q.get(conn, t.id).blocked_by) for t in (a, b, c)] == [
+        ("queued", 0),
+        ("blocked", 1),
+        ("blocked", 1),
+    ]
+    run_all(conn)
+    run_all(conn)
+    run_all(conn)
+    assert [status(conn, t.id) for t in (a, b, c)] == ["succeeded"] * 3
+
+
+def test_a_retry_that_fails_again_does_not_cancel_dependents_before_the_end(conn: Conn) -> None:
+    parent, child = wf.enqueue_many(conn, [spec(ref="p", max_attempts=2), spec(depends_on=["p"])])
+    run_all(conn, "retry")  # one attempt left: back to queued
+    assert (status(conn, parent.id), status(conn, child.id)) == ("queued", "blocked")
+
+
+def test_cancelling_a_blocked_or_queued_parent_cancels_its_dependents(conn: Conn) -> None:
+    parent, child = wf.enqueue_many(conn, [spec(ref="p"), spec(depends_on=["p"])])
+    wf.cancel(conn, parent.id)
+    row = q.get(conn, child.id)
+    assert (row.status, row.last_error) == (
+        "cancelled",
+        f"cancelled: dependency {parent.id} was cancelled",
+    )
+    middle = wf.enqueue_many(
+        conn, [spec(ref="x", delay=3600), spec(ref="y", depends_on=["x"]), spec(depends_on=["y"])]
+    )
+    assert wf.cancel(conn, middle[1].id).status == "cancelled"
+    assert status(conn, middle[2].id) == "cancelled"
+    assert status(conn, middle[0].id) == "queued"
+
+
+def test_a_parent_already_failed_at_submit_cancels_the_child_at_once(conn: Conn) -> None:
+    parent = wf.enqueue(conn, spec(max_attempts=1))
+    run_all(conn, "failed")
+    child = wf.enqueue(conn, spec(depends_on=[str(parent.id)]))
+    assert (child.status, child.cancelled_by) == ("cancelled", parent.id)
+    assert child.last_error == f"cancelled: dependency {parent.id} failed"
+    wf.retry(conn, parent.id)
+    assert status(conn, child.id) == "blocked"
+
+
+@pytest.mark.parametrize(
+    ("specs", "field", "words"),
+    [
+        ([{"depends_on": ["nope"]}], "tasks[0].depends_on[0]", "neither a task id"),
+        ([{"ref": "a", "depends_on": ["a"]}], "tasks[0].depends_on[0]", "itself"),
+        ([{"depends_on": ["b"]}, {"ref": "b"}], "tasks[0].depends_on[0]", "later task"),
+        ([{"ref": "a"}, {"ref": "a"}], "tasks[1].ref", "already the ref"),
+        ([{"depends_on": [str(uuid.uuid4())]}], "tasks[0].depends_on[0]", "no task"),
+        (
+            [{"ref": "a"}, {"depends_on": ["a", str(uuid.uuid4())]}],
+            "tasks[1].depends_on[1]",
+            "no task",
+        ),
+    ],
+)
+def test_bad_graphs_are_refused_naming_the_task_and_field(
+    conn: Conn, specs: list[dict[str, Any]], field: str, words: str
+) -> None:
+    with pytest.raises(InvalidInput) as err:
+        wf.enqueue_many(conn, [spec(**s) for s in specs])
+    assert err.value.field == field
+    assert words in str(err.value)
+    assert conn.execute("SELECT count(*) AS n FROM taskq_tasks").fetchone()["n"] == 0
+
+
+def test_too_many_parents_are_refused(conn: Conn) -> None:
+    parents = wf.enqueue_many(conn, [spec() for _ in range(MAX_PARENTS + 1)])
+    ids = [str(p.id) for p in parents]
+    with pytest.raises(ValidationError) as err:
+        spec(depends_on=ids)
+    assert problems(err.value)[0].field == "depends_on"
+    assert f"at most {MAX_PARENTS} items" in problems(err.value)[0].message
+    assert wf.enqueue(conn, spec(depends_on=ids[:MAX_PARENTS])).blocked_by == MAX_PARENTS
+
+
+def test_a_batch_enqueues_its_callback_once_with_counts(conn: Conn) -> None:
+    members = wf.enqueue_many(
+        conn,
+        [spec(ref="a", max_attempts=1), spec(depends_on=["a"]), spec()],
+        on_complete=OnComplete(kind="echo", payload={"note": "done"}, queue="callbacks"),
+    )
+    batch_id = members[0].batch_id
+    assert batch_id is not None and all(m.batch_id == batch_id for m in members)
+    progress = wf.get_batch(conn, batch_id)
+    assert progress["counts"]["queued"] == 2 and progress["counts"]["blocked"] == 1
+    assert progress["on_complete"]["task_id"] is None
+    claimed = q.claim(conn, queues=["default"], limit=10, worker_id=W, lease=30)
+    by_id = {t.id: t for t in claimed}
+    wf.finish(conn, [q.Finish(by_id[members[0].id].lease, "failed", error="x")], worker_id=W)
+    assert wf.get_batch(conn, batch_id)["completed_at"] is None
+    wf.finish(conn, [q.Finish(by_id[members[2].id].lease, "succeeded")], worker_id=W)
+    progress = wf.get_batch(conn, batch_id)
+    assert progress["completed_at"] is not None
+    assert progress["counts"] == {
+        "blocked": 0,
+        "queued": 0,
+        "running": 0,
+        "succeeded": 1,
+        "failed": 1,
+        "cancelled": 1,
+    }
+    callback = q.get(conn, uuid.UUID(progress["on_complete"]["task_id"]))
+    assert (callback.queue, callback.kind) == ("callbacks", "echo")
+    assert callback.payload == {
+        "note": "done",
+        "batch_id": str(batch_id),
+        "counts": {"succeeded": 1, "failed": 1, "cancelled": 1},
+    }
+    wf.complete_batches(conn, [batch_id])
+    n = conn.execute("SELECT count(*) AS n FROM taskq_tasks WHERE queue = 'callbacks'").fetchone()
+    assert n["n"] == 1
+
+
+def test_describe_shows_parents_and_dependents(conn: Conn) -> None:
+    a, b = wf.enqueue_many(conn, [spec(ref="a"), spec(ref="b", depends_on=["a"])])
+    top = wf.describe(conn, a.id)
+    assert top["dependents"] == [{"id": str(b.id), "kind": "echo", "status": "blocked", "ref": "b"}]
+    assert top["parents"] == []
+    below = wf.describe(conn, b.id)
+    assert below["depends_on"] == [str(a.id)]
+    assert below["parents"][0]["status"] == "queued"
+
+
+def test_idempotent_resubmit_of_a_graph_returns_the_same_tasks(conn: Conn) -> None:
+    graph = [spec(ref="a", idempotency_key="g-a"), spec(depends_on=["a"], idempotency_key="g-b")]
+    first = wf.enqueue_many(conn, graph)
+    again = wf.enqueue_many(conn, graph)
+    assert [t.id for t in again] == [t.id for t in first]
+    assert not any(t.created for t in again)
+
+
+def test_prune_removes_edges_with_their_tasks(conn: Conn) -> None:
+    a, _ = wf.enqueue_many(conn, [spec(ref="a"), spec(depends_on=["a"])])
+    run_all(conn)
+    run_all(conn)
+    assert q.prune(conn, older_than_seconds=0) == 2
+    assert conn.execute("SELECT count(*) AS n FROM taskq_task_deps").fetchone()["n"] == 0
+    del a
