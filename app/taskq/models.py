@@ -343,6 +343,8 @@ class Task:
             "depends_on": None if self.depends_on is None else [str(p) for p in self.depends_on],
             "ref": self.ref,
             "blocked_by": self.blocked_by,
+            "has_dependents": self.has_dependents,
+            "cancelled_by": None if self.cancelled_by is None else str(self.cancelled_by),
             "batch_id": None if self.batch_id is None else str(self.batch_id),
         }
 
