@@ -606,7 +606,7 @@ def test_get_a_task(client: Client) -> None:
     assert result.headers["content-type"] == "application/json"
     assert result.json == {**task, "parents": [], "dependents": []}
     # Ids in any spelling uuid accepts resolve to the same task.
-    assert client.simulate_get(f"/tasks/{task["id"].upper()}").json == result.json
+    assert client.simulate_get(f"/tasks/{task['id'].upper()}").json == result.json
 
 
 def _page_through(client: Client, **params: Any) -> list[dict[str, Any]]:

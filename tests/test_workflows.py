@@ -199,9 +199,11 @@ def test_a_batch_enqueues_its_callback_once_with_counts(conn: Conn) -> None:
         on_complete=OnComplete(kind="echo", payload={"note": "done"}, queue="callbacks"),
     )
     batch_id = members[0].batch_id
-    assert batch_id is not None and all(m.batch_id == batch_id for m in members)
+    assert batch_id is not None
+    assert all(m.batch_id == batch_id for m in members)
     progress = wf.get_batch(conn, batch_id)
-    assert progress["counts"]["queued"] == 2 and progress["counts"]["blocked"] == 1
+    assert progress["counts"]["queued"] == 2
+    assert progress["counts"]["blocked"] == 1
     assert progress["on_complete"]["task_id"] is None
     claimed = q.claim(conn, queues=["default"], limit=10, worker_id=W, lease=30)
     by_id = {t.id: t for t in claimed}

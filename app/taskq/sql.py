@@ -603,6 +603,14 @@ SELECT q.queue, r.n AS runnable, a.n AS scheduled, o.id AS oldest_id, o.run_at A
  ORDER BY q.queue
 """
 
+# Blocked tasks per queue (waiting for their parents), from the blocked index (only
+# blocked rows are in it); at most `cap` entries are read in all.
+COUNT_BLOCKED: LiteralString = """
+SELECT queue, count(*) AS n
+  FROM (SELECT queue FROM taskq_tasks WHERE status = 'blocked' LIMIT %(cap)s) b
+ GROUP BY queue
+"""
+
 # Running tasks per queue, from the lease index (only running rows are in it).
 COUNT_RUNNING: LiteralString = """
 SELECT queue, count(*) AS n FROM taskq_tasks WHERE status = 'running' GROUP BY queue
