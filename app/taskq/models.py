@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -42,6 +43,7 @@ KIND_MAX = 128
 NAME_RULES = {
     "queue": f"queue names are 1-{QUEUE_MAX} characters of letters, digits and _ . : -",
     "kind": f"kinds are 1-{KIND_MAX} characters of letters, digits and _ . : -",
+    "ref": "refs are 1-64 characters of letters, digits and _ . : -",
 }
 # Control characters (C0, DEL, C1): refused in idempotency keys; KEY_PATTERN says the same
 # in the OpenAPI document.
@@ -101,6 +103,22 @@ def _integral(value: Any) -> Any:
 Integer = Annotated[int, BeforeValidator(_integral)]
 
 
+def _check_parent(value: str) -> str:
+    if not 1 <= len(value) <= REF_MAX or not _NAME.fullmatch(value):
+        raise ValueError("must be a task id or the ref of an earlier task of the batch")
+    return value
+
+
+# An entry of depends_on: a task id, or (in a batch) the ref of an earlier task.
+Parent = Annotated[
+    str,
+    AfterValidator(_check_parent),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": REF_MAX, "pattern": NAME_PATTERN}
+    ),
+]
+
+
 class TaskSpec(BaseModel):
     """A task to enqueue. Strict: "5" is not an integer, unknown fields are errors."""
 
@@ -148,7 +166,7 @@ class TaskSpec(BaseModel):
         pattern=_NAME.pattern,
         description="groups tasks for the queue's max_running_per_key (a tenant, a customer)",
     )
-    depends_on: list[str] | None = Field(
+    depends_on: list[Parent] | None = Field(
         None,
         max_length=MAX_PARENTS,
         description="tasks this one waits for (status blocked until every one has "
@@ -187,16 +205,6 @@ class TaskSpec(BaseModel):
             raise ValueError("must be between years 2 and 9998")
         # In UTC: ISO 8601 allows offsets up to 23:59, PostgreSQL up to 15:59.
         return value.astimezone(UTC)
-
-    @field_validator("depends_on")
-    @classmethod
-    def _depends_on(cls, value: list[str] | None) -> list[str] | None:
-        for index, item in enumerate(value or ()):
-            if not 1 <= len(item) <= REF_MAX or not _NAME.fullmatch(item):
-                raise ValueError(
-                    f"[{index}]: must be a task id or the ref of an earlier task of the batch"
-                )
-        return value
 
     @model_validator(mode="after")
     def _schedule(self) -> TaskSpec:
