@@ -113,6 +113,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             503,
         ),
         description="`kind` defaults to `echo`. Schedule with `run_at` or `delay`, not both. "
+        "`depends_on` names existing tasks (422 naming `depends_on[i]` otherwise): the task "
+        "is `blocked` until every one has succeeded, and is cancelled if one fails or is "
+        "cancelled. "
         "A kind with a payload model (`Payload.<kind>`) gets its payload checked: a wrong "
         "field is a 422 naming it (`payload.order_id`).",
         request="TaskSpec",
@@ -139,7 +142,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             500,
             503,
         ),
-        description="Up to TASKQ_API_BATCH_MAX tasks, all created or none.",
+        description="Up to TASKQ_API_BATCH_MAX tasks, all created or none. A task may carry "
+        "a `ref` (unique in the batch) and name task ids or the refs of earlier tasks of the "
+        "batch in `depends_on`: a whole graph is one request (an unknown id or ref, a ref "
+        "of a later task or of itself: 422 naming `tasks[i].depends_on[j]`). With "
+        "`on_complete`, the tasks form a batch (`batch_id`, GET /batches/{id}).",
         request="BatchSpec",
     ),
     ("GET", "/tasks/{task_id}"): Operation(
@@ -590,6 +597,7 @@ def _schemas(
     spec = schemas["TaskSpec"]["properties"]
     if kinds is not None:  # the server refuses kinds without a handler (422)
         spec["kind"]["enum"] = kinds
+        schemas["OnComplete"]["properties"]["kind"]["enum"] = kinds
         spec["kind"]["description"] = "a kind with a handler here (TASKQ_HANDLER_MODULES)"
     spec["payload"] = {
         **_json_object(),

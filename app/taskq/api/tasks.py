@@ -137,6 +137,8 @@ class BatchResource(_Base):
             self._check_kind(spec, prefix=f"tasks[{index}].")
             for index, spec in enumerate(batch.tasks)
         ]
+        if batch.on_complete is not None:
+            self.registry.check(batch.on_complete.kind, field="on_complete.kind")
         with pooled(self.pool) as conn:
             with conn.transaction():
                 tasks = workflows.enqueue_many(
