@@ -351,6 +351,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             n(s.runnable, capped=True),
             n(s.scheduled, capped=True),
             n(s.running),
+            n(s.blocked),
             n(s.held, capped=True),
             n(s.succeeded),
             n(s.failed),
@@ -367,6 +368,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
                 n(t.runnable, capped=collected.capped),
                 n(t.scheduled, capped=collected.capped),
                 n(t.running),
+                n(t.blocked),
                 n(t.held, capped=collected.capped),
                 n(t.succeeded),
                 n(t.failed),
@@ -375,11 +377,11 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             ]
         )
     headers = [
-        "queue", "runnable", "scheduled", "running", "held by limit",
+        "queue", "runnable", "scheduled", "running", "blocked", "held by limit",
         "succeeded 1h", "failed 1h", "cancelled 1h", "oldest waiting",
     ]  # fmt: skip
     if rows:
-        print(table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8}))
+        print(table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8, 9}))
     else:
         print("no tasks")
     limited = [
