@@ -257,3 +257,49 @@ def test_prune_removes_edges_with_their_tasks(conn: Conn) -> None:
     assert q.prune(conn, older_than_seconds=0) == 2
     assert conn.execute("SELECT count(*) AS n FROM taskq_task_deps").fetchone()["n"] == 0
     del a
+
+
+def test_a_released_child_waits_for_a_paused_queue_and_honours_limits(conn: Conn) -> None:
+    from taskq import flow, registry
+
+    parent, child, limited = wf.enqueue_many(
+        conn,
+        [
+            spec(ref="p"),
+            spec(queue="paused", depends_on=["p"]),
+            spec(queue="lim", depends_on=["p"]),
+        ],
+    )
+    registry.pause(conn, "paused")
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=1))
+    run_all(conn)
+    assert status(conn, child.id) == "queued"
+    assert q.claim(conn, queues=["paused"], limit=10, worker_id=W, lease=30) == []
+    got, _ = flow.claim_limited(conn, queue="lim", limit=10, worker_id=W, lease=30)
+    assert [(t.id, t.depends_on) for t in got] == [(limited.id, [parent.id])]
+
+
+def test_a_parent_failed_by_lease_recovery_cancels_its_dependents(conn: Conn) -> None:
+    parent, child = wf.enqueue_many(conn, [spec(ref="p", max_attempts=1), spec(depends_on=["p"])])
+    q.claim(conn, queues=["default"], limit=1, worker_id=W, lease=30)
+    conn.execute(
+        "UPDATE taskq_tasks SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+        (parent.id,),
+    )
+    assert [r["status"] for r in wf.recover_expired(conn)] == ["failed"]
+    assert (status(conn, child.id), q.get(conn, child.id).cancelled_by) == ("cancelled", parent.id)
+
+
+def test_outcomes_of_independent_tasks_and_parents_recorded_together(conn: Conn) -> None:
+    """One flush mixing both: the independent task goes through the one statement, the
+    parent through the transaction, and both are reported applied."""
+    plain, parent, child = wf.enqueue_many(conn, [spec(), spec(ref="p"), spec(depends_on=["p"])])
+    claimed = q.claim(conn, queues=["default"], limit=10, worker_id=W, lease=30)
+    applied, rejected = wf.finish(
+        conn, [q.Finish(t.lease, "succeeded") for t in claimed], worker_id=W
+    )
+    assert rejected == []
+    assert {r["id"] for r in applied} == {plain.id, parent.id}
+    assert status(conn, child.id) == "queued"
+    stale = q.Finish(q.Lease(plain.id, 99), "succeeded")  # a lost lease stays rejected
+    assert wf.finish(conn, [stale], worker_id=W) == ([], [stale])
