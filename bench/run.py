@@ -253,7 +253,8 @@ def run_workflow(cfg: Config, taskq: Taskq, col: Collector, say: Progress) -> An
             say(
                 f"workflow {shape} round {i + 1}/{cfg.rounds}: {g.tasks_per_s:,.0f} tasks/s "
                 f"({g.tasks:,} tasks; release p50 {g.release_p50_ms:.1f} ms, "
-                f"p99 {g.release_p99_ms:.1f} ms; submit {g.submit_per_s:,.0f}/s)"
+                f"p99 {g.release_p99_ms:.1f} ms; fan-out {g.fan_out_ms or 0:.1f} ms; "
+                f"submit {g.submit_per_s:,.0f}/s)"
             )
             graphs[shape].append(dataclasses.asdict(g))
     return {

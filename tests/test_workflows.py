@@ -303,3 +303,15 @@ def test_outcomes_of_independent_tasks_and_parents_recorded_together(conn: Conn)
     assert status(conn, child.id) == "queued"
     stale = q.Finish(q.Lease(plain.id, 99), "succeeded")  # a lost lease stays rejected
     assert wf.finish(conn, [stale], worker_id=W) == ([], [stale])
+
+
+def test_submitting_a_batch_again_makes_no_second_callback(conn: Conn) -> None:
+    specs = [spec(idempotency_key="b-1"), spec(idempotency_key="b-2")]
+    first = wf.enqueue_many(conn, specs, on_complete=OnComplete(kind="echo", queue="cb"))
+    again = wf.enqueue_many(conn, specs, on_complete=OnComplete(kind="echo", queue="cb"))
+    assert [t.batch_id for t in again] == [t.batch_id for t in first]
+    assert conn.execute("SELECT count(*) AS n FROM taskq_batches").fetchone()["n"] == 1
+    run_all(conn)
+    run_all(conn)  # nothing left: the callback is in its own queue
+    n = conn.execute("SELECT count(*) AS n FROM taskq_tasks WHERE queue = 'cb'").fetchone()
+    assert n["n"] == 1

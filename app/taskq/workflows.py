@@ -178,7 +178,10 @@ def _enqueue_graph(
                 raise InvalidInput(
                     f"no task {item}", field=_field(index, f"depends_on[{k}]", single)
                 )
-    batch_id = new_task_id() if on_complete is not None else None
+    # A batch only when something is new: submitting the same batch again (idempotency
+    # keys) returns its tasks, in their batch, without a second callback.
+    new = sum(1 for n in nodes if n.existing is None)
+    batch_id = new_task_id() if on_complete is not None and new else None
     if batch_id is not None and on_complete is not None:
         fetch(
             conn,
@@ -188,7 +191,7 @@ def _enqueue_graph(
                 "kind": on_complete.kind,
                 "payload": Jsonb(on_complete.payload),
                 "queue": on_complete.queue,
-                "total": sum(1 for n in nodes if n.existing is None),
+                "total": new,
             },
         )
     # Each new task's state, in submit order (parents come first).

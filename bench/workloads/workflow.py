@@ -48,9 +48,14 @@ class GraphResult:
     tasks: int
     submit_per_s: float  # the whole graph in one workflows.enqueue_many transaction
     tasks_per_s: float
+    # chain: every hop's child start minus its parent's finish; fanout: the sink's start
+    # minus the last collector's finish (a fan-in of 100 released by its last parent).
     release_p50_ms: float
     release_p99_ms: float
     release_max_ms: float
+    # fanout: the first child's start minus the root's finish, which includes releasing
+    # every child in the root's transaction (finished_at is that transaction's start).
+    fan_out_ms: float | None
 
 
 class _Baseline(Taskq):
@@ -112,13 +117,20 @@ def _release_ms(url: str, shape: str) -> list[float]:
         return [float(r[0]) for r in rows]
     rows = pg.execute(
         url,
-        "SELECT extract(epoch FROM (SELECT min(c.started_at) FROM taskq_tasks c"
-        "         WHERE c.ref LIKE 'c%%') - (SELECT finished_at FROM taskq_tasks"
-        "         WHERE ref = 'root')) * 1000,"
-        "       extract(epoch FROM (SELECT started_at FROM taskq_tasks WHERE ref LIKE 's%%')"
+        "SELECT extract(epoch FROM (SELECT started_at FROM taskq_tasks WHERE ref LIKE 's%%')"
         "         - (SELECT max(finished_at) FROM taskq_tasks WHERE ref LIKE 'k%%')) * 1000",
     )
-    return [float(v) for v in rows[0]]
+    return [float(rows[0][0])]
+
+
+def _fan_out_ms(url: str) -> float:
+    rows = pg.execute(
+        url,
+        "SELECT extract(epoch FROM (SELECT min(c.started_at) FROM taskq_tasks c"
+        "         WHERE c.ref LIKE 'c%%') - (SELECT finished_at FROM taskq_tasks"
+        "         WHERE ref = 'root')) * 1000",
+    )
+    return float(rows[0][0])
 
 
 def run_graph(taskq: Taskq, shape: str, n: int, logs: Path) -> GraphResult:
@@ -165,4 +177,5 @@ def run_graph(taskq: Taskq, shape: str, n: int, logs: Path) -> GraphResult:
         release_p50_ms=statistics.median(release),
         release_p99_ms=release[min(len(release) - 1, int(len(release) * 0.99))],
         release_max_ms=release[-1],
+        fan_out_ms=_fan_out_ms(taskq.url) if shape == "fanout" else None,
     )

@@ -150,8 +150,9 @@ class BatchResource(_Base):
             self._announce(conn, tasks)
         resp.status = falcon.HTTP_201 if any(t.created for t in tasks) else falcon.HTTP_200
         resp.media = {"tasks": [t.to_json() for t in tasks]}
-        if batch.on_complete is not None:
-            resp.media["batch_id"] = str(tasks[0].batch_id)
+        batch_id = next((t.batch_id for t in tasks if t.batch_id is not None), None)
+        if batch.on_complete is not None and batch_id is not None:
+            resp.media["batch_id"] = str(batch_id)
 
 
 class BatchStatusResource(_Base):
