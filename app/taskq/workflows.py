@@ -170,14 +170,10 @@ def _enqueue_graph(
         }
     for index, node in enumerate(nodes):
         for k, item in enumerate(node.spec.depends_on or ()):
-            if (
-                _as_uuid(item) is not None
-                and _as_uuid(item) not in status
-                and (node.existing is None)
-            ):
-                raise InvalidInput(
-                    f"no task {item}", field=_field(index, f"depends_on[{k}]", single)
-                )
+            parent = _as_uuid(item)
+            if node.existing is None and parent in node.parents and parent not in status:
+                field = _field(index, f"depends_on[{k}]", single)
+                raise InvalidInput(f"no task {item}", field=field)
     # A batch only when something is new: submitting the same batch again (idempotency
     # keys) returns its tasks, in their batch, without a second callback.
     new = sum(1 for n in nodes if n.existing is None)
