@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 from pydantic import ValidationError
 from taskq import queue as q
 from taskq import workflows as wf
 from taskq.errors import InvalidInput
 from taskq.models import MAX_PARENTS, OnComplete, TaskSpec
 from taskq.validation import problems
+
+from tests.helpers import wait_until
 
 Conn = psycopg.Connection[dict[str, Any]]
 W = "worker-one"
@@ -315,3 +319,44 @@ def test_submitting_a_batch_again_makes_no_second_callback(conn: Conn) -> None:
     run_all(conn)  # nothing left: the callback is in its own queue
     n = conn.execute("SELECT count(*) AS n FROM taskq_tasks WHERE queue = 'cb'").fetchone()
     assert n["n"] == 1
+
+
+def test_a_child_submitted_while_its_parent_finishes_is_released(
+    database_url: str, conn: Conn
+) -> None:
+    """The race of a submit and an outcome: the submit holds the running parent's row lock
+    (uncommitted) while the worker's FINISH waits for it. Once the submit commits, the
+    outcome sees that the parent has a dependent (the newest row version) and records it
+    with the release, whose own snapshot sees the child."""
+    parent = wf.enqueue(conn, spec())
+    [claimed] = q.claim(conn, queues=["default"], limit=1, worker_id=W, lease=30)
+    submitter = psycopg.connect(database_url, row_factory=dict_row)  # a transaction
+    worker_conn = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
+    done: list[Any] = []
+    try:
+        submitter.execute("SELECT 1")  # a transaction is open: the submit is a savepoint in it
+        child = wf.enqueue(submitter, spec(depends_on=[str(parent.id)]))
+        assert child.status == "blocked"
+        outcome = [q.Finish(claimed.lease, "succeeded")]
+        finisher = threading.Thread(
+            target=lambda: done.append(wf.finish(worker_conn, outcome, worker_id=W))
+        )
+        finisher.start()
+
+        def waiting() -> bool:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            return row is not None and row["n"] > 0
+
+        wait_until(waiting, what="the outcome to wait for the submit's row lock")
+        submitter.commit()
+        finisher.join(10)
+    finally:
+        submitter.close()
+        worker_conn.close()
+    assert done
+    assert [r["id"] for r in done[0][0]] == [parent.id]
+    assert status(conn, parent.id) == "succeeded"
+    assert (status(conn, child.id), q.get(conn, child.id).blocked_by) == ("queued", 0)
