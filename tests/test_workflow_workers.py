@@ -216,3 +216,29 @@ def test_a_worker_killed_between_a_parents_success_and_the_release_loses_nothing
     runs = _runs(record)
     assert runs[str(parent.id)] == 2  # at-least-once: the killed attempt, then the recovery
     assert runs[str(child.id)] == 1
+
+
+def test_the_process_pool_hands_parents_results_to_the_child(
+    database_url: str, conn: Conn, tmp_path: Path
+) -> None:
+    record = tmp_path / "runs.log"
+    env = _env(database_url, record, worker_pool="process", worker_processes=2)
+    a, b, total = wf.enqueue_many(
+        conn,
+        [
+            _spec(ref="a", payload={"n": 2}),
+            _spec(ref="b", payload={"n": 3}),
+            _spec("sum_parents", depends_on=["a", "b"], payload={"n": 10}),
+        ],
+    )
+    worker = _worker(env)
+    try:
+        wait_until(
+            lambda: q.get(conn, total.id).status == "succeeded",
+            timeout=30,
+            what="the child to run in a child process",
+        )
+    finally:
+        assert stop_process(worker) == 0
+    assert q.get(conn, total.id).result == {"n": 15, "refs": ["a", "b"]}
+    assert {str(a.id), str(b.id)} <= set(_runs(record))
