@@ -14,7 +14,7 @@ from pathlib import Path
 from taskq.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("drain", "latency", "ingest", "ceiling", "scale", "pools", "flow")
+WORKLOADS = ("drain", "latency", "ingest", "ceiling", "scale", "pools", "flow", "workflow")
 SYSTEMS = ("taskq", "pgqueuer", "procrastinate")
 # taskq's default worker concurrency: the most tasks one of its claims takes.
 DEFAULT_CONCURRENCY: int = Settings.model_fields["worker_concurrency"].default
@@ -59,6 +59,12 @@ class Config:
     flow_n: int = 20_000
     flow_keys: int = 1_000
     flow_baseline_src: Path | None = None
+    # Workflows (taskq only): tasks per independent drain, the chain's length, the
+    # fan-out's width, and optionally another source tree whose worker drains `before`.
+    workflow_n: int = 20_000
+    chain_n: int = 1_000
+    fan_n: int = 10_000
+    workflow_baseline_src: Path | None = None
     out: Path = RESULTS
     # Before starting, wait up to this long for the 1-minute load average to fall below
     # QUIET_LOAD (other work on a 2-core machine skews every figure).
@@ -125,6 +131,17 @@ def parse_args(argv: list[str] | None = None) -> Config:
         help="a source tree (e.g. `git archive` of an older commit) whose worker drains "
         "the flow workload's `before` condition",
     )
+    p.add_argument("--workflow-n", type=int, default=d.workflow_n)
+    p.add_argument("--chain-n", type=int, default=d.chain_n)
+    p.add_argument("--fan-n", type=int, default=d.fan_n)
+    p.add_argument(
+        "--workflow-baseline-src",
+        type=Path,
+        default=d.workflow_baseline_src,
+        metavar="DIR",
+        help="a source tree (e.g. `git archive` of the commit before workflows) whose "
+        "worker drains the workflow workload's `before` condition",
+    )
     p.add_argument("--out", type=Path, default=d.out, help="results directory")
     p.add_argument("--name", default=d.name, help="file stem of the results")
     p.add_argument(
@@ -160,5 +177,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             pools_processes=(2,),
             flow_n=300,
             flow_keys=20,
+            workflow_n=300,
+            chain_n=20,
+            fan_n=300,
         )
     return cfg

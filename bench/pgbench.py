@@ -59,7 +59,10 @@ def claim_finish_script(batch: int) -> str:
         sql.CLAIM,
         {"queues": "'{default}'", "limit": str(batch), "worker_id": "'pgbench'", "lease": "30"},
     )
-    finish = substitute(sql.FINISH, {"outcomes": ":outcomes", "worker_id": "'pgbench'"})
+    # `plain`: the worker's path for tasks without dependents (all of these).
+    finish = substitute(
+        sql.FINISH, {"outcomes": ":outcomes", "worker_id": "'pgbench'", "plain": "true"}
+    )
     # pgbench cannot carry a result set into the next statement, so the claimed tasks
     # travel to FINISH as its JSON parameter through a \gset variable (a bound parameter
     # in prepared mode): CLAIM's final SELECT, over its `claimed` CTE, is replaced by one

@@ -107,6 +107,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         fig["flow_jobs"] = next(iter(fl.values()))["jobs"]
         fig["flow_keys"] = fl.get("per_key", {}).get("keys")
 
+    wf = results.get("workflow")
+    if wf:
+        fig["workflow_drain_per_s"] = {c: r["drain_per_s"] for c, r in wf["drain"].items()}
+        fig["workflow_jobs"] = next(iter(wf["drain"].values()))["jobs"]
+        fig["workflow_graphs"] = wf["graphs"]
+
     drain_t = _get(fig, "drain_jobs_per_s", "taskq")
     ceiling_headline = fig["ceiling"][0]["jobs_per_s"] if fig.get("ceiling") else None
     # The same commit mode, in claims as large as the worker's own (its concurrency).
@@ -146,6 +152,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     ratios["flow_none_vs_before"] = _ratio(flow_f.get("none"), flow_f.get("before"))
     ratios["flow_max_running_vs_none"] = _ratio(flow_f.get("max_running"), flow_f.get("none"))
     ratios["flow_per_key_vs_none"] = _ratio(flow_f.get("per_key"), flow_f.get("none"))
+    wf_f = fig.get("workflow_drain_per_s") or {}
+    ratios["workflow_independent_vs_before"] = _ratio(wf_f.get("independent"), wf_f.get("before"))
     return {"figures": fig, "ratios": ratios, "targets": _targets(fig, ratios)}
 
 
@@ -222,6 +230,13 @@ def _targets(fig: dict[str, Any], r: dict[str, float | None]) -> list[dict[str, 
                 on_index,
                 ", ".join(f"{k}: {v['index']}" for k, v in claims.items()),
             )
+        )
+    if r.get("workflow_independent_vs_before") is not None:
+        at_least(
+            "Workflows: independent tasks ≥ 95% of the code before workflows",
+            r["workflow_independent_vs_before"],
+            0.95,
+            "{:.0%}",
         )
     if r.get("flow_none_vs_before") is not None:
         at_least(
@@ -414,6 +429,31 @@ def markdown(results: dict[str, Any], png: str, *, headline_only: bool = False) 
         none = f["flow_jobs_per_s"].get("none")
         for cond, rate in f["flow_jobs_per_s"].items():
             add(f"| {words.get(cond, cond)} | {_n(rate)} | {_n(_ratio(rate, none), 2)} |")
+        add("")
+    if f.get("workflow_drain_per_s"):
+        add(f"## Workflows (one worker; {f['workflow_jobs']:,} no-op tasks per drain)\n")
+        add("| condition | drain jobs/s | vs before |")
+        add("| --- | ---: | ---: |")
+        words = {
+            "before": "independent tasks, the code before workflows",
+            "independent": "independent tasks (no depends_on)",
+        }
+        before = f["workflow_drain_per_s"].get("before")
+        for cond, rate in f["workflow_drain_per_s"].items():
+            add(f"| {words.get(cond, cond)} | {_n(rate)} | {_n(_ratio(rate, before), 2)} |")
+        add("")
+        add(
+            "| graph | tasks | tasks/s | submit tasks/s | release p50 ms | p99 ms | max ms "
+            "| root to first child ms |"
+        )
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for shape, g in f["workflow_graphs"].items():
+            add(
+                f"| {shape} | {_n(g['tasks'])} | {_n(g['tasks_per_s'])} | "
+                f"{_n(g['submit_per_s'])} | {_n(g['release_p50_ms'], 1)} | "
+                f"{_n(g['release_p99_ms'], 1)} | {_n(g['release_max_ms'], 1)} | "
+                f"{_n(g.get('fan_out_ms'), 1)} |"
+            )
         add("")
     add("## Targets (ratios from this run)\n")
     add("| target | this run | status |")

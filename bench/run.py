@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import chart, machine, pg, report
+from bench import chart, config, machine, pg, report
 from bench.config import DEFAULT_CONCURRENCY, Config, parse_args
 from bench.probe import Collector, collector
 from bench.systems import ALL, System, Taskq
-from bench.workloads import ceiling, drain, flow, ingest, latency, pools, scale
+from bench.workloads import ceiling, drain, flow, ingest, latency, pools, scale, workflow
 
 
 class Progress:
@@ -241,6 +241,41 @@ def run_flow(cfg: Config, taskq: Taskq, col: Collector, say: Progress) -> Any:
     }
 
 
+def run_workflow(cfg: Config, taskq: Taskq, col: Collector, say: Progress) -> Any:
+    conditions = ["independent"]
+    if cfg.workflow_baseline_src is not None:
+        conditions.insert(0, "before")
+    rows: dict[str, list[dict[str, Any]]] = {c: [] for c in conditions}
+    graphs: dict[str, list[dict[str, Any]]] = {"chain": [], "fanout": []}
+    logs = cfg.out / "logs.tmp"
+    # Rounds interleave the conditions, so a slow phase of the machine hits all of them.
+    for i in range(cfg.rounds):
+        for condition in conditions:
+            baseline = cfg.workflow_baseline_src if condition == "before" else None
+            res = workflow.run_drain(taskq, condition, cfg.workflow_n, col, logs, baseline)
+            say(
+                f"workflow drain {condition} round {i + 1}/{cfg.rounds}: "
+                f"{res.drain_per_s:,.0f} jobs/s ({res.jobs:,} jobs)"
+            )
+            rows[condition].append(dataclasses.asdict(res))
+        for shape, n in (("chain", cfg.chain_n), ("fanout", cfg.fan_n)):
+            g = workflow.run_graph(taskq, shape, n, logs)
+            say(
+                f"workflow {shape} round {i + 1}/{cfg.rounds}: {g.tasks_per_s:,.0f} tasks/s "
+                f"({g.tasks:,} tasks; release p50 {g.release_p50_ms:.1f} ms, "
+                f"p99 {g.release_p99_ms:.1f} ms; fan-out {g.fan_out_ms or 0:.1f} ms; "
+                f"submit {g.submit_per_s:,.0f}/s)"
+            )
+            graphs[shape].append(dataclasses.asdict(g))
+    return {
+        "drain": {
+            c: {**_median(r), "rounds_jobs_per_s": [x["drain_per_s"] for x in r]}
+            for c, r in rows.items()
+        },
+        "graphs": {shape: _median(r) for shape, r in graphs.items()},
+    }
+
+
 QUIET_LOAD = 0.7
 
 
@@ -287,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                 steps["ceiling"] = lambda: run_ceiling(cfg, taskq, say)
                 steps["pools"] = lambda: run_pools(cfg, taskq, col, say)
                 steps["flow"] = lambda: run_flow(cfg, taskq, col, say)
+                steps["workflow"] = lambda: run_workflow(cfg, taskq, col, say)
             results["load"] = {}
-            for name in ("drain", "latency", "ingest", "ceiling", "scale", "pools", "flow"):
+            for name in config.WORKLOADS:
                 if name in cfg.workloads and name in steps:
                     before = machine.load()["loadavg"][0]
                     results[name] = steps[name]()

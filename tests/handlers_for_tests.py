@@ -74,3 +74,13 @@ def stubborn(payload: dict[str, Any], ctx: TaskContext) -> None:
 @handler("noop")
 def noop(payload: dict[str, Any]) -> None:
     """Does nothing: the process pool's per-task overhead in benchmarks."""
+
+
+@handler("sum_parents", takes_context=True)
+def sum_parents(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """A workflow's fan-in: adds up `n` of every parent's result (ctx.parents holds each
+    result under the parent's id and, for parents with a ref, under the ref too)."""
+    _record(ctx)
+    by_id = {key: value for key, value in ctx.parents.items() if len(key) == 36}
+    total = sum(int(r.get("n", 0)) for r in by_id.values() if isinstance(r, dict))
+    return {"n": total + int(payload.get("n", 0)), "refs": sorted(set(ctx.parents) - set(by_id))}

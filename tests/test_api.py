@@ -611,9 +611,9 @@ def test_get_a_task(client: Client) -> None:
     result = client.simulate_get(f"/tasks/{task['id']}")
     assert result.status_code == 200
     assert result.headers["content-type"] == "application/json"
-    assert result.json == task
+    assert result.json == {**task, "parents": [], "dependents": []}
     # Ids in any spelling uuid accepts resolve to the same task.
-    assert client.simulate_get(f"/tasks/{task['id'].upper()}").json == task
+    assert client.simulate_get(f"/tasks/{task['id'].upper()}").json == result.json
 
 
 def _page_through(client: Client, **params: Any) -> list[dict[str, Any]]:
@@ -899,3 +899,89 @@ def test_openapi_has_one_payload_schema_per_typed_kind(client: Client) -> None:
     assert validator.is_valid({"kind": "order", "payload": {"order_id": 1}})
     assert not validator.is_valid({"kind": "order", "payload": {"order_id": "x"}})
     assert validator.is_valid({"kind": "echo", "payload": {"order_id": "x"}})
+
+
+# ------------------------------------------------------------------ workflows
+
+
+def test_submit_with_depends_on_is_blocked_and_get_shows_the_graph(client: Client) -> None:
+    parent = submit(client, {"kind": "echo", "delay": 3600})
+    child = submit(client, {"kind": "echo", "depends_on": [parent["id"]]})
+    assert (child["status"], child["blocked_by"], child["depends_on"]) == (
+        "blocked",
+        1,
+        [parent["id"]],
+    )
+    top = client.simulate_get(f"/tasks/{parent['id']}").json
+    assert top["has_dependents"] is True
+    assert [(d["id"], d["status"]) for d in top["dependents"]] == [(child["id"], "blocked")]
+    below = client.simulate_get(f"/tasks/{child['id']}").json
+    assert [(p["id"], p["status"]) for p in below["parents"]] == [(parent["id"], "queued")]
+    cancelled = post(client, f"/tasks/{parent['id']}/cancel", {})
+    assert cancelled.status_code == 200
+    after = client.simulate_get(f"/tasks/{child['id']}").json
+    assert (after["status"], after["cancelled_by"]) == ("cancelled", parent["id"])
+    assert after["last_error"] == f"cancelled: dependency {parent['id']} was cancelled"
+    again = post(client, f"/tasks/{parent['id']}/retry", {})
+    assert again.json["status"] == "queued"
+    assert client.simulate_get(f"/tasks/{child['id']}").json["status"] == "blocked"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"depends_on": ["x y"]}, "depends_on[0]", "task id or the ref"),
+        ({"depends_on": ["nope"]}, "depends_on[0]", "neither a task id"),
+        ({"depends_on": ["018f0000-0000-7000-8000-000000000000"]}, "depends_on[0]", "no task"),
+        ({"depends_on": [f"r{i}" for i in range(101)]}, "depends_on", "at most 100"),
+        ({"depends_on": "abc"}, "depends_on", "array"),
+        ({"ref": "bad ref"}, "ref", "letters, digits"),
+    ],
+)
+def test_bad_dependencies_are_422_naming_the_field(
+    client: Client, body: dict[str, Any], field: str, words: str
+) -> None:
+    error = assert_error(post(client, "/tasks", body), 422, field=field)
+    assert words in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "field", "words"),
+    [
+        ([{"ref": "a"}, {"ref": "a"}], "tasks[1].ref", "already the ref of tasks[0]"),
+        ([{"ref": "a", "depends_on": ["a"]}], "tasks[0].depends_on[0]", "itself"),
+        ([{"depends_on": ["b"]}, {"ref": "b"}], "tasks[0].depends_on[0]", "later task"),
+        ([{"ref": "a"}, {"depends_on": ["a", "zz"]}], "tasks[1].depends_on[1]", "neither"),
+    ],
+)
+def test_bad_graphs_in_a_batch_are_422_naming_the_task_and_field(
+    client: Client, conn: Conn, tasks: list[dict[str, Any]], field: str, words: str
+) -> None:
+    error = assert_error(post(client, "/tasks/batch", {"tasks": tasks}), 422, field=field)
+    assert words in error["message"]
+    assert count_tasks(conn) == 0  # all or nothing
+
+
+def test_a_batch_with_on_complete_and_its_progress(client: Client) -> None:
+    result = post(
+        client,
+        "/tasks/batch",
+        {
+            "tasks": [{"ref": "a"}, {"depends_on": ["a"]}],
+            "on_complete": {"kind": "echo", "queue": "reports"},
+        },
+    )
+    assert result.status_code == 201
+    body = result.json
+    assert all(t["batch_id"] == body["batch_id"] for t in body["tasks"])
+    progress = client.simulate_get(f"/batches/{body['batch_id']}").json
+    assert progress["total"] == 2
+    assert (progress["counts"]["queued"], progress["counts"]["blocked"]) == (1, 1)
+    assert progress["on_complete"] == {"kind": "echo", "queue": "reports", "task_id": None}
+    assert client.simulate_get(f"/batches/{uuid.uuid4()}").status_code == 404
+    error = assert_error(
+        post(client, "/tasks/batch", {"tasks": [{}], "on_complete": {"kind": "no pe"}}),
+        422,
+        field="on_complete.kind",
+    )
+    assert "letters, digits" in error["message"]

@@ -25,6 +25,7 @@ DATA_LAYER = {
     "taskq.stats",
     "taskq.validation",
     "taskq.workers",
+    "taskq.workflows",
 }
 
 

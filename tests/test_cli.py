@@ -563,3 +563,64 @@ def test_an_unimportable_handler_module_is_one_line(database_url: str, command: 
     assert "TASKQ_HANDLER_MODULES" in line
     assert "'myapp.tasks'" in line
     assert "PYTHONPATH" in line
+
+
+# ------------------------------------------------------------------ workflows
+
+
+def test_submit_depends_on_and_a_graph_from_a_file(taskq: Any, conn: Conn, tmp_path: Any) -> None:
+    code, out, _ = taskq("submit", "echo")
+    parent = json.loads(out)
+    code, out, _ = taskq("submit", "echo", "--depends-on", parent["id"])
+    assert code == 0
+    child = json.loads(out)
+    assert (child["status"], child["depends_on"]) == ("blocked", [parent["id"]])
+    code, _, err = taskq("submit", "echo", "--depends-on", str(uuid.uuid4()))
+    assert code == 1
+    assert "no task" in err
+    path = tmp_path / "graph.jsonl"
+    path.write_text(
+        '{"kind": "echo", "ref": "extract"}\n'
+        '{"kind": "echo", "ref": "transform", "depends_on": ["extract"]}\n'
+        '{"kind": "echo", "depends_on": ["transform", "extract"]}\n'
+    )
+    code, out, _ = taskq("submit", "--file", str(path))
+    assert code == 0
+    assert json.loads(out)["created"] == 3
+    rows = conn.execute(
+        "SELECT ref, status, blocked_by FROM taskq_tasks WHERE id > %s ORDER BY id",
+        (uuid.UUID(child["id"]),),
+    ).fetchall()
+    assert [(r["ref"], r["status"], r["blocked_by"]) for r in rows] == [
+        ("extract", "queued", 0),
+        ("transform", "blocked", 1),
+        (None, "blocked", 2),
+    ]
+
+
+def test_status_graph_prints_parents_and_dependents_indented(taskq: Any, conn: Conn) -> None:
+    from taskq import workflows
+
+    a, b, c = workflows.enqueue_many(
+        conn,
+        [
+            TaskSpec(kind="echo", ref="a"),
+            TaskSpec(kind="echo", ref="b", depends_on=["a"]),
+            TaskSpec(kind="echo", ref="c", depends_on=["b"]),
+        ],
+    )
+    code, out, _ = taskq("status", str(b.id), "--graph")
+    assert code == 0
+    assert out.splitlines() == [
+        f"{b.id} (b) echo blocked",
+        "  waits for:",
+        f"    {a.id} (a) echo queued",
+        "  waited for by:",
+        f"    {c.id} (c) echo blocked",
+    ]
+    code, out, _ = taskq("status", str(a.id), "--graph")
+    assert out.splitlines()[1:] == [
+        "  waited for by:",
+        f"    {b.id} (b) echo blocked",
+        f"        {c.id} (c) echo blocked",
+    ]

@@ -112,13 +112,13 @@ def test_stats_prints_a_table_of_queues(run_main: Any, database_url: str, conn: 
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == [
-        "queue", "runnable", "scheduled", "running", "held", "by", "limit", "succeeded",
-        "1h", "failed", "1h", "cancelled", "1h", "oldest", "waiting",
+        "queue", "runnable", "scheduled", "running", "blocked", "held", "by", "limit",
+        "succeeded", "1h", "failed", "1h", "cancelled", "1h", "oldest", "waiting",
     ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[2:5]}
-    assert rows["alpha"][1:8] == ["3", "0", "0", "0", "0", "0", "0"]
-    assert rows["beta"][1:8] == ["0", "1", "0", "0", "0", "1", "0"]
-    assert rows["(all)"][1:8] == ["3", "1", "0", "0", "0", "1", "0"]
+    assert rows["alpha"][1:9] == ["3", "0", "0", "0", "0", "0", "0", "0"]
+    assert rows["beta"][1:9] == ["0", "1", "0", "0", "0", "0", "1", "0"]
+    assert rows["(all)"][1:9] == ["3", "1", "0", "0", "0", "0", "1", "0"]
     assert "1 finished in the last hour (1 failed)." in out
     assert "Oldest waiting: " in out
     assert "ValueError: bad input" in out

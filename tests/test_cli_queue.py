@@ -99,7 +99,8 @@ def test_stats_shows_held_tasks_and_limits(taskq: Any, conn: Conn) -> None:
     assert code == 0
     assert "held by limit" in out
     line = next(row for row in out.splitlines() if row.startswith("lim "))
-    assert line.split()[1:5] == ["2", "0", "1", "2"]  # runnable, scheduled, running, held
+    # runnable, scheduled, running, blocked, held
+    assert line.split()[1:6] == ["2", "0", "1", "0", "2"]
     assert "lim: max running 1" in out
     code, out, _ = taskq("stats", "--json")
     [lim] = [q for q in json.loads(out)["queues"] if q["queue"] == "lim"]

@@ -119,6 +119,7 @@ def test_stats_counts_queues_statuses_and_the_last_hour(
         "scheduled": 1,
         "queued": 3,
         "running": 1,
+        "blocked": 0,
         "held": 0,
         "succeeded": 2,  # the one from two hours ago is outside the window
         "failed": 2,
@@ -360,7 +361,7 @@ def test_the_dashboard_in_a_browser(
     expect(page.locator("#oldest")).to_contain_text("in reports, waiting 2m")
     expect(page.locator('tr[data-queue="emails"]')).to_contain_text("emails")
     expect(page.locator('tr[data-queue="emails"] td').nth(2)).to_have_text("1")  # scheduled
-    expect(page.locator('tr[data-queue="default"] td').nth(5)).to_have_text("6")  # succeeded
+    expect(page.locator('tr[data-queue="default"] td').nth(6)).to_have_text("6")  # succeeded
     expect(page.locator("#failures")).to_contain_text("card declined: insufficient funds")
     expect(page.locator("#chart-caption")).to_contain_text(
         f"{9 + past_ok + past_failed} finished in the last hour ({1 + past_failed} failed)"
@@ -696,3 +697,57 @@ def test_the_chart_axes_fit_large_numbers_and_show_few_failures(
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#chart").screenshot(path=str(ARTIFACTS / "dashboard-chart.png"))
     assert (ARTIFACTS / "dashboard-chart.png").stat().st_size > 2_000
+
+
+def test_blocked_tasks_and_a_tasks_graph_in_the_dashboard(
+    browser: Any, running_taskq: dict[str, Any]
+) -> None:
+    """A task waiting for another: the queue row and the totals count it blocked; its
+    page lists its parent with the parent's state, the parent's page lists it; links
+    move between them; once the parent succeeds the child runs and both show it."""
+    from playwright.sync_api import expect
+
+    port = running_taskq["port"]
+    graph = _http(
+        port,
+        "POST",
+        "/tasks/batch",
+        {
+            "tasks": [
+                {"kind": "sleep", "ref": "slow", "payload": {"seconds": 4}},
+                {"kind": "echo", "ref": "after", "depends_on": ["slow"]},
+            ]
+        },
+    )
+    parent, child = graph["tasks"]
+    assert child["status"] == "blocked"
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.goto(f"http://127.0.0.1:{port}/dashboard")
+    timeout = 15_000
+    row = page.locator('tr[data-queue="default"]')
+    expect(row.locator('[data-field="blocked"]')).to_have_text("1", timeout=timeout)
+    expect(page.locator('[data-card="blocked"] .value')).to_have_text("1")
+    page.locator("#task-id").fill(child["id"])
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator('[data-field="status"]')).to_have_text("blocked", timeout=timeout)
+    parents = page.locator('[data-field="waits for"] li')
+    expect(parents).to_have_count(1)
+    expect(parents.first).to_contain_text(parent["id"])
+    expect(parents.first).to_contain_text("running", timeout=timeout)
+    expect(parents.first).to_contain_text("(slow)")
+    expect(page.get_by_role("button", name="Cancel")).to_be_enabled()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-graph.png"), full_page=True)
+    parents.first.get_by_role("link").click()
+    expect(page.locator("#task-id")).to_have_value(parent["id"])
+    children = page.locator('[data-field="waited for by"] li')
+    expect(children).to_have_count(1, timeout=timeout)
+    expect(children.first).to_contain_text(child["id"])
+    expect(children.first).to_contain_text("(after)")
+    # The parent succeeds; the child runs at once (the page refreshes on its own).
+    expect(page.locator('[data-field="status"]')).to_have_text("succeeded", timeout=timeout)
+    expect(children.first).to_contain_text("succeeded", timeout=timeout)
+    expect(row.locator('[data-field="blocked"]')).to_have_text("0", timeout=timeout)
+    assert problems == []

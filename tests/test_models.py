@@ -156,6 +156,12 @@ def test_public_json_shape() -> None:
         "cancel_requested_at",
         "snoozes",
         "concurrency_key",
+        "depends_on",
+        "ref",
+        "blocked_by",
+        "has_dependents",
+        "cancelled_by",
+        "batch_id",
     }
 
 

@@ -228,6 +228,20 @@ def test_real_responses_match_the_document(
     call("GET", "/tasks?limit=0")  # 422
     call("GET", f"/tasks/{created['id']}")
     call("GET", f"/tasks/{uuid.uuid4()}")  # 404
+    # A graph with a batch callback: the detail of a task with parents, the batch.
+    graph = call(
+        "POST",
+        "/tasks/batch",
+        {
+            "tasks": [{"kind": "echo", "ref": "a"}, {"kind": "echo", "depends_on": ["a"]}],
+            "on_complete": {"kind": "echo", "payload": {"n": 1}},
+        },
+    ).json
+    call("GET", f"/tasks/{graph['tasks'][0]['id']}")
+    call("GET", f"/tasks/{graph['tasks'][1]['id']}")
+    call("GET", f"/batches/{graph['batch_id']}")
+    call("GET", f"/batches/{uuid.uuid4()}")  # 404
+    call("POST", "/tasks/batch", {"tasks": [{"kind": "echo", "depends_on": ["zz"]}]})  # 422
     call("POST", f"/tasks/{created['id']}/retry")  # 409: queued
     call("POST", f"/tasks/{created['id']}/cancel")
     call("POST", f"/tasks/{created['id']}/cancel")  # 409
@@ -284,6 +298,7 @@ def test_real_responses_match_the_document(
     for method, path, body in (
         ("POST", "/tasks", {"kind": "echo"}),
         ("GET", f"/tasks/{uuid.uuid4()}", None),
+        ("GET", f"/batches/{uuid.uuid4()}", None),
         ("GET", "/stats", None),
         ("GET", "/ready", None),
         ("GET", "/schedules", None),

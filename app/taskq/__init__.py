@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from taskq import queue as _queue
+from taskq import workflows as _workflows
 from taskq.errors import NonRetryableError, RetryLater, Snooze, TaskCancelled
 from taskq.flow import LimitsUpdate, RateLimit
 from taskq.flow import set_limits as set_queue_limits
 from taskq.handlers import TaskContext, default_registry, handler
 from taskq.library import check_kinds as _check_kinds
-from taskq.models import Task, TaskSpec
+from taskq.models import OnComplete, Task, TaskSpec
 from taskq.registry import pause as pause_queue
 from taskq.registry import resume as resume_queue
 from taskq.schedules import ScheduleSpec
@@ -49,6 +49,7 @@ def database_url() -> str:
 __all__ = [
     "LimitsUpdate",
     "NonRetryableError",
+    "OnComplete",
     "RateLimit",
     "RetryLater",
     "ScheduleSpec",
@@ -80,8 +81,9 @@ def enqueue(
 ) -> Task:
     """Insert one task on `conn` (inside your transaction, if one is open). `options` are
     TaskSpec fields (queue, priority, run_at, delay, max_attempts, idempotency_key,
-    timeout_seconds). A kind registered in this process has its payload model checked
-    (InvalidInput naming the field) and its max_attempts applied."""
+    timeout_seconds, depends_on: ids of tasks this one waits for). A kind registered in
+    this process has its payload model checked (InvalidInput naming the field) and its
+    max_attempts applied."""
     if isinstance(kind_or_spec, TaskSpec):
         spec = kind_or_spec
     else:
@@ -89,16 +91,26 @@ def enqueue(
         spec = TaskSpec.model_validate(fields)
     _check_kinds([spec])  # as the API does: a kind without a handler here is refused
     spec = default_registry.prepare(spec)
-    return _queue.enqueue(conn, spec, default_max_attempts=default_max_attempts)
+    return _workflows.enqueue(conn, spec, default_max_attempts=default_max_attempts)
 
 
 def enqueue_many(
-    conn: Any, specs: Sequence[TaskSpec], *, default_max_attempts: int = 5
+    conn: Any,
+    specs: Sequence[TaskSpec],
+    *,
+    default_max_attempts: int = 5,
+    on_complete: OnComplete | None = None,
 ) -> list[Task]:
     """Insert many tasks in one statement per chunk, results in input order; each spec
-    is prepared as `enqueue` does (InvalidInput names `tasks[i].payload...`)."""
+    is prepared as `enqueue` does (InvalidInput names `tasks[i].payload...`).
+
+    A spec may carry a `ref` and name earlier refs in `depends_on`: the whole graph goes
+    in one transaction. With `on_complete`, the tasks form a batch (each task's batch_id)
+    and that task is enqueued once every one of them is final."""
     _check_kinds(specs, batch=True)
     prepared = [
         default_registry.prepare(spec, field=f"tasks[{i}].payload") for i, spec in enumerate(specs)
     ]
-    return _queue.enqueue_many(conn, prepared, default_max_attempts=default_max_attempts)
+    return _workflows.enqueue_many(
+        conn, prepared, default_max_attempts=default_max_attempts, on_complete=on_complete
+    )

@@ -140,8 +140,8 @@ def claim_limited(
             cur.execute(sql.CLAIM_LIMITED, params)
         rows = cur.fetchall()
     claimed = [
-        Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited, timeout)
-        for tid, q, kind, payload, attempts, max_attempts, waited, timeout, _ in rows
+        Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited, timeout, parents)
+        for tid, q, kind, payload, attempts, max_attempts, waited, timeout, _, parents in rows
     ]
     return claimed, bool(rows) and rows[0][8] is not None and rows[0][8] <= 0
 

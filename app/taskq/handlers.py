@@ -55,6 +55,9 @@ class TaskContext:
     stopping: threading.Event
     # Set when this attempt was cancelled or ran past its timeout: stop as soon as you can.
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # The results of the tasks this one depends on, by parent id (as a string) and by the
+    # parent's ref: {"fetch": {...}, "0190...": {...}}. Empty for a task without parents.
+    parents: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         """Raise TaskCancelled if the attempt was cancelled or timed out."""

@@ -131,6 +131,9 @@ METRICS: tuple[MetricInfo, ...] = (
                f"Queued tasks, scheduled ones included (runnable and scheduled each "
                f"counted up to {STATS_CAP}).",
                "api"),
+    MetricInfo("taskq_queue_blocked", "gauge", ("queue",),
+               f"Blocked tasks (waiting for the tasks they depend on), read at scrape time; "
+               f"counted up to {STATS_CAP} in all.", "api"),
     MetricInfo("taskq_queue_oldest_age_seconds", "gauge", ("queue",),
                "How long the oldest runnable task has been waiting (0 when none).", "api"),
     MetricInfo("taskq_queue_limit_held", "gauge", ("queue",),
@@ -449,6 +452,7 @@ class QueueCollector:
         try:
             with pooled(self._pool) as conn:
                 rows = stats.depths(conn)
+                blocked = stats.blocked_counts(conn, cap=stats.STATS_CAP)
                 paused = registry.paused_queues(conn)
                 know_queues(workers.served_queues(conn))
         except TaskqError as exc:
@@ -482,6 +486,15 @@ class QueueCollector:
         for label, values in merged.items():
             for column, family in families.items():
                 family.add_metric([label], values[column])
+        blocked_family = GaugeMetricFamily(
+            "taskq_queue_blocked", _INFO["taskq_queue_blocked"].help, labels=["queue"]
+        )
+        blocked_merged: dict[str, float] = {}
+        for name, count in blocked.items():
+            label = queue_label(name)
+            blocked_merged[label] = blocked_merged.get(label, 0.0) + count
+        for label, total in blocked_merged.items():
+            blocked_family.add_metric([label], total)
         paused_family = GaugeMetricFamily(
             "taskq_queue_paused", _INFO["taskq_queue_paused"].help, labels=["queue"]
         )
@@ -489,6 +502,7 @@ class QueueCollector:
             paused_family.add_metric([name], 1.0 if is_paused else 0.0)
         yield up
         yield from families.values()
+        yield blocked_family
         yield paused_family
         yield from self._limits(rows)
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -27,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+Status = Literal["blocked", "queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = ("blocked", "queued", "running", "succeeded", "failed", "cancelled")
 FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 
 # Mirrors the CHECK constraints in db/migrations/0003: names safe in URLs, logs and shells.
@@ -42,6 +43,7 @@ KIND_MAX = 128
 NAME_RULES = {
     "queue": f"queue names are 1-{QUEUE_MAX} characters of letters, digits and _ . : -",
     "kind": f"kinds are 1-{KIND_MAX} characters of letters, digits and _ . : -",
+    "ref": "refs are 1-64 characters of letters, digits and _ . : -",
 }
 # Control characters (C0, DEL, C1): refused in idempotency keys; KEY_PATTERN says the same
 # in the OpenAPI document.
@@ -50,6 +52,10 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_DELAY_SECONDS = 10 * 365 * 86_400
 MAX_PAYLOAD_DEPTH = 64
 MAX_TIMEOUT_SECONDS = 7 * 86_400
+# Parents one task may wait for: a fan-in wider than this is a tree of tasks, or a batch
+# with an on_complete task (which waits for any number of members).
+MAX_PARENTS = 100
+REF_MAX = 64
 
 
 def check_queue_name(value: str) -> str:
@@ -106,6 +112,22 @@ ConcurrencyKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_
 CONCURRENCY_KEY_DOC = "groups tasks for the queue's max_running_per_key (a tenant, a customer)"
 
 
+def _check_parent(value: str) -> str:
+    if not 1 <= len(value) <= REF_MAX or not _NAME.fullmatch(value):
+        raise ValueError("must be a task id or the ref of an earlier task of the batch")
+    return value
+
+
+# An entry of depends_on: a task id, or (in a batch) the ref of an earlier task.
+Parent = Annotated[
+    str,
+    AfterValidator(_check_parent),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": REF_MAX, "pattern": NAME_PATTERN}
+    ),
+]
+
+
 class TaskSpec(BaseModel):
     """A task to enqueue. Strict: "5" is not an integer, unknown fields are errors."""
 
@@ -141,6 +163,20 @@ class TaskSpec(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
     timeout_seconds: TimeoutSeconds | None = Field(None, description=TIMEOUT_DOC)
     concurrency_key: ConcurrencyKey | None = Field(None, description=CONCURRENCY_KEY_DOC)
+    depends_on: list[Parent] | None = Field(
+        None,
+        max_length=MAX_PARENTS,
+        description="tasks this one waits for (status blocked until every one has "
+        "succeeded): task ids, or inside a batch the refs of earlier tasks of the batch",
+    )
+    ref: str | None = Field(
+        None,
+        min_length=1,
+        max_length=REF_MAX,
+        pattern=NAME_PATTERN,
+        description="a name for the task within its batch: later tasks of the batch name it "
+        "in depends_on, and children read its result by it",
+    )
 
     @field_validator("payload")
     @classmethod
@@ -174,10 +210,32 @@ class TaskSpec(BaseModel):
         return self
 
 
+class OnComplete(BaseModel):
+    """The task a batch enqueues once every member is final. Its payload gets `batch_id`
+    and `counts` (members by status) added."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    kind: str = Field(min_length=1, max_length=KIND_MAX, pattern=NAME_PATTERN)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue: str = Field("default", min_length=1, max_length=QUEUE_MAX, pattern=NAME_PATTERN)
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_value(value)
+        return value
+
+
 class BatchSpec(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     tasks: list[TaskSpec] = Field(min_length=1)
+    on_complete: OnComplete | None = Field(
+        None,
+        description="a task enqueued once every task of the batch is final (GET "
+        "/batches/{id} shows the progress)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -206,6 +264,12 @@ class Task:
     cancel_requested_at: datetime | None = None
     snoozes: int = 0
     concurrency_key: str | None = None
+    depends_on: list[uuid.UUID] | None = None
+    ref: str | None = None
+    blocked_by: int = 0
+    has_dependents: bool = False
+    cancelled_by: uuid.UUID | None = None
+    batch_id: uuid.UUID | None = None
     created: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
@@ -281,6 +345,12 @@ class Task:
             "cancel_requested_at": _iso(self.cancel_requested_at),
             "snoozes": self.snoozes,
             "concurrency_key": self.concurrency_key,
+            "depends_on": None if self.depends_on is None else [str(p) for p in self.depends_on],
+            "ref": self.ref,
+            "blocked_by": self.blocked_by,
+            "has_dependents": self.has_dependents,
+            "cancelled_by": None if self.cancelled_by is None else str(self.cancelled_by),
+            "batch_id": None if self.batch_id is None else str(self.batch_id),
         }
 
 

@@ -55,6 +55,10 @@ class Claimed:
     max_attempts: int
     waited: float
     timeout_seconds: float | None = None  # the task's own; the kind's default applies if None
+    depends_on: list[uuid.UUID] | None = None  # its parents (workflows)
+    # The parents' results by id and by ref, fetched for a claimed batch at once
+    # (workflows.attach_parent_results); None for a task without parents.
+    parent_results: dict[str, Any] | None = None
 
     @property
     def lease(self) -> Lease:
@@ -208,11 +212,12 @@ def claim(
     params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease": lease}
     with translate_errors(), conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(sql.CLAIM, params)
+        rows = cur.fetchall()
         # In claim order (see sql.CLAIM); the payload comes as text and is decoded here,
         # which skips psycopg's bytes-to-JSON detour.
         return [
-            Claimed(tid, queue, kind, _decode(payload), attempts, max_attempts, waited, timeout)
-            for tid, queue, kind, payload, attempts, max_attempts, waited, timeout in cur.fetchall()
+            Claimed(tid, queue, kind, _decode(payload), attempts, max_attempts, waited, timeout, p)
+            for tid, queue, kind, payload, attempts, max_attempts, waited, timeout, p in rows
         ]
 
 
@@ -233,12 +238,14 @@ def heartbeat(
 
 
 def finish(
-    conn: AnyConnection, outcomes: Sequence[Finish], *, worker_id: str
+    conn: AnyConnection, outcomes: Sequence[Finish], *, worker_id: str, plain: bool = False
 ) -> tuple[list[dict[str, Any]], list[Finish]]:
-    """Record outcomes; returns (applied rows, rejected outcomes whose lease was lost)."""
+    """Record outcomes; returns (applied rows, rejected outcomes whose lease was lost).
+    `plain`: parents and batch members are rejected too (taskq.workflows.finish records
+    them with their consequences)."""
     if not outcomes:
         return [], []
-    params = {"outcomes": outcomes_json(outcomes), "worker_id": worker_id}
+    params = {"outcomes": outcomes_json(outcomes), "worker_id": worker_id, "plain": plain}
     applied = fetch(conn, sql.FINISH, params)
     rejected: list[Finish] = []
     if len(applied) != len(outcomes):
@@ -389,9 +396,8 @@ def prune(
     `on_batch` hears how many each batch deleted (progress bars)."""
     total = 0
     while True:
-        with translate_errors(), conn.cursor() as cur:
-            cur.execute(sql.PRUNE_BATCH, {"older_than": older_than_seconds, "limit": batch})
-            deleted = cur.rowcount
+        params = {"older_than": older_than_seconds, "limit": batch}
+        deleted = int(fetch(conn, sql.PRUNE_BATCH, params)[0]["n"])
         total += deleted
         if on_batch is not None:
             on_batch(deleted)

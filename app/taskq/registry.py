@@ -27,7 +27,16 @@ PRESENCE_INTERVAL = 5.0
 PRESENCE_FRESH = 3 * PRESENCE_INTERVAL
 
 
-COUNTED = ("runnable", "scheduled", "queued", "running", "succeeded", "failed", "cancelled")
+COUNTED = (
+    "runnable",
+    "scheduled",
+    "queued",
+    "running",
+    "blocked",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
 
 
 class QueueSettings(BaseModel):

@@ -118,10 +118,11 @@ WITH ready AS (
       FROM ready
      WHERE t.id = ready.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at,
-              t.timeout_seconds
+              t.timeout_seconds, t.depends_on
 )
 SELECT id, queue, kind, payload::text, attempts, max_attempts,
-       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited, timeout_seconds
+       greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited, timeout_seconds,
+       depends_on
   FROM claimed
  ORDER BY priority DESC, run_at, id
 """
@@ -295,7 +296,7 @@ WITH RECURSIVE clock AS MATERIALIZED (
      -- An array of ids: primary-key probes, whatever the planner guesses about `chosen`.
      WHERE t.id = ANY(ARRAY(SELECT id FROM chosen)) AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at,
-              t.timeout_seconds
+              t.timeout_seconds, t.depends_on
 ), stamp AS (
     INSERT INTO taskq_queue_flow AS f (queue, start_times, start_counts, key_cursor)
     SELECT %(queue)s,
@@ -320,7 +321,7 @@ WITH RECURSIVE clock AS MATERIALIZED (
 )
 SELECT id, queue, kind, payload::text, attempts, max_attempts,
        greatest(extract(epoch FROM now() - run_at), 0)::float8 AS waited, timeout_seconds,
-       (SELECT n FROM room) - (SELECT count(*) FROM claimed) AS room_left
+       (SELECT n FROM room) - (SELECT count(*) FROM claimed) AS room_left, depends_on
   FROM claimed
  ORDER BY priority DESC, run_at, id
 """
@@ -398,7 +399,12 @@ UPDATE taskq_tasks t
        updated_at = now()
   FROM decided d
  WHERE t.id = d.id
-RETURNING t.id, t.status, t.queue, t.kind, t.attempts, d.snoozed
+   -- Workflows (0012): with `plain`, a parent (has_dependents) or a batch member is left
+   -- alone, and the worker records it again in a transaction that also releases or
+   -- cancels its children (app/taskq/workflows.py). Checked on the newest row version,
+   -- so a child submitted while this statement waited for the parent's row lock is seen.
+   AND NOT (%(plain)s AND (t.has_dependents OR t.batch_id IS NOT NULL))
+RETURNING t.id, t.status, t.queue, t.kind, t.attempts, d.snoozed, t.has_dependents, t.batch_id
 """
 
 # Hand unfinished tasks back on shutdown: queued again at once, and the interrupted attempt
@@ -440,7 +446,7 @@ UPDATE taskq_tasks t
        updated_at = now()
   FROM expired e
  WHERE t.id = e.id
-RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts
+RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts, t.has_dependents, t.batch_id
 """
 
 # Wake workers of the given queues (used after updates, which the insert trigger misses).
@@ -476,21 +482,27 @@ SELECT * FROM taskq_tasks
 # the task finished (see FINISH).
 CANCEL: LiteralString = """
 UPDATE taskq_tasks
-   SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-       finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+   SET status = CASE WHEN status IN ('queued', 'blocked') THEN 'cancelled' ELSE status END,
+       finished_at = CASE WHEN status IN ('queued', 'blocked') THEN now() ELSE finished_at END,
        cancel_requested_at = COALESCE(cancel_requested_at, now()),
        updated_at = now()
- WHERE id = %(id)s AND status IN ('queued', 'running')
+ WHERE id = %(id)s AND status IN ('queued', 'running', 'blocked')
 RETURNING *
 """
 
-# Run a failed or cancelled task again from scratch.
+# Run a failed or cancelled task again from scratch. A task with parents that have not
+# all succeeded goes back to blocked, counting them (a parent deleted by pruning had
+# finished, so it does not count).
 RETRY: LiteralString = """
-UPDATE taskq_tasks
-   SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+UPDATE taskq_tasks t
+   SET status = CASE WHEN w.n > 0 THEN 'blocked' ELSE 'queued' END, blocked_by = w.n,
+       cancelled_by = NULL, attempts = 0, run_at = now(), finished_at = NULL,
        result = NULL, cancel_requested_at = NULL, updated_at = now()
- WHERE id = %(id)s AND status IN ('failed', 'cancelled')
-RETURNING *
+  FROM (SELECT count(*)::int AS n
+          FROM taskq_task_deps d JOIN taskq_tasks p ON p.id = d.parent_id
+         WHERE d.child_id = %(id)s AND p.status <> 'succeeded') AS w
+ WHERE t.id = %(id)s AND t.status IN ('failed', 'cancelled')
+RETURNING t.*
 """
 
 # Delete one batch of finished tasks older than the retention; SKIP LOCKED so a prune
@@ -502,8 +514,16 @@ WITH doomed AS (
        AND finished_at < now() - %(older_than)s * interval '1 second'
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM taskq_tasks t USING doomed d WHERE t.id = d.id
+    RETURNING t.id, t.has_dependents, t.depends_on IS NOT NULL AS has_parents
+), edges AS (
+    -- The graph's edges go with their tasks (no foreign keys: see migration 0012).
+    DELETE FROM taskq_task_deps e
+     WHERE e.parent_id = ANY(ARRAY(SELECT id FROM gone WHERE has_dependents))
+        OR e.child_id = ANY(ARRAY(SELECT id FROM gone WHERE has_parents))
 )
-DELETE FROM taskq_tasks t USING doomed d WHERE t.id = d.id
+SELECT count(*) AS n FROM gone
 """
 
 # How many finished tasks PRUNE_BATCH would delete (the CLI's progress bar): a count on
@@ -584,6 +604,14 @@ SELECT q.queue, r.n AS runnable, a.n AS scheduled, o.id AS oldest_id, o.run_at A
         WHERE g.queue = q.queue AND g.run_at <= now()
         ORDER BY g.run_at, g.id LIMIT 1) o ON true
  ORDER BY q.queue
+"""
+
+# Blocked tasks per queue (waiting for their parents), from the blocked index (only
+# blocked rows are in it); at most `cap` entries are read in all.
+COUNT_BLOCKED: LiteralString = """
+SELECT queue, count(*) AS n
+  FROM (SELECT queue FROM taskq_tasks WHERE status = 'blocked' LIMIT %(cap)s) b
+ GROUP BY queue
 """
 
 # Running tasks per queue, from the index of running tasks (only running rows are in it).
@@ -699,7 +727,8 @@ WITH dead AS (
            updated_at = now()
       FROM orphaned o
      WHERE t.id = o.id
-    RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts
+    RETURNING t.id, t.queue, t.kind, t.status, t.worker_id, t.attempts, t.has_dependents,
+              t.batch_id
 ), forgotten AS (
     DELETE FROM taskq_workers w USING dead
      WHERE w.id = dead.id
@@ -971,3 +1000,230 @@ SELECT l.name AS queue, l.max_running, l.max_running_per_key, l.rate_limit_count
  ORDER BY l.name
 """
 )
+
+
+# ------------------------------------------------------------------ workflows (0012)
+# Tasks that wait for other tasks, and batches with a callback (app/taskq/workflows.py).
+# A child is `blocked` with blocked_by = its unfinished parents; every parent carries
+# has_dependents. The worker records a parent's outcome (and a batch member's) in a
+# transaction that also runs RELEASE_CHILDREN / CANCEL_DEPENDENTS / the batch statements,
+# so a crash never separates an outcome from its consequences. Rows are always locked in
+# id order (children, batches), so two workers finishing parents of the same child wait
+# for each other instead of deadlocking.
+
+# Lock the existing parents a submit names, and mark them as having dependents; their
+# status as locked decides the child's (succeeded: does not count; failed or cancelled:
+# the child is cancelled at once). Under the row lock, a parent that finishes meanwhile
+# is either seen finished here (it committed first) or sees the child (FINISH's `plain`
+# check and the release statement run after this commits).
+LOCK_PARENTS: LiteralString = """
+WITH p AS (
+    SELECT id, status, has_dependents FROM taskq_tasks
+     WHERE id = ANY(%(ids)s::uuid[])
+     ORDER BY id
+       FOR UPDATE
+), marked AS (
+    UPDATE taskq_tasks t SET has_dependents = true
+      FROM p WHERE t.id = p.id AND NOT p.has_dependents
+)
+SELECT id, status FROM p
+"""
+
+# Insert the tasks of a graph (INSERT_TASKS with the workflow columns). depends_on comes
+# as array literals ('{id,id}') in a text[]: PostgreSQL has no ragged arrays.
+INSERT_GRAPH_TASKS: LiteralString = """
+INSERT INTO taskq_tasks (id, queue, kind, payload, priority, run_at, max_attempts, idempotency_key,
+                         timeout_seconds, concurrency_key, status, blocked_by, has_dependents,
+                         depends_on, ref, batch_id, last_error, cancelled_by, finished_at)
+SELECT i.id, i.queue, i.kind, i.payload, i.priority,
+       COALESCE(i.run_at, now() + i.delay * interval '1 second'), i.max_attempts, i.key,
+       i.timeout, i.ckey, i.status, i.blocked_by, i.has_dependents, i.depends_on::uuid[], i.ref,
+       %(batch_id)s::uuid, i.error, i.cancelled_by,
+       CASE WHEN i.status = 'cancelled' THEN now() END
+  FROM unnest(%(ids)s::uuid[], %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[],
+              %(priorities)s::int[], %(run_ats)s::timestamptz[], %(delays)s::float8[],
+              %(max_attempts)s::int[], %(keys)s::text[], %(timeouts)s::float8[],
+              %(concurrency_keys)s::text[], %(statuses)s::text[], %(blocked_by)s::int[],
+              %(has_dependents)s::bool[], %(depends_on)s::text[], %(refs)s::text[],
+              %(errors)s::text[], %(cancelled_by)s::uuid[])
+       AS i(id, queue, kind, payload, priority, run_at, delay, max_attempts, key, timeout, ckey,
+            status, blocked_by, has_dependents, depends_on, ref, error, cancelled_by)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *, true AS created
+"""
+
+# The edges of a graph (parent, child), one statement for the whole submit.
+INSERT_DEPS: LiteralString = """
+INSERT INTO taskq_task_deps (parent_id, child_id)
+SELECT * FROM unnest(%(parents)s::uuid[], %(children)s::uuid[])
+ON CONFLICT DO NOTHING
+"""
+
+# A new batch and its callback.
+INSERT_BATCH: LiteralString = """
+INSERT INTO taskq_batches (id, on_complete_kind, on_complete_payload, on_complete_queue, total)
+VALUES (%(id)s, %(kind)s, %(payload)s, %(queue)s, %(total)s)
+"""
+
+# Parents succeeded: each blocked child counts them off, and runs (queued, runnable now
+# or at its own later run_at) when none is left. Children are locked in id order first;
+# the UPDATE then reads each child's newest blocked_by (another worker may have counted
+# off a different parent a moment ago), so concurrent releases never lose a count.
+RELEASE_CHILDREN: LiteralString = """
+WITH n AS (
+    SELECT d.child_id AS id, count(*)::int AS n
+      FROM taskq_task_deps d
+     WHERE d.parent_id = ANY(%(ids)s::uuid[])
+     GROUP BY d.child_id
+), locked AS (
+    SELECT t.id FROM taskq_tasks t
+     WHERE t.id = ANY(ARRAY(SELECT id FROM n)) AND t.status = 'blocked'
+     ORDER BY t.id
+       FOR UPDATE
+)
+UPDATE taskq_tasks t
+   SET blocked_by = greatest(t.blocked_by - n.n, 0),
+       status = CASE WHEN t.blocked_by - n.n <= 0 THEN 'queued' ELSE 'blocked' END,
+       run_at = CASE WHEN t.blocked_by - n.n <= 0 THEN greatest(t.run_at, now())
+                     ELSE t.run_at END,
+       updated_at = now()
+  FROM n
+ WHERE t.id = n.id AND t.id IN (SELECT id FROM locked) AND t.status = 'blocked'
+RETURNING t.id, t.queue, t.status
+"""
+
+# Parents failed (for good) or were cancelled: their blocked descendants are cancelled,
+# transitively, each naming the parent it waited for; cancelled_by remembers the parent
+# whose end started it (retrying that one re-opens them: REOPEN_DEPENDENTS).
+CANCEL_DEPENDENTS: LiteralString = """
+WITH RECURSIVE walk(id, parent, root) AS (
+    SELECT d.child_id, d.parent_id, d.parent_id
+      FROM taskq_task_deps d
+     WHERE d.parent_id = ANY(%(ids)s::uuid[])
+    UNION
+    SELECT d.child_id, d.parent_id, w.root
+      FROM walk w
+      JOIN taskq_task_deps d ON d.parent_id = w.id
+      JOIN taskq_tasks c ON c.id = w.id AND c.status = 'blocked'
+), pick AS (
+    SELECT DISTINCT ON (w.id) w.id, w.parent, w.root FROM walk w ORDER BY w.id, w.root, w.parent
+), locked AS (
+    SELECT t.id FROM taskq_tasks t
+     WHERE t.id = ANY(ARRAY(SELECT id FROM pick)) AND t.status = 'blocked'
+     ORDER BY t.id
+       FOR UPDATE
+)
+UPDATE taskq_tasks t
+   SET status = 'cancelled',
+       finished_at = now(),
+       cancelled_by = p.root,
+       last_error = format('cancelled: dependency %%s %%s', p.parent,
+                           CASE WHEN p.parent = p.root
+                                 AND (SELECT r.status FROM taskq_tasks r WHERE r.id = p.root)
+                                     = 'failed'
+                                THEN 'failed' ELSE 'was cancelled' END),
+       updated_at = now()
+  FROM pick p
+ WHERE t.id = p.id AND t.id IN (SELECT id FROM locked) AND t.status = 'blocked'
+RETURNING t.id, t.queue, t.batch_id
+"""
+
+# A retried parent re-opens what its end cancelled: blocked again, counting the parents
+# that have not succeeded (the retried one among them, and re-opened ones in between).
+REOPEN_DEPENDENTS: LiteralString = """
+WITH r AS (
+    SELECT t.id FROM taskq_tasks t
+     WHERE t.cancelled_by = %(id)s AND t.status = 'cancelled'
+     ORDER BY t.id
+       FOR UPDATE
+), n AS (
+    SELECT r.id, count(p.id)::int AS n
+      FROM r
+      LEFT JOIN taskq_task_deps d ON d.child_id = r.id
+      LEFT JOIN taskq_tasks p ON p.id = d.parent_id AND p.status <> 'succeeded'
+     GROUP BY r.id
+)
+UPDATE taskq_tasks t
+   SET status = CASE WHEN n.n > 0 THEN 'blocked' ELSE 'queued' END,
+       blocked_by = n.n, cancelled_by = NULL, finished_at = NULL, last_error = NULL,
+       cancel_requested_at = NULL, run_at = now(), updated_at = now()
+  FROM n
+ WHERE t.id = n.id
+RETURNING t.id, t.queue, t.status
+"""
+
+# Lock the open batches among these (id order): the completion check below then runs in
+# a new statement, whose snapshot includes every member finished by a transaction that
+# held the lock before. Every path that finishes a member takes the lock afterwards, so
+# the last one to take it sees every member final.
+LOCK_BATCHES: LiteralString = """
+SELECT id FROM taskq_batches
+ WHERE id = ANY(%(ids)s::uuid[]) AND completed_at IS NULL
+ ORDER BY id
+   FOR UPDATE
+"""
+
+# Complete the batches whose members are all final (one probe of the open-members
+# index each): completed_at is set and the on_complete task inserted in one statement,
+# under the lock taken by LOCK_BATCHES, so the callback is enqueued exactly once. Its
+# payload is the batch's on_complete payload plus batch_id and the counts by status.
+COMPLETE_BATCHES: LiteralString = """
+WITH done AS MATERIALIZED (
+    SELECT b.id, b.on_complete_kind AS kind, b.on_complete_payload AS payload,
+           b.on_complete_queue AS queue,
+           CASE WHEN b.on_complete_kind IS NOT NULL THEN taskq_uuid_v7() END AS task_id
+      FROM taskq_batches b
+     WHERE b.id = ANY(%(ids)s::uuid[]) AND b.completed_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM taskq_tasks t
+                        WHERE t.batch_id = b.id AND t.status IN ('blocked', 'queued', 'running'))
+), counted AS (
+    SELECT d.id,
+           jsonb_build_object(
+               'succeeded', count(*) FILTER (WHERE t.status = 'succeeded'),
+               'failed', count(*) FILTER (WHERE t.status = 'failed'),
+               'cancelled', count(*) FILTER (WHERE t.status = 'cancelled')) AS counts
+      FROM done d JOIN taskq_tasks t ON t.batch_id = d.id
+     GROUP BY d.id
+), callback AS (
+    INSERT INTO taskq_tasks (id, queue, kind, payload)
+    SELECT d.task_id, d.queue, d.kind,
+           COALESCE(d.payload, '{}'::jsonb)
+           || jsonb_build_object('batch_id', d.id, 'counts', c.counts)
+      FROM done d JOIN counted c ON c.id = d.id
+     WHERE d.task_id IS NOT NULL
+)
+UPDATE taskq_batches b
+   SET completed_at = now(), on_complete_task_id = d.task_id
+  FROM done d
+ WHERE b.id = d.id
+RETURNING b.id, d.queue, d.task_id
+"""
+
+# A batch's progress: its row and its members by status (the batch index).
+GET_BATCH: LiteralString = """
+SELECT b.id, b.total, b.created_at, b.completed_at, b.on_complete_kind, b.on_complete_queue,
+       b.on_complete_task_id,
+       COALESCE((SELECT jsonb_object_agg(s.status, s.n)
+                   FROM (SELECT t.status, count(*) AS n FROM taskq_tasks t
+                          WHERE t.batch_id = b.id GROUP BY t.status) s), '{}'::jsonb) AS counts
+  FROM taskq_batches b
+ WHERE b.id = %(id)s
+"""
+
+# A task's children with their states (GET /tasks/{id}, the dashboard, `taskq status`).
+DEPENDENTS: LiteralString = """
+SELECT t.id, t.kind, t.status, t.ref FROM taskq_task_deps d JOIN taskq_tasks t ON t.id = d.child_id
+ WHERE d.parent_id = %(id)s
+ ORDER BY t.id
+ LIMIT %(limit)s
+"""
+
+# Tasks by id with their states (a task's parents).
+TASK_STATES: LiteralString = """
+SELECT id, kind, status, ref FROM taskq_tasks WHERE id = ANY(%(ids)s::uuid[]) ORDER BY id
+"""
+
+# The results of the parents of a claimed batch, by id (and ref): one statement per claim.
+PARENT_RESULTS: LiteralString = """
+SELECT id, ref, result::text AS result FROM taskq_tasks WHERE id = ANY(%(ids)s::uuid[])
+"""

@@ -43,6 +43,7 @@ class QueueStats(_Out):
     scheduled: int = Field(description="queued tasks whose run_at is ahead (up to the cap)")
     queued: int = Field(description="runnable + scheduled")
     running: int
+    blocked: int = Field(0, description="tasks waiting for their parents (depends_on)")
     succeeded: int = Field(description="finished in the throughput window")
     failed: int = Field(description="finished in the throughput window")
     cancelled: int = Field(description="finished in the throughput window")
@@ -63,6 +64,7 @@ class Totals(_Out):
     scheduled: int
     queued: int
     running: int
+    blocked: int
     held: int
     succeeded: int
     failed: int
@@ -138,6 +140,12 @@ def queue_stats(
     return rows
 
 
+def blocked_counts(conn: AnyConnection, *, cap: int = 10_000) -> dict[str, int]:
+    """Blocked tasks per queue (at most `cap` counted in all)."""
+    rows = queue.fetch(conn, sql.COUNT_BLOCKED, {"cap": cap})
+    return {row["queue"]: int(row["n"]) for row in rows}
+
+
 def running_counts(conn: AnyConnection) -> dict[str, int]:
     """Running tasks per queue."""
     return {row["queue"]: int(row["n"]) for row in queue.fetch(conn, sql.COUNT_RUNNING, {})}
@@ -178,6 +186,7 @@ def collect(conn: Any) -> Stats:
     """Read the statistics (a few bounded, index-only or index-driven queries)."""
     per_queue = depths(conn)
     running = running_counts(conn)
+    blocked = blocked_counts(conn, cap=STATS_CAP)
     series, now = finished_series(
         conn,
         window_seconds=FINISHED_WINDOW,
@@ -216,7 +225,12 @@ def collect(conn: Any) -> Stats:
     ]
 
     names = sorted(
-        {r["queue"] for r in per_queue} | set(running) | set(finished) | set(limited) | served
+        {r["queue"] for r in per_queue}
+        | set(running)
+        | set(blocked)
+        | set(finished)
+        | set(limited)
+        | served
     )
     ready = {r["queue"]: r for r in per_queue}
     queues = []
@@ -231,6 +245,7 @@ def collect(conn: Any) -> Stats:
                 scheduled=int(r.get("scheduled", 0)),
                 queued=int(r.get("queued", 0)),
                 running=running.get(name, 0),
+                blocked=blocked.get(name, 0),
                 oldest_runnable_age_seconds=round(float(r.get("oldest_age_seconds", 0.0)), 3),
                 served=name in served,
                 **done,
@@ -258,7 +273,15 @@ def collect(conn: Any) -> Stats:
         totals=Totals(
             **{
                 field: sum(getattr(q, field) for q in queues)
-                for field in ("runnable", "scheduled", "queued", "running", "held", *FINISHED)
+                for field in (
+                    "runnable",
+                    "scheduled",
+                    "queued",
+                    "running",
+                    "blocked",
+                    "held",
+                    *FINISHED,
+                )
             }
         ),
         queues=queues,

@@ -19,7 +19,7 @@ from taskq.api.openapi import OpenApiResource, build
 from taskq.api.queues import QueueLimitsResource, QueueResource, QueuesResource
 from taskq.api.schedules import ScheduleResource, SchedulesResource
 from taskq.api.stats import StatsResource
-from taskq.api.tasks import BatchResource, TaskResource, TasksResource
+from taskq.api.tasks import BatchResource, BatchStatusResource, TaskResource, TasksResource
 from taskq.health import LiveResource, MetricsResource, ReadyResource
 from taskq.settings import Settings
 
@@ -85,6 +85,7 @@ def create_app(
     route("/tasks/{task_id:uuid}", task)
     route("/tasks/{task_id:uuid}/cancel", task, suffix="cancel")
     route("/tasks/{task_id:uuid}/retry", task, suffix="retry")
+    route("/batches/{batch_id:uuid}", BatchStatusResource(settings, deps))
     route("/schedules", SchedulesResource(settings, deps))
     schedule = ScheduleResource(settings, deps)
     route("/schedules/{name}", schedule)

@@ -113,6 +113,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             503,
         ),
         description="`kind` defaults to `echo`. Schedule with `run_at` or `delay`, not both. "
+        "`depends_on` names existing tasks (422 naming `depends_on[i]` otherwise): the task "
+        "is `blocked` until every one has succeeded, and is cancelled if one fails or is "
+        "cancelled. "
         "A kind with a payload model (`Payload.<kind>`) gets its payload checked: a wrong "
         "field is a 422 naming it (`payload.order_id`).",
         request="TaskSpec",
@@ -139,11 +142,34 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             500,
             503,
         ),
-        description="Up to TASKQ_API_BATCH_MAX tasks, all created or none.",
+        description="Up to TASKQ_API_BATCH_MAX tasks, all created or none. A task may carry "
+        "a `ref` (unique in the batch) and name task ids or the refs of earlier tasks of the "
+        "batch in `depends_on`: a whole graph is one request (an unknown id or ref, a ref "
+        "of a later task or of itself: 422 naming `tasks[i].depends_on[j]`). With "
+        "`on_complete`, the tasks form a batch (`batch_id`, GET /batches/{id}).",
         request="BatchSpec",
     ),
     ("GET", "/tasks/{task_id}"): Operation(
-        "Read a task", _with_errors({200: _TASK}, *_READ), parameters=("task_id",)
+        "Read a task, with its parents and dependents",
+        _with_errors({200: Response("the task and its place in a graph", "TaskDetail")}, *_READ),
+        description="`parents` and `dependents` list the tasks this one waits for and the "
+        "tasks waiting for it, each with its status (a pruned parent shows as `pruned`).",
+        parameters=("task_id",),
+    ),
+    ("GET", "/batches/{batch_id}"): Operation(
+        "Read a batch's progress",
+        _with_errors(
+            {200: Response("members by status, and the on_complete task", "Batch")},
+            401,
+            404,
+            500,
+            503,
+        ),
+        description="A batch is created by POST /tasks/batch with `on_complete`; its id is "
+        "the response's `batch_id` and every member's. Once every member is final the "
+        "on_complete task is enqueued (exactly once) with `batch_id` and `counts` added to "
+        "its payload.",
+        parameters=("batch_id",),
     ),
     ("POST", "/tasks/{task_id}/cancel"): Operation(
         "Cancel a queued or running task",
@@ -378,6 +404,13 @@ def _parameters(settings: Settings) -> dict[str, dict[str, Any]]:
             "schema": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_.:-]+$"},
             "description": "the schedule's or queue's name",
         },
+        "batch_id": {
+            "name": "batch_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "the batch's id (a UUID; anything else is a 404)",
+        },
         "task_id": {
             "name": "task_id",
             "in": "path",
@@ -462,6 +495,65 @@ def _task_schema() -> dict[str, Any]:
     return schema
 
 
+def _workflow_schemas(task: dict[str, Any]) -> dict[str, Any]:
+    """GET /tasks/{id} (a Task with its graph) and GET /batches/{id}."""
+    uuid_or_null = {"anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}]}
+    node = {
+        "type": "object",
+        "required": ["id", "kind", "status", "ref"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "kind": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "status": {"enum": [*STATUSES, "pruned"]},
+            "ref": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+    }
+    detail = copy.deepcopy(task)
+    detail["properties"]["parents"] = {"type": "array", "items": _ref("TaskNode")}
+    detail["properties"]["dependents"] = {"type": "array", "items": _ref("TaskNode")}
+    detail["required"] = [*detail["required"], "parents", "dependents"]
+    detail["description"] = "A task with the tasks it waits for and those waiting for it."
+    count = {"type": "integer", "minimum": 0}
+    batch = {
+        "type": "object",
+        "required": ["id", "total", "counts", "done", "created_at", "completed_at", "on_complete"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "total": count,
+            "counts": {
+                "type": "object",
+                "required": ["blocked", "queued", "running", "succeeded", "failed", "cancelled"],
+                "additionalProperties": False,
+                "properties": dict.fromkeys(STATUSES, count),
+            },
+            "done": {**count, "description": "members that are final"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "completed_at": {
+                "anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
+                "description": "when every member was final and on_complete was enqueued",
+            },
+            "on_complete": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "required": ["kind", "queue", "task_id"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "kind": {"type": "string"},
+                            "queue": {"type": "string"},
+                            "task_id": uuid_or_null,
+                        },
+                    },
+                    {"type": "null"},
+                ]
+            },
+        },
+    }
+    return {"TaskNode": node, "TaskDetail": detail, "Batch": batch}
+
+
 def _payload_schemas(
     schemas: dict[str, Any], keys: dict[Any, Any], payloads: dict[str, type[BaseModel]]
 ) -> None:
@@ -505,6 +597,7 @@ def _schemas(
     spec = schemas["TaskSpec"]["properties"]
     if kinds is not None:  # the server refuses kinds without a handler (422)
         spec["kind"]["enum"] = kinds
+        schemas["OnComplete"]["properties"]["kind"]["enum"] = kinds
         spec["kind"]["description"] = "a kind with a handler here (TASKQ_HANDLER_MODULES)"
     spec["payload"] = {
         **_json_object(),
@@ -539,8 +632,16 @@ def _schemas(
         "type": "object",
         "required": ["tasks"],
         "additionalProperties": False,
-        "properties": {"tasks": {"type": "array", "items": _ref("Task")}},
+        "properties": {
+            "tasks": {"type": "array", "items": _ref("Task")},
+            "batch_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "with on_complete: the batch (GET /batches/{id})",
+            },
+        },
     }
+    schemas.update(_workflow_schemas(schemas["Task"]))
     schemas["Error"] = _ERROR_SCHEMA
     schemas.update(_schedule_and_queue_schemas())
     schemas["Live"] = {

@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     _task_options(submit)
     submit.add_argument("--idempotency-key")
     submit.add_argument(
+        "--depends-on",
+        action="append",
+        metavar="ID",
+        help="a task this one waits for (blocked until every one has succeeded); repeatable",
+    )
+    submit.add_argument(
         "--count", type=_positive_int, default=1, help="copies, in one bulk transaction"
     )
     _json_flag(submit, "print the result as JSON (the default for submit)")
@@ -155,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("id")
     status.add_argument("--wait", action="store_true", help="follow the task until it finishes")
+    status.add_argument(
+        "--graph",
+        action="store_true",
+        help="print the task's graph as an indented list instead of JSON: the tasks it "
+        "waits for, then the tasks waiting for it (transitively), each with its status",
+    )
     status.add_argument(
         "--timeout", type=_non_negative, default=60.0, help="seconds to wait at most"
     )

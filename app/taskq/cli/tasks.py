@@ -11,13 +11,14 @@ import contextlib
 import json
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pydantic import ValidationError
 
-from taskq import db
+from taskq import db, workflows
 from taskq import queue as q
 from taskq.cli.output import Progress, StatusLine, duration, print_json, show_progress, table
 from taskq.cli.parser import UsageError
@@ -62,6 +63,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                 "idempotency_key": args.idempotency_key,
                 "timeout_seconds": args.timeout,
                 "concurrency_key": args.concurrency_key,
+                "depends_on": args.depends_on,
             }
         )
     except ValidationError as exc:
@@ -78,7 +80,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     with db.connect(settings, name="cli") as conn, conn.transaction():
         db.transaction_settings(conn, settings)
         if args.count == 1:
-            task = q.enqueue(conn, spec, default_max_attempts=settings.default_max_attempts)
+            task = workflows.enqueue(conn, spec, default_max_attempts=settings.default_max_attempts)
             print_json(task.to_json())
             return 0
         submitted = 0
@@ -125,8 +127,8 @@ def _submit_file(args: argparse.Namespace, settings: Settings) -> int:
         with conn.transaction():
             db.transaction_settings(conn, settings)
             specs = _read_specs(stream, source, _registry(settings))
-            for chunk in _chunks(specs, SUBMIT_CHUNK):
-                tasks = q.enqueue_many(
+            for chunk in _graph_chunks(specs, SUBMIT_CHUNK):
+                tasks = workflows.enqueue_many(
                     conn, chunk, default_max_attempts=settings.default_max_attempts
                 )
                 submitted += len(tasks)
@@ -163,6 +165,17 @@ def _registry(settings: Settings) -> Registry:
     (kinds this process does not know are passed through unchecked)."""
     default_registry.load_modules(settings.handler_modules)
     return default_registry
+
+
+def _graph_chunks(specs: Iterable[TaskSpec], size: int) -> Iterator[list[TaskSpec]]:
+    """Chunks of `size`, except that a file using refs or depends_on is one chunk: a ref
+    names an earlier line of the file, so the whole graph goes in one call."""
+    specs = iter(specs)
+    for chunk in _chunks(specs, size):
+        if any(s.ref is not None or s.depends_on for s in chunk):
+            yield [*chunk, *specs]
+            return
+        yield chunk
 
 
 def _read_specs(lines: Iterable[str], source: str, registry: Registry) -> Iterator[TaskSpec]:
@@ -236,9 +249,49 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(0.2)
             task = q.get(conn, task_id)
     line.finish(task.to_json())
-    print_json(task.to_json())
+    if args.graph:
+        with db.connect(settings, name="cli") as conn:
+            print("\n".join(_graph_lines(conn, task_id)))
+    else:
+        print_json(task.to_json())
     # A script waiting for a task wants to know whether it worked: only success is 0.
     return 0 if task.status == "succeeded" or not args.wait else 1
+
+
+GRAPH_MAX = 500  # tasks `taskq status --graph` lists at most
+
+
+def _graph_lines(conn: Any, task_id: uuid.UUID) -> list[str]:
+    """The task, the tasks it waits for, and the tasks waiting for it (transitively,
+    breadth first, up to GRAPH_MAX), as an indented list."""
+
+    def label(node: dict[str, Any]) -> str:
+        ref = f" ({node['ref']})" if node.get("ref") else ""
+        return f"{node['id']}{ref} {node['kind'] or '?'} {node['status']}"
+
+    top = workflows.describe(conn, task_id)
+    lines = [label(top)]
+    if top["parents"]:
+        lines.append("  waits for:")
+        lines.extend(f"    {label(p)}" for p in top["parents"])
+    if top["dependents"]:
+        lines.append("  waited for by:")
+        seen = {str(task_id)}
+
+        def walk(children: list[dict[str, Any]], depth: int) -> None:
+            for child in children:
+                if len(seen) >= GRAPH_MAX:
+                    lines.append("    " * depth + "...")
+                    return
+                again = child["id"] in seen
+                seen.add(child["id"])
+                lines.append("    " * depth + label(child) + (" (above)" if again else ""))
+                if not again:
+                    below = workflows.describe(conn, uuid.UUID(child["id"]))["dependents"]
+                    walk(below, depth + 1)
+
+        walk(top["dependents"], 1)
+    return lines
 
 
 # ------------------------------------------------------------------ cancel
@@ -251,7 +304,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     if task_id is None:
         raise UsageError(f"{args.id!r} is not a task id")
     with db.connect(settings, name="cli") as conn:
-        task = q.cancel(conn, task_id)
+        task = workflows.cancel(conn, task_id)
     print_json(task.to_json())
     return 0
 
@@ -298,6 +351,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             n(s.runnable, capped=True),
             n(s.scheduled, capped=True),
             n(s.running),
+            n(s.blocked),
             n(s.held, capped=True),
             n(s.succeeded),
             n(s.failed),
@@ -314,6 +368,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
                 n(t.runnable, capped=collected.capped),
                 n(t.scheduled, capped=collected.capped),
                 n(t.running),
+                n(t.blocked),
                 n(t.held, capped=collected.capped),
                 n(t.succeeded),
                 n(t.failed),
@@ -322,11 +377,11 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             ]
         )
     headers = [
-        "queue", "runnable", "scheduled", "running", "held by limit",
+        "queue", "runnable", "scheduled", "running", "blocked", "held by limit",
         "succeeded 1h", "failed 1h", "cancelled 1h", "oldest waiting",
     ]  # fmt: skip
     if rows:
-        print(table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8}))
+        print(table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8, 9}))
     else:
         print("no tasks")
     limited = [

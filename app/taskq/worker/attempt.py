@@ -116,6 +116,7 @@ def _run(
                 task.max_attempts,
                 stopping,
                 control.cancelled if control is not None else threading.Event(),
+                task.parent_results or {},
             )
             result = handler.fn(argument, ctx)
         else:

@@ -56,8 +56,10 @@ def child_main(fd: int) -> None:
             job = conn.recv()
         except (EOFError, OSError):
             return  # the parent closed the pipe or died
-        task_id, queue, kind, payload, attempts, max_attempts, timeout = job
-        task = Claimed(task_id, queue, kind, payload, attempts, max_attempts, 0.0, timeout)
+        task_id, queue, kind, payload, attempts, max_attempts, timeout, parents = job
+        task = Claimed(
+            task_id, queue, kind, payload, attempts, max_attempts, 0.0, timeout, None, parents
+        )
         token = logs.bind_task(task.id, task.queue, task.kind, task.attempts)
         terminated.busy = True
         try:

@@ -113,6 +113,7 @@ class Child:
         job = (
             task.id, task.queue, task.kind, task.payload, task.attempts, task.max_attempts,
             task.timeout_seconds,
+            task.parent_results,
         )  # fmt: skip
         try:
             conn.send(job)

@@ -13,7 +13,7 @@ import queue as stdqueue
 import threading
 from collections.abc import Callable
 
-from taskq import db, metrics
+from taskq import db, metrics, workflows
 from taskq import queue as q
 from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable, InvalidInput
@@ -124,7 +124,7 @@ class Completer:
         while True:
             try:
                 with self._db.use() as conn:
-                    applied, rejected = q.finish(conn, batch, worker_id=self._worker_id)
+                    applied, rejected = workflows.finish(conn, batch, worker_id=self._worker_id)
                 self.progress.done()
                 break
             except InvalidInput:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from taskq import db, metrics
+from taskq import db, metrics, workflows
 from taskq import queue as q
 from taskq.errors import DatabaseUnavailable, SchemaOutdated
 from taskq.worker.inflight import InFlight
@@ -136,7 +136,7 @@ class LeaseSweep:
 
     def run_once(self) -> None:
         with db.pooled(self._pool) as conn:
-            rows = q.recover_expired(conn)
+            rows = workflows.recover_expired(conn)
         metrics.tasks_recovered(rows)
         for row in rows:
             self.recovered += 1
@@ -176,7 +176,11 @@ class DeadWorkerSweep:
             with db.pooled(self._pool) as conn:
                 free = q.lock_free_workers(conn, sweeper=self._worker_id)
                 dead, self._suspects = free & self._suspects, free
-                rows = q.recover_dead_workers(conn, dead, sweeper=self._worker_id) if dead else []
+                rows = (
+                    workflows.recover_dead_workers(conn, dead, sweeper=self._worker_id)
+                    if dead
+                    else []
+                )
         except SchemaOutdated:
             # The database predates migration 0011: leases alone recover tasks.
             self._unavailable = True

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from taskq import db, flow, metrics, settings_file
+from taskq import db, flow, metrics, settings_file, workflows
 from taskq import queue as q
 from taskq.backoff import Backoff
 from taskq.errors import DatabaseUnavailable, TaskqError
@@ -419,6 +419,11 @@ class Worker:
             if not claimed:
                 raise
             # What the earlier steps claimed is committed: run it; the loop retries.
+        if any(task.depends_on for task in claimed):
+            # Children read their parents' results: one statement for the whole claim.
+            # If the database went away just now, they run without (the context says so).
+            with contextlib.suppress(DatabaseUnavailable), self._claim_db.use() as conn:
+                claimed = workflows.attach_parent_results(conn, claimed)
         return claimed, wait
 
     def _claim_limited(self, free: int, claimed: list[q.Claimed]) -> float:
