@@ -71,11 +71,17 @@ def claim_probe(url: str) -> ClaimProbe:
             plan.append(str(row[0]))
         conn.rollback()
     text = "\n".join(plan)
+    # The ready probe: the first scan of a taskq_tasks index (the registry's probes of
+    # taskq_queues come first in the plan, the pkey join later).
     index = next(
-        (line.split(" using ")[1].split()[0] for line in plan if "Index Scan using" in line),
+        (
+            name
+            for line in plan
+            if "Index Scan using" in line
+            and (name := line.split(" using ")[1].split()[0]).startswith("taskq_tasks_")
+        ),
         None,
     )
-    # The first index scan in the plan is the inner ready probe (the pkey join comes later).
     return ClaimProbe(statistics.median(times), index, text)
 
 
