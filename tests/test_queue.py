@@ -409,3 +409,12 @@ def test_uuid_v7_ids_sort_by_creation(conn: Conn) -> None:
     time.sleep(0.002)  # ids carry millisecond timestamps; step over one millisecond
     second = q.enqueue(conn, "echo")
     assert first.id < second.id
+
+
+def test_a_column_added_by_a_later_migration_does_not_break_reads(conn: Conn) -> None:
+    """During a rolling upgrade the schema runs ahead of the pods not yet replaced: what
+    they read with SELECT * may carry columns they do not know."""
+    conn.execute("ALTER TABLE taskq_tasks ADD COLUMN added_later integer DEFAULT 7")
+    task = q.enqueue(conn, TaskSpec(kind="echo"))
+    assert q.get(conn, task.id).id == task.id
+    assert task.id in {t.id for t in q.list_tasks(conn, limit=10)[0]}

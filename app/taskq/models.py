@@ -274,7 +274,11 @@ class Task:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Task:
-        return cls(**row)
+        """The task of a `SELECT *` row. Columns a later migration added are left out:
+        during a rolling upgrade the schema is ahead of the pods not yet replaced."""
+        if row.keys() <= _TASK_FIELDS:
+            return cls(**row)
+        return cls(**{key: value for key, value in row.items() if key in _TASK_FIELDS})
 
     @classmethod
     def inserted(
@@ -352,6 +356,10 @@ class Task:
             "cancelled_by": None if self.cancelled_by is None else str(self.cancelled_by),
             "batch_id": None if self.batch_id is None else str(self.batch_id),
         }
+
+
+# What Task.from_row keeps of a row.
+_TASK_FIELDS = frozenset(field.name for field in dataclasses.fields(Task))
 
 
 def _iso(value: datetime | None) -> str | None:
