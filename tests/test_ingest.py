@@ -18,7 +18,7 @@ import falcon.testing
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from taskq import db
+from taskq import db, metrics
 from taskq.api import Deps, create_app
 from taskq.api.ingest import Ingest
 from taskq.errors import InvalidInput
@@ -26,6 +26,7 @@ from taskq.models import Task, TaskSpec
 from taskq.settings import Settings
 
 from tests.helpers import wait_until
+from tests.test_metrics import parse, value
 from tests.worker_helpers import fresh_registry
 
 JSON = {"Content-Type": "application/json"}
@@ -95,6 +96,7 @@ def test_concurrent_submissions_share_one_commit_and_answer_after_it(
         visible = task_id is not None and _visible(database_url, task_id)
         results[name] = (result.status_code, result.json, visible)
 
+    before = parse(metrics.exposition()[0].decode())
     lock = TableLock(database_url)
     threads = [threading.Thread(target=post, args=("first", {"payload": {"n": 0}}))]
     threads[0].start()
@@ -129,6 +131,14 @@ def test_concurrent_submissions_share_one_commit_and_answer_after_it(
     assert by_id[results["first"][1]["id"]] not in group
     assert ingest.groups == 2
     assert ingest.written == 5
+    after = parse(metrics.exposition()[0].decode())
+    groups = value(after, "taskq_api_group_commit_tasks_count") - value(
+        before, "taskq_api_group_commit_tasks_count"
+    )
+    sizes = value(after, "taskq_api_group_commit_tasks_sum") - value(
+        before, "taskq_api_group_commit_tasks_sum"
+    )
+    assert (groups, sizes) == (2, 5)  # a group of 1, then one of 4 (the duplicate key too)
 
 
 def test_a_row_the_database_refuses_fails_only_its_own_request(

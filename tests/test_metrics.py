@@ -250,8 +250,8 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         seen.add(info.name)
         assert (info.type == "counter") == info.name.endswith("_total"), info.name
         assert info.where in ("api", "worker", "both")
-        if info.type == "histogram":
-            assert info.name.endswith("_seconds")
+        if info.type == "histogram":  # durations in seconds, sizes in tasks
+            assert info.name.endswith(("_seconds", "_tasks")), info.name
     assert json.dumps([m.name for m in metrics.METRICS])
 
 

@@ -61,6 +61,7 @@ QUEUE_WAIT_BUCKETS = (
 )  # fmt: skip
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+SUBMIT_GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ METRICS: tuple[MetricInfo, ...] = (
                "HTTP requests answered, by route template and status.", "api"),
     MetricInfo("taskq_http_request_duration_seconds", "histogram", ("method", "route"),
                "Time to answer an HTTP request.", "api"),
+    MetricInfo("taskq_api_group_commit_tasks", "histogram", (),
+               "Single submissions (POST /tasks) one commit of an API process wrote "
+               "together (group commit).", "api"),
     MetricInfo("taskq_queue_depth", "gauge", ("queue",),
                f"Runnable queued tasks (run_at has come), read at scrape time; counted up "
                f"to {STATS_CAP}, so {STATS_CAP} means at least that many.", "api"),
@@ -202,6 +206,7 @@ class _Metrics:
         self.pool_waiting = gauge("taskq_db_pool_waiting_requests")
         self.http_requests = counter("taskq_http_requests_total")
         self.http_duration = histogram("taskq_http_request_duration_seconds", HTTP_BUCKETS)
+        self.submit_groups = histogram("taskq_api_group_commit_tasks", SUBMIT_GROUP_BUCKETS)
 
 
 _metrics: _Metrics | None = None
@@ -360,6 +365,11 @@ def http_request(method: str, route: str, status: int, seconds: float) -> None:
     m = _m()
     _child(m.http_requests, method, route, str(status)).inc()
     _child(m.http_duration, method, route).observe(seconds)
+
+
+def submit_group(size: int) -> None:
+    """One group commit of the API wrote `size` single submissions."""
+    _m().submit_groups.observe(size)
 
 
 # ------------------------------------------------------------------ process state

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from taskq import queue
+from taskq import metrics, queue
 from taskq.db import pooled
 from taskq.errors import DatabaseUnavailable, SchemaOutdated
 from taskq.models import Task, TaskSpec
@@ -110,6 +110,7 @@ class Ingest:
             else:
                 self.groups += 1
                 self.written += len(group)
+                metrics.submit_group(len(group))
             _settle([waiter for _, waiter in group], outcomes)
 
     def _write(self, specs: Sequence[TaskSpec]) -> list[Task | BaseException]:
