@@ -114,8 +114,13 @@ def _read_at_most(stream: Any, limit: int) -> bytes:
 
 
 def _too_large(max_bytes: int) -> ApiError:
+    # The rest of the body is never read, so the connection cannot carry another request:
+    # it is closed with the answer instead of waiting out the keep-alive timeout.
     return ApiError(
-        falcon.HTTP_413, f"request body is larger than {max_bytes} bytes", code="payload_too_large"
+        falcon.HTTP_413,
+        f"request body is larger than {max_bytes} bytes",
+        code="payload_too_large",
+        headers={"Connection": "close"},
     )
 
 
