@@ -389,8 +389,9 @@ def test_api_workers_exit_when_the_gunicorn_master_is_killed(
     from tests.reliability.harness import port_is_closed
 
     api, port = procs.api(procs.env(database_url), workers=2)
+    # Ready means one worker answers; gunicorn may still be forking the other.
+    wait_until(lambda: len(_children(api.pid)) >= 2, timeout=15, what="both API workers")
     children = _children(api.pid)
-    assert len(children) >= 2, children
     api.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     api.wait(timeout=5)
