@@ -19,10 +19,9 @@ from typing import Any
 import psycopg
 import uvloop
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-from taskq import db, sql
+from taskq import db, queue, sql
 from taskq.api.ingest import Ingest
-from taskq.models import TaskSpec, new_task_id
+from taskq.models import TaskSpec
 from taskq.settings import load_settings
 
 SPEC = TaskSpec.model_validate({"kind": "echo", "payload": {"input": "hello"}})
@@ -30,19 +29,7 @@ SPEC = TaskSpec.model_validate({"kind": "echo", "payload": {"input": "hello"}})
 
 def _params(specs: list[TaskSpec]) -> dict[str, Any]:
     """INSERT_TASKS's parameters, as queue.enqueue_many builds them."""
-    return {
-        "ids": sorted(new_task_id() for _ in specs),
-        "queues": [s.queue for s in specs],
-        "kinds": [s.kind for s in specs],
-        "payloads": [Jsonb(s.payload) for s in specs],
-        "priorities": [s.priority for s in specs],
-        "run_ats": [s.run_at for s in specs],
-        "delays": [float(s.delay or 0) for s in specs],
-        "max_attempts": [s.max_attempts or 5 for s in specs],
-        "keys": [s.idempotency_key for s in specs],
-        "timeouts": [s.timeout_seconds for s in specs],
-        "concurrency_keys": [s.concurrency_key for s in specs],
-    }
+    return queue.insert_params(specs, 5)[2]
 
 
 class AsyncWriter:

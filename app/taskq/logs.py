@@ -30,6 +30,9 @@ from typing import Any
 from taskq.settings import Settings
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# A record's own attributes come first in its __dict__, in a fixed order; `extra=` fields,
+# the context filter's and the formatter's come after them.
+_OWN = len(vars(logging.makeLogRecord({})))
 # Field names that must never carry a value into a log line.
 _SECRET_FIELDS = frozenset(
     {"payload", "result", "password", "passwd", "token", "authorization", "secret", "api_key"}
@@ -115,7 +118,7 @@ class ContextFilter(logging.Filter):
 def extras(record: logging.LogRecord) -> dict[str, Any]:
     """The record's structured fields (everything beyond the standard attributes)."""
     out: dict[str, Any] = {}
-    for key, value in vars(record).items():
+    for key, value in itertools.islice(vars(record).items(), _OWN, None):
         if key in _RESERVED or key.startswith("_"):
             continue
         out[key] = "[redacted]" if key.lower() in _SECRET_FIELDS else value
@@ -186,6 +189,12 @@ class TextFormatter(logging.Formatter):
 
 
 def configure(settings: Settings) -> None:
+    # No formatter here prints where a record was made (file, line, thread, process):
+    # skip collecting it for every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())

@@ -27,6 +27,7 @@ from taskq.models import Task, TaskSpec, new_task_id
 
 Outcome = Literal["succeeded", "retry", "failed", "snooze", "cancelled"]
 _decode = json.JSONDecoder().decode
+_encode = json.JSONEncoder().encode
 AnyConnection = psycopg.Connection[Any]
 
 
@@ -165,25 +166,46 @@ def enqueue_many(
     return out
 
 
+def insert_params(
+    specs: Sequence[TaskSpec], default_max_attempts: int
+) -> tuple[list[uuid.UUID], list[int], dict[str, str]]:
+    """INSERT_TASKS's parameter for `specs`, with the ids and max_attempts it gives them."""
+    # Sorted: ids minted within one millisecond would otherwise tie-break claims randomly.
+    ids = sorted(new_task_id() for _ in specs)
+    max_attempts = [s.max_attempts or default_max_attempts for s in specs]
+    rows = [
+        {
+            "id": str(task_id),
+            "queue": s.queue,
+            "kind": s.kind,
+            "payload": s.payload,
+            "priority": s.priority,
+            "run_at": s.run_at.isoformat() if s.run_at is not None else None,
+            "delay": float(s.delay or 0),
+            "max_attempts": attempts,
+            "key": s.idempotency_key,
+            "timeout": s.timeout_seconds,
+            "ckey": s.concurrency_key,
+        }
+        for task_id, s, attempts in zip(ids, specs, max_attempts, strict=True)
+    ]
+    return ids, max_attempts, {"tasks": _encode(rows)}
+
+
 def _enqueue_chunk(
     conn: AnyConnection, specs: Sequence[TaskSpec], default_max_attempts: int
 ) -> list[Task]:
-    # Sorted: ids minted within one millisecond would otherwise tie-break claims randomly.
-    ids = sorted(new_task_id() for _ in specs)
-    params = {
-        "ids": ids,
-        "queues": [s.queue for s in specs],
-        "kinds": [s.kind for s in specs],
-        "payloads": [Jsonb(s.payload) for s in specs],
-        "priorities": [s.priority for s in specs],
-        "run_ats": [s.run_at for s in specs],
-        "delays": [float(s.delay or 0) for s in specs],
-        "max_attempts": [s.max_attempts or default_max_attempts for s in specs],
-        "keys": [s.idempotency_key for s in specs],
-        "timeouts": [s.timeout_seconds for s in specs],
-        "concurrency_keys": [s.concurrency_key for s in specs],
-    }
-    inserted = {row["id"]: Task.from_row(row) for row in fetch(conn, sql.INSERT_TASKS, params)}
+    ids, max_attempts, params = insert_params(specs, default_max_attempts)
+    with translate_errors(), conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(sql.INSERT_TASKS, params)
+        written = {row[0]: (row[1], row[2]) for row in cur.fetchall()}
+    inserted: dict[uuid.UUID, Task] = {}
+    for task_id, spec, attempts in zip(ids, specs, max_attempts, strict=True):
+        if task_id in written:
+            run_at, created_at = written[task_id]
+            inserted[task_id] = Task.inserted(
+                spec, id=task_id, run_at=run_at, created_at=created_at, max_attempts=attempts
+            )
     skipped_keys = [
         s.idempotency_key
         for task_id, s in zip(ids, specs, strict=True)
