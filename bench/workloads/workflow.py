@@ -85,7 +85,7 @@ def run_drain(
 def _graph(shape: str, n: int) -> tuple[list[dict[str, Any]], str]:
     """Task specs (as dicts) of a graph and the ref of its last task."""
     if shape == "chain":
-        specs = [{"kind": "bench", "ref": "t0"}]
+        specs: list[dict[str, Any]] = [{"kind": "bench", "ref": "t0"}]
         specs += [
             {"kind": "bench", "ref": f"t{i}", "depends_on": [f"t{i - 1}"]} for i in range(1, n)
         ]
