@@ -164,21 +164,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def _text(value: object) -> str:
+    """A field's value for a text line: numbers as they are, anything else escaped."""
+    if type(value) is int or type(value) is float:
+        return str(value)
+    return escape(str(value))
+
+
 class TextFormatter(logging.Formatter):
     """`12:00:01 INFO    taskq.access: POST /tasks 201 3.1 ms request_id=… status=201`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        self._second = -1
+        self._asctime = ""
 
     def format(self, record: logging.LogRecord) -> str:
         # The message is escaped on its own; only a traceback (formatted by us, from our
         # frames) may add lines below it.
         record.message = escape(record.getMessage())
-        record.asctime = self.formatTime(record, self.datefmt)
+        second = int(record.created)
+        if second != self._second:  # the time has whole seconds: format it once per second
+            self._asctime = self.formatTime(record, self.datefmt)
+            self._second = second
+        record.asctime = self._asctime
         line = self.formatMessage(record)
         fields = extras(record)
         if fields:
-            line += " " + " ".join(f"{key}={escape(str(value))}" for key, value in fields.items())
+            line += " " + " ".join(f"{key}={_text(value)}" for key, value in fields.items())
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
