@@ -1,6 +1,7 @@
 """The HTTP ceiling of taskq's own stack: POST /tasks without the database.
 
-Same gunicorn settings (taskq.server.GunicornServer, TASKQ_API_WORKERS sync workers), same
+Same gunicorn settings (taskq.server.GunicornServer, 4 sync workers: the API's stack and
+process count before it moved to an event loop, whatever TASKQ_API_WORKERS is now), same
 Falcon app options and error handling, same body reading and TaskSpec validation, and a
 response of the same shape (Task.to_json of a task built in memory). The only thing
 missing is the INSERT, so taskq's ingest rate divided by this one is the share of the
@@ -24,6 +25,9 @@ from taskq.health import LiveResource
 from taskq.models import Task, TaskSpec, new_task_id
 from taskq.server import GunicornServer
 from taskq.settings import Settings, load_settings
+
+# The sync stack's process count as it shipped (the default of TASKQ_API_WORKERS then).
+SYNC_WORKERS = 4
 
 
 class BaselineTasks:
@@ -75,9 +79,9 @@ def main() -> None:
     # comparable across releases, whatever design the API itself runs on. "asgi" gives
     # the ceiling of the API's own stack (uvicorn workers), for the profile notes.
     parser.add_argument("--design", choices=("sync", "asgi"), default="sync")
+    parser.add_argument("--workers", type=int, default=SYNC_WORKERS)
     args = parser.parse_args()
-    settings = load_settings()
-    BaselineServer(settings, bind=args.bind, workers=settings.api_workers, design=args.design).run()
+    BaselineServer(load_settings(), bind=args.bind, workers=args.workers, design=args.design).run()
 
 
 if __name__ == "__main__":

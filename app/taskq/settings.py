@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     # request worker waits on the database. Port 0 turns it off (probes then use the API
     # port, where they queue behind requests).
     api_health_bind: str = "127.0.0.1:8082"
-    api_workers: int = Field(4, ge=1, le=64)
+    # API processes. Each holds many requests on its event loop and writes their tasks in
+    # shared commits, so one per core is enough (more processes mean smaller groups).
+    api_workers: int = Field(2, ge=1, le=64)
     api_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     api_batch_max: int = Field(1000, ge=1, le=10_000)
     api_page_max: int = Field(500, ge=1, le=10_000)

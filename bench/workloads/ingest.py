@@ -1,8 +1,9 @@
 """API ingest: POST /tasks and POST /tasks/batch under gunicorn, from wrk, for a fixed time.
 
 Three figures per round, all at the same client concurrency:
-- the HTTP ceiling of the same stack (bench/http_baseline.py: no database),
-- taskq's API (`taskq api`, default settings: 4 sync gunicorn workers), single and batch,
+- the HTTP ceiling of the stack before ASGI (bench/http_baseline.py: 4 sync gunicorn
+  workers, no database),
+- taskq's API (`taskq api`, default settings), single and batch,
 - pgbench running the API's INSERT_TASK statement, in the API's session mode (no NOTIFY
   from the trigger): the database's ceiling for ingest.
 
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from bench import pgbench, procs
+from bench.http_baseline import SYNC_WORKERS
 from bench.pg import tool
 from bench.systems import BIN, Taskq
 
@@ -119,7 +121,9 @@ def run(
             d: stack.enter_context(
                 procs.running(
                     [sys.executable, "-m", "bench.api_design", "--design", d, "--bind", u[7:]],
-                    env=env,
+                    # The process count these designs were measured with when they were
+                    # the API's (sync: the stack before ASGI).
+                    env={**env, "TASKQ_API_WORKERS": str(SYNC_WORKERS)},
                     log=logs / f"ingest-{d}.log",
                 )
             )

@@ -1118,7 +1118,7 @@ def connection_budget(objs: list[Obj], ctx: Context) -> dict[str, int]:
     max_connections (less the superusers' reserve and room for the operator, its
     exporter and a human with psql) and the runtime role's connection limit."""
     data = config_data(objs)
-    per_api_pod = int(data.get("TASKQ_API_WORKERS", "4")) * (
+    per_api_pod = int(data.get("TASKQ_API_WORKERS", "2")) * (
         int(data.get("TASKQ_DB_POOL_MAX", "4")) + API_EXTRA_CONNECTIONS
     )
     runtime = (
