@@ -28,9 +28,9 @@ threaded WSGI request blocks on `ingest.submit(spec).result()`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
+import queue as queue_
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,8 +62,10 @@ class Ingest:
         self._default_max_attempts = default_max_attempts
         self._announce = announce
         self._max_group = max_group
-        self._pending: collections.deque[tuple[TaskSpec, Waiter]] = collections.deque()
-        self._wake = threading.Condition(threading.Lock())
+        # A SimpleQueue: a put is one C call, where a Condition's notify is Python code
+        # with lock round trips on every submission.
+        self._pending: queue_.SimpleQueue[tuple[TaskSpec, Waiter]] = queue_.SimpleQueue()
+        self._start = threading.Lock()
         self._thread: threading.Thread | None = None
         # How many groups were written and how many requests they held (tests, profiles).
         self.groups = 0
@@ -72,7 +74,7 @@ class Ingest:
     @property
     def pending(self) -> int:
         """Submissions waiting for the next group."""
-        return len(self._pending)
+        return self._pending.qsize()
 
     def submit(self, spec: TaskSpec) -> concurrent.futures.Future[Task]:
         """Queue `spec` for the next group; the future holds its Task once committed,
@@ -89,20 +91,22 @@ class Ingest:
         return future
 
     def _queue(self, spec: TaskSpec, waiter: Waiter) -> None:
-        with self._wake:
-            self._pending.append((spec, waiter))
-            if self._thread is None:  # started on first use: after gunicorn's fork
-                self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+        self._pending.put((spec, waiter))
+        if self._thread is None:  # started on first use: after gunicorn's fork
+            with self._start:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+                    thread.start()
+                    self._thread = thread
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while not self._pending:
-                    self._wake.wait()
-                count = min(len(self._pending), self._max_group)
-                group = [self._pending.popleft() for _ in range(count)]
+            group = [self._pending.get()]  # waits, without the GIL, for the next one
+            while len(group) < self._max_group:
+                try:
+                    group.append(self._pending.get_nowait())
+                except queue_.Empty:
+                    break
             try:
                 outcomes = self._write([spec for spec, _ in group])
             except BaseException as exc:  # never leave a request waiting; its handler logs
