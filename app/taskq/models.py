@@ -8,6 +8,7 @@ before it reaches SQL.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -366,6 +367,14 @@ def _iso(value: datetime | None) -> str | None:
     """UTC, ISO 8601 with a Z: `2026-01-01T12:00:00.123456Z`."""
     if value is None:
         return None
+    return _iso_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_text(value: datetime) -> str:
+    # Cached: the tasks one statement writes share their timestamps (created_at is the
+    # transaction's, run_at the same for immediate tasks), and a batch's response spells
+    # them out for every task. Equal instants give equal text, whatever their zone.
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
