@@ -175,3 +175,16 @@ def test_concurrency_key_follows_the_queue_name_rules(key: str) -> None:
 def test_concurrency_key_accepts_names_like_queues() -> None:
     assert TaskSpec.model_validate({"concurrency_key": "tenant:42_a.b-c"}).concurrency_key
     assert TaskSpec.model_validate({}).concurrency_key is None
+
+
+def test_timestamps_are_utc_text_whatever_their_zone() -> None:
+    """One instant in two zones gives one text (the spelled-out text is cached by value)."""
+    spec = TaskSpec()
+    utc = datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+    plus_two = utc.astimezone(timezone(timedelta(hours=2)))
+    for created in (plus_two, utc, plus_two):
+        task = Task.inserted(
+            spec, id=new_task_id(), run_at=created, created_at=created, max_attempts=3
+        )
+        shape = task.to_json()
+        assert shape["created_at"] == shape["run_at"] == "2030-01-02T03:04:05.600000Z"

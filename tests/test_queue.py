@@ -78,6 +78,34 @@ def test_enqueue_notifies_once_per_queue_at_commit(database_url: str) -> None:
     assert payloads == ["a", "b"]
 
 
+def test_enqueue_many_returns_the_rows_it_wrote(conn: Conn) -> None:
+    """Only id, run_at and created_at come back from the INSERT; every other field of the
+    returned tasks is built from the spec and must equal what the row holds."""
+    at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    specs = [
+        TaskSpec(),
+        TaskSpec(
+            queue="emails",
+            kind="send",
+            payload={"to": "x@example.com", "n": [1, 2.5, None, "\u00e9\n"]},
+            priority=7,
+            run_at=at,
+            max_attempts=9,
+            idempotency_key="k-1",
+            timeout_seconds=2.5,
+            concurrency_key="tenant-1",
+        ),
+        TaskSpec(delay=30, payload={}),
+    ]
+    tasks = q.enqueue_many(conn, specs, default_max_attempts=4)
+    for task in tasks:
+        assert task.to_json() == q.get(conn, task.id).to_json()
+    assert tasks[0].max_attempts == 4
+    assert tasks[1].max_attempts == 9
+    assert tasks[1].run_at == at
+    assert (tasks[2].run_at - tasks[2].created_at).total_seconds() == pytest.approx(30)
+
+
 def test_enqueue_many_keeps_input_order_and_is_one_statement(conn: Conn) -> None:
     # A statement-level trigger records every INSERT statement on the table with the
     # number of rows it inserted: one entry per statement, however many rows it holds.
