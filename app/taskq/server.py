@@ -18,6 +18,7 @@ app/taskq/logs.py configures (text or JSON) instead of gunicorn's format.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import signal
 import threading
 import time
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
@@ -119,11 +120,76 @@ class _Refused(Exception):
     pass
 
 
+# A connection answered before its request body arrived (413) lingers this long, or
+# until this much more of the body has been discarded, before it is closed for good.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
+
+
+class _Closing:
+    """The transport as uvicorn's request cycles see it: everything passes through but
+    close(), which the protocol decides (ApiHttpProtocol.close_connection)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: ApiHttpProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_connection()
+
+
 class ApiHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with gunicorn's request limits (a URL over 8190
     bytes: 414; more than 100 header fields, or one over 8190 bytes: 431) and, for every
     request it cannot parse, the API's JSON error shape instead of uvicorn's plain text.
-    Like gunicorn's, the answer never quotes the offending bytes."""
+    Like gunicorn's, the answer never quotes the offending bytes.
+
+    A connection closed while its client is still sending a request body (a 413 answers
+    without reading it) closes lingering, as web servers do: the answer goes out with the
+    end of the stream (FIN), and what the client still sends is read and discarded until
+    it closes, for at most LINGER_SECONDS or LINGER_BYTES. Closing at once would make the
+    kernel answer those bytes with a reset, which can destroy the answer in flight: the
+    client would see "connection reset" instead of its 413."""
+
+    _lingering = False
+    _discarded = 0
+    _linger_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._socket = transport
+        self.transport = cast(asyncio.Transport, _Closing(transport, self))
+
+    def close_connection(self) -> None:
+        transport = self._socket
+        if self._lingering:
+            return
+        cycle = self.cycle
+        unread = cycle is not None and cycle.more_body and not cycle.disconnected
+        if unread and not transport.is_closing() and transport.can_write_eof():
+            self._lingering = True
+            transport.write_eof()  # after what is buffered: the answer, then FIN
+            self.flow.resume_reading()
+            loop = asyncio.get_running_loop()
+            self._linger_timer = loop.call_later(LINGER_SECONDS, transport.close)
+            return
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self._socket.close()
+            return
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
