@@ -434,10 +434,12 @@ def test_a_listener_reconnect_does_not_make_a_worker_look_dead(
     settings = make_settings(liveness_interval=1.0, lease_seconds=30)
     with (
         running_worker(settings, registry, concurrency=1) as holder,
-        running_worker(make_settings(liveness_interval=1.0), registry, concurrency=1) as other,
+        # Serves another queue, so it never claims the task; its sweeps cover every worker.
+        running_worker(
+            make_settings(liveness_interval=1.0), registry, concurrency=1, queues=["elsewhere"]
+        ) as other,
     ):
         wait_until(lambda: holder.listener.registered and other.listener.registered)
-        other.stop()  # claims nothing more; its sweeps go on
         task = q.enqueue(conn, "hold")
         wait_until(lambda: q.get(conn, task.id).status == "running", what="the task to start")
         owner = q.get(conn, task.id).worker_id
