@@ -128,6 +128,11 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("taskq_api_group_commit_tasks", "histogram", (),
                "Single submissions (POST /tasks) one commit of an API process wrote "
                "together (group commit).", "api"),
+    MetricInfo("taskq_api_open_connections", "gauge", (),
+               "Open client connections, summed over the API's processes.", "api"),
+    MetricInfo("taskq_api_connections_handed_over_total", "counter", (),
+               "Keep-alive connections an API process closed after a response because it "
+               "held more than its least loaded sibling (the client reconnects).", "api"),
     MetricInfo("taskq_queue_depth", "gauge", ("queue",),
                f"Runnable queued tasks (run_at has come), read at scrape time; counted up "
                f"to {STATS_CAP}, so {STATS_CAP} means at least that many.", "api"),
@@ -207,6 +212,8 @@ class _Metrics:
         self.http_requests = counter("taskq_http_requests_total")
         self.http_duration = histogram("taskq_http_request_duration_seconds", HTTP_BUCKETS)
         self.submit_groups = histogram("taskq_api_group_commit_tasks", SUBMIT_GROUP_BUCKETS)
+        self.open_connections = gauge("taskq_api_open_connections")
+        self.handed_over = counter("taskq_api_connections_handed_over_total")
 
 
 _metrics: _Metrics | None = None
@@ -370,6 +377,16 @@ def http_request(method: str, route: str, status: int, seconds: float) -> None:
 def submit_group(size: int) -> None:
     """One group commit of the API wrote `size` single submissions."""
     _m().submit_groups.observe(size)
+
+
+def api_connections(open_now: int) -> None:
+    """This API process holds `open_now` client connections."""
+    _m().open_connections.set(open_now)
+
+
+def connection_handed_over() -> None:
+    """This API process closes a keep-alive connection so that a sibling takes it."""
+    _m().handed_over.inc()
 
 
 # ------------------------------------------------------------------ process state

@@ -35,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from taskq import db, metrics
+from taskq.connections import ConnectionTable
 from taskq.health import HealthServer, health_app
 from taskq.settings import Settings, parse_bind
 
@@ -126,18 +127,50 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
 
 
-class _Closing:
-    """The transport as uvicorn's request cycles see it: everything passes through but
-    close(), which the protocol decides (ApiHttpProtocol.close_connection)."""
+class _Transport:
+    """The transport as uvicorn's request cycles see it.
+
+    - close() is the protocol's to decide (ApiHttpProtocol.close_connection).
+    - A response's head is held back and sent with the body's first write, in one send:
+      uvicorn writes the status line and headers, then the body, as two writes, which
+      costs a second system call and a second TCP segment per response. A head whose
+      body does not follow in the same turn of the loop is sent on its own at the next."""
 
     def __init__(self, transport: asyncio.Transport, protocol: ApiHttpProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
+        self._head: bytes | None = None
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+        elif data[:9] == b"HTTP/1.1 ":
+            self._head = bytes(data)
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def close(self) -> None:
+        self.flush()
         self._protocol.close_connection()
 
 
@@ -160,8 +193,10 @@ class ApiHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _connections.opened()
+        metrics.api_connections(_connections.open)
         self._socket = transport
-        self.transport = cast(asyncio.Transport, _Closing(transport, self))
+        self.transport = cast(asyncio.Transport, _Transport(transport, self))
 
     def close_connection(self) -> None:
         transport = self._socket
@@ -187,9 +222,19 @@ class ApiHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        _connections.closed()
+        metrics.api_connections(_connections.open)
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if _connections.crowded() and self.cycle is not None:
+            # More connections here than at a sibling process: this one closes after its
+            # response (Connection: close) and its client reconnects (taskq/connections.py).
+            self.cycle.keep_alive = False
+            metrics.connection_handed_over()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -239,6 +284,8 @@ class ApiWorker(UvicornWorker):  # type: ignore[misc]
         "proxy_headers": False,
     }
 
+    connection_slot = -1  # in the connection table, given out by the master (pre_fork)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         errors = logging.getLogger("uvicorn.error")
@@ -249,6 +296,11 @@ class ApiWorker(UvicornWorker):  # type: ignore[misc]
         access = logging.getLogger("uvicorn.access")
         access.handlers = []
         access.propagate = False
+
+    def init_process(self) -> None:
+        if self.connection_slot >= 0:
+            _connections.take(self.connection_slot, os.getpid())
+        super().init_process()
 
 
 # gunicorn worker class and WSGI/ASGI app options per server design.
@@ -261,7 +313,19 @@ WORKER_CLASSES = {
 GTHREAD_THREADS = 16
 
 
+# Each API process's open connections, shared by all of them (taskq/connections.py). The
+# master replaces it with one sized for its workers before any is forked.
+_connections = ConnectionTable(0)
+
+
+def _pre_fork(server: Any, worker: Any) -> None:
+    if isinstance(worker, ApiWorker):
+        taken = (getattr(w, "connection_slot", -1) for w in server.WORKERS.values())
+        worker.connection_slot = _connections.free_slot(taken)
+
+
 def _child_exit(server: Any, worker: Any) -> None:
+    _connections.release(getattr(worker, "connection_slot", -1))
     metrics.process_exited(worker.pid)
 
 
@@ -275,6 +339,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         # was still loading would otherwise watch its new parent (init) for ever.
         self._master = os.getpid()
         metrics_dir = metrics.prepare_multiprocess_dir()  # before any worker is forked
+        global _connections
+        _connections = ConnectionTable(2 * workers)  # room for a reload's new workers
         self._options: dict[str, Any] = {
             "bind": bind,
             "workers": workers,
@@ -293,6 +359,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "limit_request_fields": LIMIT_REQUEST_FIELDS,
             "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
             "logger_class": "taskq.server.GunicornLogger",
+            "pre_fork": _pre_fork,
             "child_exit": _child_exit,
             "on_exit": lambda server: metrics.remove_multiprocess_dir(metrics_dir),
         }
