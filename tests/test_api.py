@@ -158,6 +158,19 @@ def test_submit_returns_201_with_the_task_and_a_location(client: Client, conn: C
     assert stored.to_json() == task
 
 
+def test_payloads_come_back_as_sent_whatever_orjson_cannot_encode(client: Client) -> None:
+    # Unicode stays UTF-8 (not \\u escapes); an integer beyond 64 bits, which orjson
+    # refuses, is written by json.dumps instead of failing the response.
+    payload = {"text": "grüße 🚀", "big": 2**70, "nested": [1.5, None, True]}
+    result = post(client, "/tasks", {"payload": payload})
+    assert result.status_code == 201, result.text
+    assert result.json["payload"] == payload
+    assert "grüße 🚀".encode() in result.content
+    many = post(client, "/tasks/batch", {"tasks": [{"payload": payload}] * 2})
+    assert many.status_code == 201, many.text
+    assert [t["payload"] for t in many.json["tasks"]] == [payload, payload]
+
+
 def test_kind_defaults_to_echo_and_options_are_kept(client: Client) -> None:
     assert submit(client, {"payload": {"x": 1}})["kind"] == "echo"
     run_at = datetime.now(UTC) + timedelta(hours=1)

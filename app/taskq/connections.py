@@ -71,11 +71,10 @@ class ConnectionTable:
         sibling: the connection asking now should be handed over."""
         if self._mine < 0 or self.open < 2:
             return False
-        cells = self._cells
-        fewest = -1
-        for slot in range(self.slots):
-            if slot != self._mine and cells[slot * _FIELDS]:
-                count = cells[slot * _FIELDS + 1]
-                if fewest < 0 or count < fewest:
-                    fewest = count
+        cells = self._cells.tolist()  # pid, count, pid, count, ... in one call
+        mine = self._mine * _FIELDS
+        fewest = min(
+            (cells[i + 1] for i in range(0, len(cells), _FIELDS) if cells[i] and i != mine),
+            default=-1,
+        )
         return fewest >= 0 and self.open > fewest + 1

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from typing import Any
 
 import falcon
 import falcon.asgi
+import orjson
 
 from taskq import db, metrics
 from taskq.api import errors
@@ -22,6 +24,15 @@ from taskq.api.stats import StatsResource
 from taskq.api.tasks import BatchResource, BatchStatusResource, TaskResource, TasksResource
 from taskq.health import LiveResource, MetricsResource, ReadyResource
 from taskq.settings import Settings
+
+
+def _dumps(media: Any) -> bytes:
+    """Response bodies through orjson (a tenth of json.dumps's time on a task), or
+    json.dumps for what orjson refuses (an integer beyond 64 bits in a payload)."""
+    try:
+        return orjson.dumps(media)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(media, ensure_ascii=False).encode()
 
 
 def create_app(
@@ -48,6 +59,7 @@ def create_app(
     else:
         app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=_dumps)
     errors.register(app)
 
     # Threads for the resources' queries: with the ingest thread's connection, no more
