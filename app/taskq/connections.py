@@ -21,10 +21,15 @@ slot's owner; a sibling reading a count mid-update merely decides one request la
 from __future__ import annotations
 
 import mmap
+import time
 from collections.abc import Iterable
 
 # Per slot: the owner's pid (0: free) and its open connections.
 _FIELDS = 2
+# At most one hand-over per process in this many seconds: the client's new connection
+# must have landed (and been counted) before the counts are read again, or a burst of
+# requests would hand over every connection the counts show as too many at once.
+HAND_OVER_SPACING = 0.01
 
 
 class ConnectionTable:
@@ -34,6 +39,7 @@ class ConnectionTable:
         self._cells = memoryview(self._memory).cast("q")
         self._mine = -1  # this process's slot (in a worker)
         self.open = 0  # this process's connections
+        self._handed_at = float("-inf")
 
     # ------------------------------------------------------------------ master
     def free_slot(self, taken: Iterable[int]) -> int:
@@ -65,6 +71,18 @@ class ConnectionTable:
         self.open -= 1
         if self._mine >= 0:
             self._cells[self._mine * _FIELDS + 1] = self.open
+
+    def hand_over(self) -> bool:
+        """Whether the connection asking now should close after its response for a
+        sibling to take; if so it is counted out at once."""
+        if not self.crowded():
+            return False
+        now = time.monotonic()
+        if now - self._handed_at < HAND_OVER_SPACING:
+            return False
+        self._handed_at = now
+        self.closed()
+        return True
 
     def crowded(self) -> bool:
         """True when this process holds more than one connection above its least loaded

@@ -188,6 +188,7 @@ class ApiHttpProtocol(HttpToolsProtocol):
     client would see "connection reset" instead of its 413."""
 
     _lingering = False
+    _handed_over = False  # closes after this response for a sibling to take (counted out)
     _discarded = 0
     _linger_timer: asyncio.TimerHandle | None = None
 
@@ -222,18 +223,22 @@ class ApiHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        _connections.closed()
-        metrics.api_connections(_connections.open)
+        if not self._handed_over:
+            _connections.closed()
+            metrics.api_connections(_connections.open)
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        if _connections.crowded() and self.cycle is not None:
+        if not self._handed_over and self.cycle is not None and _connections.hand_over():
             # More connections here than at a sibling process: this one closes after its
             # response (Connection: close) and its client reconnects (taskq/connections.py).
+            # It is counted out already (connection_lost must not count it again).
             self.cycle.keep_alive = False
+            self._handed_over = True
+            metrics.api_connections(_connections.open)
             metrics.connection_handed_over()
 
     def on_message_begin(self) -> None:
