@@ -112,7 +112,29 @@ class Proc:
             os.killpg(self.pid, signum)
 
     def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout=timeout)
+        """The exit code; a process still running after `timeout` fails the test with
+        its threads' stacks (a worker writes them on SIGUSR1) and the end of its log."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} still running {timeout:.0f}s later:\n{self.stacks()}"
+            ) from None
+
+    def stacks(self, lines: int = 150) -> str:
+        """The end of the log once the process has written its threads' stacks (or two
+        seconds have passed)."""
+        size = self.log_path.stat().st_size
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(signal.SIGUSR1)
+        deadline, seen = time.monotonic() + 2.0, size
+        while time.monotonic() < deadline:  # written thread by thread: until it stops growing
+            time.sleep(0.1)
+            grown = self.log_path.stat().st_size
+            if seen > size and grown == seen:
+                break
+            seen = grown
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGCONT (in case a test paused it), SIGTERM, then SIGKILL of the whole group."""

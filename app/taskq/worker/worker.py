@@ -25,6 +25,7 @@ expire and be recovered: at-least-once, never lost.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import itertools
 import logging
 import os
@@ -211,6 +212,9 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            # SIGUSR1 writes every thread's stack to stderr: what a worker that seems
+            # stuck is doing, without stopping it.
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         log.info(
             "worker %s serving queues %s with concurrency %d (%s pool)%s",
             self.worker_id,
