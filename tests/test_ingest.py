@@ -48,12 +48,15 @@ class TableLock:
         self._url = database_url
 
     def insert_waiting(self) -> bool:
+        return self.inserts_waiting() > 0
+
+    def inserts_waiting(self) -> int:
         with psycopg.connect(self._url, autocommit=True) as other:
             row = other.execute(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE wait_event_type = 'Lock' AND query ILIKE '%INSERT INTO taskq_tasks%'"
             ).fetchone()
-        return bool(row and row[0])
+        return int(row[0]) if row else 0
 
     def release(self) -> None:
         self.conn.commit()
@@ -98,10 +101,20 @@ def test_concurrent_submissions_share_one_commit_and_answer_after_it(
 
     before = parse(metrics.exposition()[0].decode())
     lock = TableLock(database_url)
-    threads = [threading.Thread(target=post, args=("first", {"payload": {"n": 0}}))]
-    threads[0].start()
+    # One submission per writer thread: both INSERTs wait on the lock, so nothing is
+    # written while the later submissions arrive.
+    threads = [
+        threading.Thread(target=post, args=(name, {"payload": {"n": n}}))
+        for n, name in enumerate(("first", "second"), start=10)
+    ]
     try:
-        wait_until(lock.insert_waiting, timeout=10, what="the first INSERT to wait on the lock")
+        for waiting, thread in enumerate(threads, start=1):
+            thread.start()
+            wait_until(
+                lambda n=waiting: lock.inserts_waiting() == n,
+                timeout=10,
+                what=f"{waiting} INSERT(s) to wait on the lock",
+            )
         later = {
             "a": ({"payload": {"n": 1}}, {}),
             "b": ({"payload": {"n": 2}}, {}),
@@ -119,18 +132,20 @@ def test_concurrent_submissions_share_one_commit_and_answer_after_it(
     for thread in threads:
         thread.join(timeout=30)
 
-    assert sorted(r[0] for r in results.values()) == [200, 201, 201, 201, 201]
+    assert sorted(r[0] for r in results.values()) == [200, 201, 201, 201, 201, 201]
     assert all(visible for _, _, visible in results.values())
     assert results["key1"][1]["id"] == results["key2"][1]["id"]
     assert {results["key1"][0], results["key2"][0]} == {200, 201}  # the first of the two won
     rows = _rows(database_url)
-    assert len(rows) == 5 - 1  # the duplicate key made no row
+    assert len(rows) == 6 - 1  # the duplicate key made no row
     by_id = {str(row["id"]): row["xid"] for row in rows}
     group = {by_id[results[name][1]["id"]] for name in ("a", "b", "key1")}
     assert len(group) == 1  # the four queued requests were written by one transaction
-    assert by_id[results["first"][1]["id"]] not in group
-    assert ingest.groups == 2
-    assert ingest.written == 5
+    alone = {by_id[results[name][1]["id"]] for name in ("first", "second")}
+    assert len(alone) == 2  # each writer's own transaction
+    assert not alone & group
+    assert ingest.groups == 3
+    assert ingest.written == 6
     after = parse(metrics.exposition()[0].decode())
     groups = value(after, "taskq_api_group_commit_tasks_count") - value(
         before, "taskq_api_group_commit_tasks_count"
@@ -138,14 +153,17 @@ def test_concurrent_submissions_share_one_commit_and_answer_after_it(
     sizes = value(after, "taskq_api_group_commit_tasks_sum") - value(
         before, "taskq_api_group_commit_tasks_sum"
     )
-    assert (groups, sizes) == (2, 5)  # a group of 1, then one of 4 (the duplicate key too)
+    assert (groups, sizes) == (3, 6)  # two groups of 1, then one of 4 (the duplicate key too)
 
 
 def test_a_row_the_database_refuses_fails_only_its_own_request(
     pool: Any, database_url: str
 ) -> None:
     announced: list[Task] = []
-    ingest = Ingest(pool, default_max_attempts=5, announce=lambda conn, t: announced.extend(t))
+    # One writer: the three later submissions wait for it and form one group.
+    ingest = Ingest(
+        pool, default_max_attempts=5, announce=lambda conn, t: announced.extend(t), writers=1
+    )
     lock = TableLock(database_url)
     try:
         first = ingest.submit(_spec(payload={"n": 0}))

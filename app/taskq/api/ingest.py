@@ -7,7 +7,9 @@ ingest thread and wait on a future. The thread takes everything queued since its
 write (up to `max_group`), inserts it with the batch endpoint's statement
 (queue.enqueue_many) as one statement, and only after its commit resolves each future
 with its own task. Nothing waits for a group to fill: a lone request is written at once,
-and the group is whatever arrived while the previous write was in flight.
+and the group is whatever arrived while the previous write was in flight. Two threads
+write, each on its own connection, so a group's INSERT runs while the other's commit
+waits for its WAL flush (bench/PROFILE-NOTES.md 0d.6).
 
 The guarantees each request keeps:
 - its 201 comes after the commit of its row (a future resolves only after the commit);
@@ -57,6 +59,7 @@ class Ingest:
         default_max_attempts: int,
         announce: Announce,
         max_group: int = 1000,  # within one statement of enqueue_many (5000)
+        writers: int = 2,
     ) -> None:
         self._pool = pool
         self._default_max_attempts = default_max_attempts
@@ -65,8 +68,9 @@ class Ingest:
         # A SimpleQueue: a put is one C call, where a Condition's notify is Python code
         # with lock round trips on every submission.
         self._pending: queue_.SimpleQueue[tuple[TaskSpec, Waiter]] = queue_.SimpleQueue()
+        self._writers = writers
         self._start = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         # How many groups were written and how many requests they held (tests, profiles).
         self.groups = 0
         self.written = 0
@@ -92,12 +96,12 @@ class Ingest:
 
     def _queue(self, spec: TaskSpec, waiter: Waiter) -> None:
         self._pending.put((spec, waiter))
-        if self._thread is None:  # started on first use: after gunicorn's fork
+        if not self._threads:  # started on first use: after gunicorn's fork
             with self._start:
-                if self._thread is None:
+                while len(self._threads) < self._writers:
                     thread = threading.Thread(target=self._run, name="ingest", daemon=True)
                     thread.start()
-                    self._thread = thread
+                    self._threads.append(thread)
 
     def _run(self) -> None:
         while True:
