@@ -19,8 +19,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from taskq import flow
+from taskq import flow, registry
 from taskq import queue as q
+from taskq import workflows as q_workflows
 from taskq.models import TaskSpec
 from taskq.settings import Settings
 
@@ -269,6 +270,133 @@ def test_a_crashed_worker_frees_its_room(
     assert long_task is not None
     assert (long_task["status"], long_task["attempts"]) == ("failed", 1)
     assert max_overlap(_intervals(conn, "lim")) <= 1
+
+
+def test_a_worker_alone_records_outcomes_in_its_claims(conn: Conn, settings: Settings) -> None:
+    """Alone on a limited queue, a worker records the queue's outcomes in the transaction
+    of its next claim: the limit still holds (from the rows' own times), every outcome
+    is recorded as it was returned (results, retries, failures), and counted once."""
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=3))
+    echoes = q.enqueue_many(
+        conn, [TaskSpec(kind="echo", queue="lim", payload={"n": n}) for n in range(30)]
+    )
+    q.enqueue_many(conn, _sleep_tasks(30, "lim", 0.01))
+    fails = q.enqueue_many(
+        conn, [TaskSpec(kind="fail", queue="lim", payload={}, max_attempts=2)] * 3
+    )
+    with running_worker(settings, queues=["lim"], concurrency=8) as worker:
+        wait_until(
+            lambda: _done(conn, "lim") == 60 and _status(conn, fails) == {"failed"},
+            timeout=60,
+            what="every limited task finished",
+        )
+        assert worker.alone == frozenset({"lim"})
+        assert worker.recorded_with_claims >= 40  # most outcomes rode on a claim
+        wait_until(lambda: worker.counts["succeeded"] == 60, timeout=10, what="counts")
+        assert worker.counts["retried"] == 3
+        assert worker.counts["failed"] == 3
+    assert max_overlap(_intervals(conn, "lim")) == 3
+    for task in echoes:
+        assert q.get(conn, task.id).result == task.payload
+    assert {q.get(conn, t.id).attempts for t in fails} == {2}
+
+
+def test_outcomes_with_consequences_are_recorded_with_them(conn: Conn, settings: Settings) -> None:
+    """A parent's outcome in a limited queue a worker is alone on releases its child
+    (the claim leaves it to the completer, which records it with its consequences)."""
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=2))
+    parent, child = q_workflows.enqueue_many(
+        conn,
+        [
+            TaskSpec(kind="echo", queue="lim", payload={"n": 5}, ref="p"),
+            TaskSpec(kind="echo", queue="lim", payload={"n": 1}, depends_on=["p"]),
+        ],
+    )
+    q.enqueue_many(conn, _sleep_tasks(6, "lim", 0.01))
+    with running_worker(settings, queues=["lim"], concurrency=4) as worker:
+        wait_until(lambda: _done(conn, "lim") == 8, timeout=30, what="parent, child and sleeps")
+        assert worker.alone == frozenset({"lim"})
+    parent_row, child_row = (q.get(conn, parent.id), q.get(conn, child.id))
+    assert child_row.status == "succeeded"
+    assert parent_row.finished_at is not None
+    assert child_row.started_at is not None
+    assert child_row.started_at > parent_row.finished_at  # released by the parent's end
+    assert max_overlap(_intervals(conn, "lim")) <= 2
+
+
+def test_a_second_worker_ends_recording_with_claims(conn: Conn, make_settings: Any) -> None:
+    """The room a worker's outcomes free goes back to that worker only while no other
+    worker serves the queue; a second one makes both record as usual and take turns."""
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=2))
+    assert flow.limited_queues(conn, ["lim"], worker_id="a", fresh=15)["lim"].alone
+    registry.worker_seen(conn, "b", ["lim", "other"])
+    assert not flow.limited_queues(conn, ["lim"], worker_id="a", fresh=15)["lim"].alone
+    assert flow.limited_queues(conn, ["lim"], worker_id="b", fresh=15)["lim"].alone
+    registry.worker_gone(conn, "b")
+    with running_worker(make_settings(worker_id="first"), queues=["lim"], concurrency=4) as first:
+        wait_until(lambda: first.alone == {"lim"}, timeout=10, what="the first worker alone")
+        second_settings = make_settings(worker_id="second")
+        with running_worker(second_settings, queues=["lim"], concurrency=4) as second:
+            wait_until(
+                lambda: not first.alone and not second.alone,
+                timeout=10,
+                what="both workers to see each other",
+            )
+            before = first.recorded_with_claims + second.recorded_with_claims
+            q.enqueue_many(conn, _sleep_tasks(40, "lim", 0.01))
+            wait_until(lambda: _done(conn, "lim") == 40, timeout=60, what="40 tasks shared")
+            assert first.recorded_with_claims + second.recorded_with_claims == before
+    rows = _intervals(conn, "lim")
+    assert max_overlap(rows) == 2
+    assert len({r["worker_id"] for r in rows}) == 2
+
+
+def test_stopping_records_the_outcomes_a_claim_would_have(conn: Conn, settings: Settings) -> None:
+    """A worker stopped while outcomes wait for its next claim records them all before
+    it exits: nothing it ran is left running or run again."""
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=4))
+    q.enqueue_many(conn, _sleep_tasks(400, "lim", 0.002))
+    with running_worker(settings, queues=["lim"], concurrency=4) as worker:
+        wait_until(lambda: _done(conn, "lim") >= 40, timeout=30, what="tasks flowing")
+    counts = {
+        r["status"]: r["n"]
+        for r in conn.execute(
+            "SELECT status, count(*) AS n FROM taskq_tasks WHERE queue = 'lim' GROUP BY 1"
+        ).fetchall()
+    }
+    assert "running" not in counts
+    assert counts["succeeded"] == worker.counts["succeeded"] == worker.claimed
+    assert counts.get("queued", 0) == 400 - counts["succeeded"]
+
+
+def test_a_per_key_limit_added_while_a_worker_claims_holds_at_once(
+    conn: Conn, settings: Settings
+) -> None:
+    """A queue limited by max_running only is claimed by a leaner statement; a per-key
+    limit added while tasks flow holds for every task started after the change."""
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=4))
+    q.enqueue_many(conn, _sleep_tasks(24, "lim", 0.05, keys=["k"]))
+    with running_worker(settings, queues=["lim"], concurrency=4):
+        wait_until(lambda: _done(conn, "lim") >= 4, timeout=30, what="four tasks done")
+        flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running_per_key=1))
+        changed = conn.execute("SELECT now() AS t").fetchone()
+        assert changed is not None
+        wait_until(lambda: _done(conn, "lim") == 24, timeout=60, what="all tasks done")
+    rows = _intervals(conn, "lim")
+    assert max_overlap([r for r in rows if r["finished_at"] < changed["t"]]) == 4
+    after = [r for r in rows if r["started_at"] > changed["t"]]
+    assert after
+    for row in after:
+        beside = [
+            o
+            for o in rows
+            if o is not row and o["started_at"] <= row["started_at"] <= o["finished_at"]
+        ]
+        assert beside == []
+
+
+def _status(conn: Conn, tasks: Sequence[Any]) -> set[str]:
+    return {q.get(conn, t.id).status for t in tasks}
 
 
 def test_concurrency_key_is_stored_and_returned(conn: Conn) -> None:

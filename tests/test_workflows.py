@@ -279,7 +279,7 @@ def test_a_released_child_waits_for_a_paused_queue_and_honours_limits(conn: Conn
     run_all(conn)
     assert status(conn, child.id) == "queued"
     assert q.claim(conn, queues=["paused"], limit=10, worker_id=W, lease=30) == []
-    got, _ = flow.claim_limited(conn, queue="lim", limit=10, worker_id=W, lease=30)
+    got = flow.claim_limited(conn, queue="lim", limit=10, worker_id=W, lease=30).claimed
     assert [(t.id, t.depends_on) for t in got] == [(limited.id, [parent.id])]
 
 

@@ -9,17 +9,18 @@ queues without limits keep the plain claim (sql.CLAIM skips limited ones).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row, tuple_row
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from taskq import sql
 from taskq.db import translate_errors
 from taskq.models import Integer, check_queue_name
-from taskq.queue import AnyConnection, Claimed, _decode, fetch
+from taskq.queue import AnyConnection, Claimed, Finish, _decode, fetch, outcomes_json
 
 MAX_LIMIT = 1_000_000
 MAX_RATE_SECONDS = 86_400.0
@@ -116,34 +117,97 @@ def set_limits(conn: AnyConnection, queue: str, update: LimitsUpdate) -> None:
     fetch(conn, sql.NOTIFY_QUEUES, {"queues": [queue]})
 
 
-def limited_queues(conn: AnyConnection, queues: Sequence[str]) -> dict[str, bool]:
-    """The given queues that have a limit (claimed with `claim_limited`), each with
-    whether it has a rate limit (whose window `rate_wait` tells when it opens)."""
-    rows = fetch(conn, sql.LIMITED_QUEUES, {"queues": list(queues)})
-    return {row["name"]: bool(row["rated"]) for row in rows}
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitedQueue:
+    """A limited queue as a worker sees it (`limited_queues`)."""
+
+    rated: bool  # has a rate limit, whose window `rate_wait` tells when it opens
+    alone: bool  # no other live worker serves it
+    max_running_only: bool  # max_running is its only limit (`claim_limited(lean=True)`)
+
+
+def limited_queues(
+    conn: AnyConnection, queues: Sequence[str], *, worker_id: str, fresh: float
+) -> dict[str, LimitedQueue]:
+    """The given queues that have a limit (claimed with `claim_limited`), and whether
+    the worker `worker_id` is alone on each (no other worker seen within `fresh` s)."""
+    params = {"queues": list(queues), "worker_id": worker_id, "fresh": fresh}
+    rows = fetch(conn, sql.LIMITED_QUEUES, params)
+    return {
+        row["name"]: LimitedQueue(
+            bool(row["rated"]), bool(row["alone"]), bool(row["max_running_only"])
+        )
+        for row in rows
+    }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitedClaim:
+    """What `claim_limited` did: the tasks claimed, whether the queue is full now
+    (max_running or the rate window used up), and for the outcomes it was given the
+    FINISH rows it applied and the outcomes it left for `workflows.finish` (a lost lease,
+    or a task whose end has consequences: a parent, a batch member)."""
+
+    claimed: list[Claimed]
+    full: bool
+    applied: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    left: list[Finish] = dataclasses.field(default_factory=list)
 
 
 def claim_limited(
-    conn: AnyConnection, *, queue: str, limit: int, worker_id: str, lease: float
-) -> tuple[list[Claimed], bool]:
+    conn: AnyConnection,
+    *,
+    queue: str,
+    limit: int,
+    worker_id: str,
+    lease: float,
+    finish: Sequence[Finish] = (),
+    lean: bool = False,
+) -> LimitedClaim:
     """Claim up to `limit` tasks of one limited queue within its limits, in a transaction
-    of its own that waits for the queue's claim turn (never for other queues). Also
-    whether the queue is full now (max_running or the rate window used up)."""
-    if limit <= 0:
-        return [], False
-    params = {"queue": queue, "limit": limit, "worker_id": worker_id, "lease": lease}
-    # Pipelined: BEGIN, the turn, the claim and COMMIT go out together and their results
-    # come back in one round trip (the claim still starts only once the turn is held).
-    with translate_errors(), conn.cursor(row_factory=tuple_row) as cur:
+    of its own that waits for the queue's claim turn (never for other queues).
+
+    `finish`: outcomes of this worker's tasks of the queue, recorded in the same
+    transaction before the turn (FINISH without consequences), so the claim counts the
+    room they free: one commit and one round trip where there would be two of each, in
+    sequence, when the limit binds. The worker does this only where it is alone on the
+    queue: the room its outcomes free goes straight back to it, which is fair only when
+    no other worker waits for it.
+
+    `lean`: the queue's only limit is max_running (sql.CLAIM_MAX_RUNNING, which claims
+    nothing if that is no longer so)."""
+    if limit <= 0 and not finish:
+        return LimitedClaim([], False)
+    params = {"queue": queue, "limit": max(0, limit), "worker_id": worker_id, "lease": lease}
+    # Pipelined: BEGIN, FINISH, the turn, the claim and COMMIT go out together and their
+    # results come back in one round trip (the claim still starts only once the turn is
+    # held, and sees the FINISH: an earlier statement of its own transaction).
+    with (
+        translate_errors(),
+        conn.cursor(row_factory=tuple_row) as cur,
+        conn.cursor(row_factory=dict_row) as fcur,
+    ):
         with conn.pipeline(), conn.transaction():
+            if finish:
+                fcur.execute(
+                    sql.FINISH,
+                    {"outcomes": outcomes_json(finish), "worker_id": worker_id, "plain": True},
+                )
             cur.execute(sql.QUEUE_TURN, {"queue": queue})
-            cur.execute(sql.CLAIM_LIMITED, params)
+            cur.execute(sql.CLAIM_MAX_RUNNING if lean else sql.CLAIM_LIMITED, params)
         rows = cur.fetchall()
+        applied = fcur.fetchall() if finish else []
     claimed = [
         Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited, timeout, parents)
         for tid, q, kind, payload, attempts, max_attempts, waited, timeout, _, parents in rows
     ]
-    return claimed, bool(rows) and rows[0][8] is not None and rows[0][8] <= 0
+    done = {row["id"] for row in applied}
+    return LimitedClaim(
+        claimed,
+        bool(rows) and rows[0][8] is not None and rows[0][8] <= 0,
+        applied,
+        [o for o in finish if o.lease.id not in done],
+    )
 
 
 def rate_wait(conn: AnyConnection, queue: str) -> float | None:

@@ -4,6 +4,10 @@ the last flush, on a connection of its own.
 Batching is natural: while one flush is in flight the next batch accumulates, so an idle
 worker records each task at once and a busy one records hundreds per round trip. Outcomes
 refused for a lost lease are counted and logged, never written (fencing).
+
+Outcomes of a limited queue this worker is alone on go to the claim loop instead
+(`hand`), which records them in its next claim's transaction (taskq/flow.py
+claim_limited); what it cannot record there comes back here (`put_outcomes`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import queue as stdqueue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from taskq import db, metrics, workflows
 from taskq import queue as q
@@ -26,6 +31,9 @@ log = logging.getLogger(__name__)
 FLUSH_MAX = 1000
 _STOP = object()
 Done = tuple[q.Finish, q.Claimed, float]  # an outcome, its task, the handler's seconds
+# Takes the outcomes of tasks of queues recorded elsewhere (the claim loop), or refuses
+# them all (False) so they are recorded here.
+Hand = Callable[[list[Done]], bool]
 _COUNT_KEY = {
     "queued": "retried",
     "succeeded": "succeeded",
@@ -44,13 +52,16 @@ class Completer:
         halt: threading.Event,
         *,
         limited: Callable[[], frozenset[str]] = frozenset,
+        hand: tuple[Callable[[], frozenset[str]], Hand] | None = None,
     ) -> None:
         self._worker_id = worker_id
         self._inflight = inflight
         self._on_recorded = on_recorded
         self._halt = halt
         self._limited = limited
-        self._outbox: stdqueue.SimpleQueue[Done | object] = stdqueue.SimpleQueue()
+        self._hand = hand
+        self._outbox: stdqueue.SimpleQueue[Done | list[q.Finish] | object] = stdqueue.SimpleQueue()
+        self._counts_lock = threading.Lock()  # counts are also kept for the claim loop's records
         self._db = db.Dedicated(
             settings, name="worker-finish", synchronous_commit=settings.worker_synchronous_commit
         )
@@ -70,6 +81,12 @@ class Completer:
     def put(self, done: Done) -> None:
         self._outbox.put(done)
 
+    def put_outcomes(self, outcomes: list[q.Finish]) -> None:
+        """Outcomes handed elsewhere that must be recorded here after all (already
+        counted in the metrics of tasks run)."""
+        if outcomes:
+            self._outbox.put(outcomes)
+
     def stop(self, timeout: float) -> None:
         """Flush what is queued, stop the thread, then record what arrived after it."""
         self._outbox.put(_STOP)
@@ -81,10 +98,27 @@ class Completer:
                 item = self._outbox.get_nowait()
             except stdqueue.Empty:
                 break
-            if item is not _STOP:
+            if isinstance(item, list):
+                leftovers.extend(item)
+            elif item is not _STOP:
                 leftovers.append(item[0])  # type: ignore[index]
         if leftovers:
             self.record(leftovers)
+
+    def count(self, applied: list[dict[str, Any]], rejected: list[q.Finish]) -> None:
+        """Count recorded outcomes (FINISH rows) and log those refused for a lost lease."""
+        metrics.tasks_finished(applied, lost=len(rejected))
+        with self._counts_lock:
+            for row in applied:
+                self.counts["snoozed" if row["snoozed"] else _COUNT_KEY[row["status"]]] += 1
+            self.counts["lost"] += len(rejected)
+        for lost in rejected:
+            log.warning(
+                "task %s attempt %d: lease lost, outcome discarded (task was recovered "
+                "and belongs to another attempt)",
+                lost.lease.id,
+                lost.lease.attempt,
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -101,9 +135,17 @@ class Completer:
             first = self._outbox.get()
             if first is _STOP:
                 return
-            batch: list[Done] = [first]  # type: ignore[list-item]
+            batch: list[Done] = []
+            returned: list[q.Finish] = []  # handed elsewhere and given back
             stop = False
-            while len(batch) < FLUSH_MAX:
+            item: Done | list[q.Finish] | object = first
+            while True:
+                if isinstance(item, list):
+                    returned.extend(item)
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+                if len(batch) + len(returned) >= FLUSH_MAX:
+                    break
                 try:
                     item = self._outbox.get_nowait()
                 except stdqueue.Empty:
@@ -111,11 +153,23 @@ class Completer:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)  # type: ignore[arg-type]
             metrics.tasks_ran([(task.queue, task.kind, seconds) for _, task, seconds in batch])
-            self.record([outcome for outcome, _, _ in batch])
+            outcomes = returned + self._not_handed(batch)
+            if outcomes:
+                self.record(outcomes)
             if stop:
                 return
+
+    def _not_handed(self, batch: list[Done]) -> list[q.Finish]:
+        """The batch's outcomes to record here: all but those the claim loop takes."""
+        if self._hand is None or self.closing:
+            return [outcome for outcome, _, _ in batch]
+        alone, hand = self._hand
+        queues = alone()
+        elsewhere = [done for done in batch if done[1].queue in queues]
+        if not elsewhere or not hand(elsewhere):
+            return [outcome for outcome, _, _ in batch]
+        return [outcome for outcome, task, _ in batch if task.queue not in queues]
 
     def record(self, batch: list[q.Finish]) -> None:
         """Write outcomes, retrying while the database is away (until halted)."""
@@ -143,17 +197,7 @@ class Completer:
                 self._halt.wait(retry.next())
         self._inflight.recorded(item.lease.id for item in batch)
         self._on_recorded()  # back-pressure may have lifted; burst mode may be done
-        metrics.tasks_finished(applied, lost=len(rejected))
-        for row in applied:
-            self.counts["snoozed" if row["snoozed"] else _COUNT_KEY[row["status"]]] += 1
-        for lost in rejected:
-            self.counts["lost"] += 1
-            log.warning(
-                "task %s attempt %d: lease lost, outcome discarded (task was recovered "
-                "and belongs to another attempt)",
-                lost.lease.id,
-                lost.lease.attempt,
-            )
+        self.count(applied, rejected)
         # A finished task of a limited queue frees room: wake the queue's other workers
         # (this one was just woken). Best effort: they also poll.
         freed = {row["queue"] for row in applied} & self._limited()

@@ -39,11 +39,12 @@ from types import FrameType
 from taskq import db, flow, metrics, settings_file, workflows
 from taskq import queue as q
 from taskq.backoff import Backoff
-from taskq.errors import DatabaseUnavailable, TaskqError
+from taskq.errors import DatabaseUnavailable, InvalidInput, TaskqError
 from taskq.handlers import Registry, default_registry
 from taskq.health import HealthServer, health_app
+from taskq.registry import PRESENCE_FRESH
 from taskq.settings import Settings, parse_bind
-from taskq.worker.completer import Completer
+from taskq.worker.completer import Completer, Done
 from taskq.worker.control import ControlWatcher
 from taskq.worker.inflight import InFlight, Snapshot
 from taskq.worker.listener import Listener
@@ -98,6 +99,18 @@ class Worker:
             self.settings_file.check_kinds(set(registry.kinds()))
         self.limited: frozenset[str] = frozenset()  # this worker's queues that have limits
         self.rated: frozenset[str] = frozenset()  # those of them with a rate limit
+        # Those of them no other live worker serves, and of those the ones whose last
+        # claim filled max_running or the rate window: their next claim has room only once
+        # outcomes are recorded, so the outcomes are recorded in that claim's transaction
+        # (flow.claim_limited) instead of by the completer before it: handed over in
+        # `_handed`. Elsewhere the completer's FINISH runs beside the claims, as usual.
+        self.alone: frozenset[str] = frozenset()
+        self._gated: frozenset[str] = frozenset()
+        self._lean: frozenset[str] = frozenset()  # limited by max_running only
+        self._handed: dict[str, list[q.Finish]] = {}
+        self._handed_lock = threading.Lock()
+        self._handing = True  # cleared at shutdown: the completer records everything
+        self.recorded_with_claims = 0  # outcomes recorded that way (tests, profiles)
         self._limited_read_at = float("-inf")
         # Room in a limited queue appears only when a task of it is recorded (here or by
         # another worker, which notifies), when its limits change (notified) or when its
@@ -123,6 +136,7 @@ class Worker:
             self._nudge,
             self._halt,
             limited=lambda: self.limited,
+            hand=(lambda: self._gated, self._hand),
         )
         self.runners = Runners(
             self.concurrency,
@@ -258,6 +272,24 @@ class Worker:
         self._news = next(self._news_count)
         self._wake.set()
 
+    def _hand(self, done: list[Done]) -> bool:
+        """Take outcomes of queues this worker is alone on, for the next claim of their
+        queue (False once shutting down: the completer records them itself)."""
+        with self._handed_lock:
+            if not self._handing:
+                return False
+            for outcome, task, _ in done:
+                self._handed.setdefault(task.queue, []).append(outcome)
+        self._nudge()
+        return True
+
+    def _give_back(self, keep: frozenset[str] = frozenset()) -> None:
+        """Outcomes handed over for queues other than `keep` go back to the completer."""
+        with self._handed_lock:
+            back = [o for name, got in self._handed.items() if name not in keep for o in got]
+            self._handed = {name: got for name, got in self._handed.items() if name in keep}
+        self.completer.put_outcomes(back)
+
     def stop(self) -> None:
         """Stop claiming; `run` then drains in-flight tasks and returns."""
         self.stopping.set()
@@ -275,6 +307,9 @@ class Worker:
         self.stop()
 
     def _drain(self) -> None:
+        with self._handed_lock:
+            self._handing = False
+        self._give_back()
         deadline = time.monotonic() + self.settings.shutdown_timeout
         while self.inflight.busy() and time.monotonic() < deadline:
             self._wake.wait(0.05)
@@ -359,7 +394,7 @@ class Worker:
             free = self.inflight.free_slots()
             claimed: list[q.Claimed] = []
             wait = self.settings.poll_interval
-            if free > 0:
+            if free > 0 or self._handed:  # handed outcomes are recorded by a claim
                 self.claim_progress.waiting()
                 try:
                     claimed, wait = self._claim(free)
@@ -378,7 +413,7 @@ class Worker:
                 metrics.tasks_claimed(claimed)
                 for task in claimed:
                     self.runners.submit(task)
-                if len(claimed) == free:
+                if len(claimed) == free and free > 0:
                     continue  # the queue may hold more; claim again once slots free up
             if self.burst and idle and not claimed and wait >= self.settings.poll_interval:
                 log.info("burst: no runnable task left")
@@ -396,10 +431,16 @@ class Worker:
         now = time.monotonic()
         if now - self._limited_read_at >= FLOW_REFRESH_SECONDS:
             with self._claim_db.use() as conn:
-                limited = flow.limited_queues(conn, self.queues)
+                limited = flow.limited_queues(
+                    conn, self.queues, worker_id=self.worker_id, fresh=PRESENCE_FRESH
+                )
             self.limited = frozenset(limited)
-            self.rated = frozenset(name for name, rated in limited.items() if rated)
+            self.rated = frozenset(name for name, lim in limited.items() if lim.rated)
+            self.alone = frozenset(name for name, lim in limited.items() if lim.alone)
+            self._lean = frozenset(n for n, lim in limited.items() if lim.max_running_only)
+            self._gated &= self.alone
             self._limited_read_at = now
+            self._give_back(keep=self.alone)  # a queue no longer limited, or shared now
         self._limited_first = not self._limited_first
         claimed: list[q.Claimed] = []
         wait = self.settings.poll_interval
@@ -430,6 +471,15 @@ class Worker:
                 claimed = workflows.attach_parent_results(conn, claimed)
         return claimed, wait
 
+    def _recorded_here(self, result: flow.LimitedClaim) -> None:
+        """Outcomes a limited claim recorded: out of the book and counted; what it left
+        (a lost lease, a task whose end has consequences) goes to the completer."""
+        self.inflight.recorded(row["id"] for row in result.applied)
+        self.completer.count(result.applied, [])
+        self.completer.put_outcomes(result.left)
+        self.recorded_with_claims += len(result.applied)
+        self._wake.set()  # back-pressure may have lifted; burst mode may be done
+
     def _claim_limited(self, free: int, claimed: list[q.Claimed]) -> float:
         """Claim from each limited queue in turn into `claimed`, up to `free` in all; a
         queue that came up short is skipped until something changed (`_news`)."""
@@ -440,20 +490,41 @@ class Worker:
         order = self.queues[self._limited_start :] + self.queues[: self._limited_start]
         for name in order:
             room = free - len(claimed)
-            if room <= 0:
-                break
-            if name not in self.limited or self._short.get(name) == self._news:
+            if name not in self.limited:
+                continue
+            with self._handed_lock:
+                finish = self._handed.pop(name, [])
+            if not finish and (room <= 0 or self._short.get(name) == self._news):
                 continue
             news = self._news
-            with self._claim_db.use() as conn:
-                got, full = flow.claim_limited(
-                    conn,
-                    queue=name,
-                    limit=room,
-                    worker_id=self.worker_id,
-                    lease=self.settings.lease_seconds,
-                )
+            try:
+                with self._claim_db.use() as conn:
+                    result = flow.claim_limited(
+                        conn,
+                        queue=name,
+                        limit=room,
+                        worker_id=self.worker_id,
+                        lease=self.settings.lease_seconds,
+                        finish=finish,
+                        lean=name in self._lean,
+                    )
+            except (DatabaseUnavailable, InvalidInput):
+                if not finish:
+                    raise
+                # The completer records them (and finds the one the database refuses);
+                # its recording is news, so this queue is claimed again after it.
+                self.completer.put_outcomes(finish)
+                continue
+            if finish:
+                self._recorded_here(result)
+            got, full = result.claimed, result.full
             claimed.extend(got)
+            if not got and name in self._lean:
+                self._limited_read_at = float("-inf")  # its limits may have changed
+            if full and name in self.alone:
+                self._gated |= {name}
+            elif name in self._gated:
+                self._gated -= {name}
             if len(got) < room or full:
                 self._short[name] = news
                 if name in self.rated:  # else only a recording or a notification opens it
