@@ -16,12 +16,16 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from taskq import flow
+from taskq import queue as q
+from taskq.models import TaskSpec
 
 from tests.helpers import wait_until
 from tests.reliability import conftest
 from tests.reliability.conftest import Metrics, PrivatePostgres
 from tests.reliability.harness import Processes, get_status, request
 from tests.reliability.load import Load, Outcome, ReadyProbe
+from tests.test_flow import max_overlap
 
 pytestmark = pytest.mark.reliability
 Conn = psycopg.Connection[dict[str, Any]]
@@ -133,6 +137,54 @@ def test_postgres_restart_under_write_load(
         accepted_tasks_unfinished=0,
         processes_restarted=0,
     )
+
+
+def test_a_restart_loses_no_outcome_a_claim_was_to_record(
+    private_pg: PrivatePostgres, procs: Processes, metrics: Metrics
+) -> None:
+    """A worker alone on a queue held by max_running records outcomes in its claims
+    (taskq/flow.py claim_limited). PostgreSQL restarting while they wait: every task
+    still ends succeeded, once, and the limit held throughout (from the rows' own times)."""
+    with _connect(private_pg.url()) as conn:
+        flow.set_limits(conn, "default", flow.LimitsUpdate(max_running=4))
+        q.enqueue_many(conn, [TaskSpec(kind="sleep", payload={"seconds": 0.005})] * 400)
+    # Leases outlast the outage: a task run twice would be an outcome lost, not a lease
+    # that expired while the database was away.
+    env = procs.env(private_pg.url(), lease_seconds=30)
+    worker, port = procs.worker(env, "--concurrency", "4")
+    with _connect(private_pg.url()) as conn:
+        wait_until(lambda: _succeeded(conn) >= 50, timeout=30, what="tasks to flow")
+    stopped = time.monotonic()
+    private_pg.stop("fast")
+    wait_until(lambda: get_status(port, "/ready") == 503, timeout=20, what="not ready")
+    private_pg.start()
+    started = time.monotonic()
+    with _connect(private_pg.url()) as conn:
+        wait_until(lambda: _succeeded(conn) == 400, timeout=60, what="all 400 tasks succeeded")
+    done = time.monotonic()
+    with _connect(private_pg.url()) as conn:
+        rows = conn.execute("SELECT started_at, finished_at, attempts FROM taskq_tasks").fetchall()
+    assert worker.alive(), "the worker died"
+    assert "Traceback" not in procs.logs()
+    assert max_overlap(rows) <= 4
+    assert {r["attempts"] for r in rows} == {1}  # no outcome lost, no task run twice
+    metrics.record(
+        "restart_while_outcomes_ride_on_claims",
+        tasks=400,
+        succeeded=400,
+        run_twice=0,
+        max_running=4,
+        max_overlap=max_overlap(rows),
+        outage_seconds=round(started - stopped, 2),
+        all_done_seconds_after_db_start=round(done - started, 2),
+    )
+
+
+def _succeeded(conn: Conn) -> int:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM taskq_tasks WHERE status = 'succeeded'"
+    ).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def test_database_down_at_start(
