@@ -351,6 +351,29 @@ def test_a_second_worker_ends_recording_with_claims(conn: Conn, make_settings: A
     assert max_overlap(_intervals(conn, "lim")) == 2
 
 
+def test_a_claim_that_records_outcomes_says_whether_its_worker_is_still_alone(
+    conn: Conn,
+) -> None:
+    flow.set_limits(conn, "lim", flow.LimitsUpdate(max_running=1))
+    q.enqueue_many(conn, _sleep_tasks(3, "lim", 0.0))
+    registry.worker_seen(conn, "a", ["lim"])
+    [first] = flow.claim_limited(conn, queue="lim", limit=5, worker_id="a", lease=30).claimed
+    done = q.Finish(first.lease, "succeeded")
+    alone = flow.claim_limited(conn, queue="lim", limit=5, worker_id="a", lease=30, finish=[done])
+    assert (len(alone.applied), len(alone.claimed), alone.alone) == (1, 1, True)
+    registry.worker_seen(conn, "b", ["lim"])
+    shared = flow.claim_limited(
+        conn,
+        queue="lim",
+        limit=5,
+        worker_id="a",
+        lease=30,
+        finish=[q.Finish(alone.claimed[0].lease, "succeeded")],
+    )
+    assert (len(shared.applied), len(shared.claimed), shared.alone) == (1, 1, False)
+    assert q.get(conn, first.id).status == "succeeded"
+
+
 def test_stopping_records_the_outcomes_a_claim_would_have(conn: Conn, settings: Settings) -> None:
     """A worker stopped while outcomes wait for its next claim records them all before
     it exits: nothing it ran is left running or run again."""

@@ -152,6 +152,7 @@ class LimitedClaim:
     full: bool
     applied: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     left: list[Finish] = dataclasses.field(default_factory=list)
+    alone: bool = True  # with outcomes: no other live worker serves the queue (`fresh`)
 
 
 def claim_limited(
@@ -162,6 +163,7 @@ def claim_limited(
     worker_id: str,
     lease: float,
     finish: Sequence[Finish] = (),
+    fresh: float = 15.0,
     lean: bool = False,
 ) -> LimitedClaim:
     """Claim up to `limit` tasks of one limited queue within its limits, in a transaction
@@ -172,7 +174,8 @@ def claim_limited(
     room they free: one commit and one round trip where there would be two of each, in
     sequence, when the limit binds. The worker does this only where it is alone on the
     queue: the room its outcomes free goes straight back to it, which is fair only when
-    no other worker waits for it.
+    no other worker waits for it; whether that is still so (no other worker seen within
+    `fresh` seconds) comes back with the claim.
 
     `lean`: the queue's only limit is max_running (sql.CLAIM_MAX_RUNNING, which claims
     nothing if that is no longer so)."""
@@ -186,6 +189,7 @@ def claim_limited(
         translate_errors(),
         conn.cursor(row_factory=tuple_row) as cur,
         conn.cursor(row_factory=dict_row) as fcur,
+        conn.cursor(row_factory=tuple_row) as acur,
     ):
         with conn.pipeline(), conn.transaction():
             if finish:
@@ -193,10 +197,14 @@ def claim_limited(
                     sql.FINISH,
                     {"outcomes": outcomes_json(finish), "worker_id": worker_id, "plain": True},
                 )
+                acur.execute(
+                    sql.STILL_ALONE, {"queue": queue, "worker_id": worker_id, "fresh": fresh}
+                )
             cur.execute(sql.QUEUE_TURN, {"queue": queue})
             cur.execute(sql.CLAIM_MAX_RUNNING if lean else sql.CLAIM_LIMITED, params)
         rows = cur.fetchall()
         applied = fcur.fetchall() if finish else []
+        alone = bool(acur.fetchone()[0]) if finish else True  # type: ignore[index]
     claimed = [
         Claimed(tid, q, kind, _decode(payload), attempts, max_attempts, waited, timeout, parents)
         for tid, q, kind, payload, attempts, max_attempts, waited, timeout, _, parents in rows
@@ -207,6 +215,7 @@ def claim_limited(
         bool(rows) and rows[0][8] is not None and rows[0][8] <= 0,
         applied,
         [o for o in finish if o.lease.id not in done],
+        alone,
     )
 
 

@@ -154,12 +154,15 @@ SELECT pg_advisory_xact_lock(29809, hashtext(%(queue)s)),
 # whether the asking worker is alone on it: no other worker seen within `fresh` seconds
 # serves it (taskq_workers). A worker alone on a limited queue records that queue's
 # outcomes in its next claim's transaction (taskq/flow.py claim_limited).
+_ALONE: LiteralString = (
+    "NOT EXISTS (SELECT 1 FROM taskq_workers w WHERE w.id <> %(worker_id)s"
+    " AND {queue} = ANY(w.queues) AND w.seen_at > now() - %(fresh)s * interval '1 second')"
+)
 LIMITED_QUEUES: LiteralString = (
     "SELECT l.name,"
-    " (l.rate_limit_count IS NOT NULL AND l.rate_limit_per_seconds IS NOT NULL) AS rated,"
-    " NOT EXISTS (SELECT 1 FROM taskq_workers w WHERE w.id <> %(worker_id)s"
-    " AND l.name = ANY(w.queues) AND w.seen_at > now() - %(fresh)s * interval '1 second')"
-    " AS alone,"
+    " (l.rate_limit_count IS NOT NULL AND l.rate_limit_per_seconds IS NOT NULL) AS rated, "
+    + _ALONE.replace("{queue}", "l.name")
+    + " AS alone,"
     " (l.max_running_per_key IS NULL"
     " AND (l.rate_limit_count IS NULL OR l.rate_limit_per_seconds IS NULL)) AS max_running_only"
     " FROM taskq_queues l WHERE l.name = ANY(%(queues)s::text[]) AND " + LIMITED
@@ -334,6 +337,11 @@ SELECT id, queue, kind, payload::text, attempts, max_attempts,
   FROM claimed
  ORDER BY priority DESC, run_at, id
 """
+
+# LIMITED_QUEUES' `alone` for one queue, checked again in the transaction of a claim that
+# records outcomes: a worker that has gained company since it last read the limits stops
+# taking back the room its outcomes free after this claim, not a second later.
+STILL_ALONE: LiteralString = "SELECT " + _ALONE.replace("{queue}", "%(queue)s") + " AS alone"
 
 # CLAIM_LIMITED for a queue whose only limit is max_running, without the parts for keys
 # and rate windows (their CTEs cost ~0.2 ms per claim even when unused). Chosen by the

@@ -506,6 +506,7 @@ class Worker:
                         worker_id=self.worker_id,
                         lease=self.settings.lease_seconds,
                         finish=finish,
+                        fresh=PRESENCE_FRESH,
                         lean=name in self._lean,
                     )
             except (DatabaseUnavailable, InvalidInput):
@@ -517,6 +518,8 @@ class Worker:
                 continue
             if finish:
                 self._recorded_here(result)
+                if not result.alone:  # company arrived: record on their own from now on
+                    self.alone -= {name}
             got, full = result.claimed, result.full
             claimed.extend(got)
             if not got and name in self._lean:
