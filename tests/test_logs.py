@@ -117,6 +117,34 @@ def test_secret_named_fields_are_redacted(captured: io.StringIO) -> None:
     assert record["payload"] == "[redacted]"
 
 
+def test_secret_named_fields_are_redacted_in_text_every_time(captured: io.StringIO) -> None:
+    _configure(captured, log_format="text")
+    for _ in range(2):  # the second record takes the field names' remembered rules
+        logging.getLogger("taskq.test").info("careless", extra={"Token": SECRET, "n": 1})
+    lines = captured.getvalue().splitlines()
+    assert len(lines) == 2
+    assert all("Token=[redacted]" in line and " n=1" in line for line in lines)
+    assert SECRET not in captured.getvalue()
+
+
+def test_request_ids_of_a_forked_process_do_not_repeat_its_parent(tmp_path: Any) -> None:
+    import os
+
+    logs.new_request_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then leave without running pytest's teardown
+        os.write(write, logs.new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = logs.new_request_id()
+    assert len(child) == len(parent) == 32
+    assert child[:16] != parent[:16]
+
+
 def test_worker_logs_name_the_task_without_its_payload(
     captured: io.StringIO, make_settings: Any, conn: Any
 ) -> None:
@@ -241,6 +269,26 @@ def test_one_access_line_per_request_with_the_request_and_task(
     assert lines[0]["task_id"] == created["id"] == lines[1]["task_id"]
     assert all(isinstance(r["duration_ms"], float) for r in lines)
     assert SECRET not in captured.getvalue()  # no payload, header or query string
+
+
+def test_text_access_lines_do_not_repeat_their_message(
+    api_client: Any, captured: io.StringIO
+) -> None:
+    client = api_client()
+    _configure(captured, log_format="text", log_level="INFO")
+    created = client.simulate_post("/tasks", json={}, headers={"X-Request-ID": "req-8"}).json
+    client.simulate_get(f"/tasks/{created['id']}")
+    lines = [line for line in captured.getvalue().splitlines() if "taskq.access:" in line]
+    assert len(lines) == 2
+    assert "taskq.access: POST /tasks 201 " in lines[0]
+    assert f" task_id={created['id']}" in lines[0]
+    assert " request_id=req-8" in lines[0]
+    for field in ("method=", "path=", "status=", "duration_ms=", "route="):
+        assert field not in lines[0]
+    # A route differs from its path when it has parameters: the line names it.
+    assert f"GET /tasks/{created['id']} 200 " in lines[1]
+    assert " route=/tasks/{task_id}" in lines[1]
+    assert "status=" not in lines[1]
 
 
 def test_request_lines_move_to_debug_when_asked(api_client: Any, captured: io.StringIO) -> None:

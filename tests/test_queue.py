@@ -106,6 +106,25 @@ def test_enqueue_many_returns_the_rows_it_wrote(conn: Conn) -> None:
     assert (tasks[2].run_at - tasks[2].created_at).total_seconds() == pytest.approx(30)
 
 
+def test_enqueue_many_stores_any_json_a_spec_allows(conn: Conn) -> None:
+    """Rows go to the INSERT as JSON text: integers beyond 64 bits and text outside the
+    session's client encoding (LATIN1 has no euro sign) arrive exactly as given."""
+    payloads = [
+        {"big": 10**30, "small": -(2**70)},
+        {"text": "\u20ac \U0001f600 \u00e9"},
+        {"plain": [1, 2.5, True, None]},
+    ]
+    conn.execute("SET client_encoding TO 'LATIN1'")
+    try:
+        # One call each: a row orjson refuses sends its whole call to json.
+        tasks = [
+            q.enqueue_many(conn, [TaskSpec(payload=p)], default_max_attempts=3)[0] for p in payloads
+        ]
+    finally:
+        conn.execute("RESET client_encoding")
+    assert [q.get(conn, t.id).payload for t in tasks] == payloads
+
+
 def test_enqueue_many_keeps_input_order_and_is_one_statement(conn: Conn) -> None:
     # A statement-level trigger records every INSERT statement on the table with the
     # number of rows it inserted: one entry per statement, however many rows it holds.

@@ -44,17 +44,26 @@ _TASK_KEYS = ("task_id", "queue", "kind", "attempt")
 _task_fields: ContextVar[_TaskFields | None] = ContextVar("taskq_task_fields", default=None)
 
 
-_id_source: tuple[int, str, Iterator[int]] | None = None
+_id_source: tuple[str, Iterator[int]] | None = None
+
+
+def _forget_id_source() -> None:
+    global _id_source
+    _id_source = None
+
+
+# A forked child (a gunicorn worker) makes its own prefix: the parent's counter must not
+# be continued in two processes.
+os.register_at_fork(after_in_child=_forget_id_source)
 
 
 def new_request_id() -> str:
     """A request id unique across processes and restarts: a random per-process prefix and
-    a counter (no system call per request, unlike uuid4)."""
+    a counter (no system call per request, unlike uuid4 or a pid check)."""
     global _id_source
-    pid = os.getpid()
-    if _id_source is None or _id_source[0] != pid:  # first use, or a forked child
-        _id_source = (pid, uuid.uuid4().hex[:16], itertools.count())
-    return f"{_id_source[1]}{next(_id_source[2]):016x}"
+    if _id_source is None:
+        _id_source = (uuid.uuid4().hex[:16], itertools.count())
+    return f"{_id_source[0]}{next(_id_source[1]):016x}"
 
 
 @contextlib.contextmanager
@@ -115,13 +124,34 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# What extras() does with each field name: _SKIP (a record attribute, or private), _KEEP,
+# or _REDACT. Field names come from code, so the memo stays small; it is bounded anyway.
+_SKIP, _KEEP, _REDACT = 0, 1, 2
+_FIELD_RULE: dict[str, int] = {}
+
+
+def _rule(key: str) -> int:
+    if key in _RESERVED or key.startswith("_"):
+        rule = _SKIP
+    else:
+        rule = _REDACT if key.lower() in _SECRET_FIELDS else _KEEP
+    if len(_FIELD_RULE) < 1024:
+        _FIELD_RULE[key] = rule
+    return rule
+
+
 def extras(record: logging.LogRecord) -> dict[str, Any]:
     """The record's structured fields (everything beyond the standard attributes)."""
     out: dict[str, Any] = {}
+    rules = _FIELD_RULE
     for key, value in itertools.islice(vars(record).items(), _OWN, None):
-        if key in _RESERVED or key.startswith("_"):
-            continue
-        out[key] = "[redacted]" if key.lower() in _SECRET_FIELDS else value
+        rule = rules.get(key)
+        if rule is None:
+            rule = _rule(key)
+        if rule == _KEEP:
+            out[key] = value
+        elif rule == _REDACT:
+            out[key] = "[redacted]"
     return out
 
 
@@ -174,7 +204,10 @@ def _text(value: object) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`12:00:01 INFO    taskq.access: POST /tasks 201 3.1 ms request_id=… status=201`."""
+    """`12:00:01 INFO    taskq.access: POST /tasks 201 3.1 ms task_id=… request_id=…`.
+
+    Fields a record's message already shows (named in its `_shown` attribute, as the
+    access line does) are not repeated after it; JSON lines carry every field."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
@@ -184,16 +217,20 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # The message is escaped on its own; only a traceback (formatted by us, from our
         # frames) may add lines below it.
-        record.message = escape(record.getMessage())
+        record.message = message = escape(record.getMessage())
         second = int(record.created)
         if second != self._second:  # the time has whole seconds: format it once per second
             self._asctime = self.formatTime(record, self.datefmt)
             self._second = second
         record.asctime = self._asctime
-        line = self.formatMessage(record)
-        fields = extras(record)
-        if fields:
-            line += " " + " ".join(f"{key}={_text(value)}" for key, value in fields.items())
+        # The format string above, written out: this runs for every access line.
+        line = f"{self._asctime} {record.levelname:<7} {record.name}: {message}"
+        shown = getattr(record, "_shown", ())
+        parts = [
+            f"{key}={_text(value)}" for key, value in extras(record).items() if key not in shown
+        ]
+        if parts:
+            line += " " + " ".join(parts)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
+import orjson
 import psycopg
 from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row, tuple_row
@@ -27,7 +28,20 @@ from taskq.models import Task, TaskSpec, new_task_id
 
 Outcome = Literal["succeeded", "retry", "failed", "snooze", "cancelled"]
 _decode = json.JSONDecoder().decode
-_encode = json.JSONEncoder().encode
+_json_encode = json.JSONEncoder().encode
+
+
+def _encode(rows: list[dict[str, Any]]) -> str:
+    """INSERT_TASKS's rows as JSON text: orjson (several times faster than json on every
+    submission's row), or json for what orjson refuses (integers beyond 64 bits) and for
+    non-ASCII text, which json writes as \\u escapes that any client encoding carries."""
+    try:
+        out = orjson.dumps(rows)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _json_encode(rows)
+    return out.decode() if out.isascii() else _json_encode(rows)
+
+
 AnyConnection = psycopg.Connection[Any]
 
 

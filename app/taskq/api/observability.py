@@ -39,6 +39,8 @@ def public_template(template: str) -> str:
 _QUIET = frozenset({"/live", "/ready", "/metrics"})
 
 access_log = logging.getLogger("taskq.access")
+_SHOWN = frozenset({"method", "path", "status", "duration_ms"})
+_SHOWN_WITH_ROUTE = _SHOWN | {"route"}
 
 
 class RequestObserver:
@@ -89,6 +91,8 @@ class RequestObserver:
                 "route": route,
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
+                # A text line leaves out the fields its message already shows.
+                "_shown": _SHOWN_WITH_ROUTE if route == req.path else _SHOWN,
             }
             task_id = req.context.get("task_id")
             if task_id is None and status == 201 and isinstance(resp.media, dict):
