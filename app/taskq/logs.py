@@ -53,8 +53,9 @@ def _forget_id_source() -> None:
 
 
 # A forked child (a gunicorn worker) makes its own prefix: the parent's counter must not
-# be continued in two processes.
-os.register_at_fork(after_in_child=_forget_id_source)
+# be continued in two processes. (Platforms without fork have nothing to forget.)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_id_source)
 
 
 def new_request_id() -> str:
