@@ -6,12 +6,15 @@ bench_procrastinate), created at the start of a run and dropped at the end.
 
 from __future__ import annotations
 
+import re
 import shutil
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import tuple_row
 
 # Settings that shape the results; recorded with every run.
 FACT_SETTINGS = (
@@ -83,3 +86,31 @@ def tool(name: str) -> str:
     if path is None:
         raise RuntimeError(f"{name} is not installed (make bench installs it)")
     return path
+
+
+def explain_generic(
+    conn: psycopg.Connection[Any], statement: str, params: dict[str, Any], options: str = ""
+) -> list[Any]:
+    """EXPLAIN (`options`) of the generic plan of `statement` (psycopg's %(name)s
+    placeholders) run with `params`: the plan a prepared statement runs under
+    plan_cache_mode = force_generic_plan, as taskq's claims do. Inside a transaction that
+    is rolled back, so EXPLAIN ANALYZE of a claim claims nothing."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", number, statement).replace("%%", "%")
+    args = sql.SQL(", ").join(sql.Literal(params[name]) for name in names)
+    explain = f"EXPLAIN ({options}) " if options else "EXPLAIN "
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        conn.execute(sql.SQL("PREPARE taskq_explain AS {}").format(sql.SQL(text)))  # type: ignore[arg-type]
+        try:
+            query = sql.SQL(explain + "EXECUTE taskq_explain({})").format(args)  # type: ignore[arg-type]
+            with conn.cursor(row_factory=tuple_row) as cur:
+                return [row[0] for row in cur.execute(query).fetchall()]
+        finally:
+            conn.execute("DEALLOCATE taskq_explain")

@@ -169,6 +169,55 @@ def test_one_busy_key_does_not_hold_back_the_others(conn: Conn, settings: Settin
         assert running["n"] <= 1
 
 
+def _claim(conn: Conn, queue: str, limit: int) -> list[str]:
+    """One limited claim, as a worker makes it: the claimed tasks' keys, in claim order."""
+    got = flow.claim_limited(conn, queue=queue, limit=limit, worker_id="t", lease=30).claimed
+    keys = {
+        r["id"]: r["concurrency_key"]
+        for r in conn.execute(
+            "SELECT id, concurrency_key FROM taskq_tasks WHERE id = ANY(%s)",
+            [[t.id for t in got]],
+        ).fetchall()
+    }
+    return [keys[t.id] for t in got]
+
+
+def test_a_per_key_claim_takes_the_head_of_the_queue_in_priority_order(conn: Conn) -> None:
+    """Where the head of the queue has room, priority and age order the claim across keys
+    (and key-less tasks), not the keys' names."""
+    flow.set_limits(conn, "tenants", flow.LimitsUpdate(max_running_per_key=1))
+    for key in ["a", "b", "c"]:
+        q.enqueue(conn, "echo", {}, queue="tenants", concurrency_key=key)
+    q.enqueue(conn, "echo", {}, queue="tenants", concurrency_key="z", priority=5)
+    q.enqueue(conn, "echo", {}, queue="tenants", priority=3)
+    assert _claim(conn, "tenants", 2) == ["z", None]
+    assert _claim(conn, "tenants", 5) == ["a", "b", "c"]
+
+
+def test_a_per_key_claim_continues_a_key_after_the_head(conn: Conn) -> None:
+    """The head gives a key its best tasks up to its room; the walk after it adds the
+    key's next ones only up to that room, and never a task twice."""
+    flow.set_limits(conn, "tenants", flow.LimitsUpdate(max_running_per_key=2))
+    q.enqueue_many(conn, [TaskSpec(kind="echo", queue="tenants", concurrency_key="a")] * 3)
+    q.enqueue_many(conn, [TaskSpec(kind="echo", queue="tenants", concurrency_key="b")] * 3)
+    # The head (4 tasks: a, a, a, b) gives a, a, b; the walk then b's second task.
+    assert sorted(_claim(conn, "tenants", 4)) == ["a", "a", "b", "b"]
+    assert _claim(conn, "tenants", 4) == []  # both keys at their limit
+
+
+def test_keys_behind_a_deep_head_take_turns(conn: Conn) -> None:
+    """When the head of the queue is one key's backlog, each claim walks on from the key
+    where the previous walk stopped."""
+    flow.set_limits(conn, "tenants", flow.LimitsUpdate(max_running_per_key=1))
+    q.enqueue_many(conn, [TaskSpec(kind="echo", queue="tenants", concurrency_key="big")] * 20)
+    q.enqueue_many(
+        conn, [TaskSpec(kind="echo", queue="tenants", concurrency_key=f"k{i}") for i in range(5)]
+    )
+    assert _claim(conn, "tenants", 2) == ["big", "k0"]
+    assert _claim(conn, "tenants", 2) == ["k1", "k2"]
+    assert _claim(conn, "tenants", 3) == ["k3", "k4"]
+
+
 def test_rate_limit_windows_never_exceed_the_count(
     conn: Conn, database_url: str, stop_all: list[subprocess.Popen[str]]
 ) -> None:

@@ -15,6 +15,8 @@ from taskq import queue as q
 from taskq.errors import InvalidTransition, TaskNotFound
 from taskq.models import TaskSpec
 
+from bench import pg
+
 Conn = psycopg.Connection[dict[str, Any]]
 W1, W2 = "worker-one", "worker-two"
 
@@ -271,19 +273,46 @@ def test_claim_takes_only_queued_tasks(conn: Conn) -> None:
 
 
 def test_claim_uses_the_ready_index(conn: Conn) -> None:
+    """In the plan a worker runs (the generic one) and in a custom one alike."""
     # A table dominated by finished rows, as in steady state.
     q.enqueue_many(conn, [TaskSpec()] * 20_000)
     conn.execute("UPDATE taskq_tasks SET status = 'succeeded', finished_at = now()")
     q.enqueue_many(conn, [TaskSpec()] * 100)
     conn.execute("ANALYZE taskq_tasks")
+    params = {"queues": ["default"], "limit": 10, "worker_id": "w", "lease": 30}
     with conn.cursor() as cur:
-        cur.execute(
-            "EXPLAIN (FORMAT TEXT) " + q.sql.CLAIM,
-            {"queues": ["default"], "limit": 10, "worker_id": "w", "lease": 30},
-        )
-        plan = "\n".join(str(next(iter(row.values()))) for row in cur.fetchall())
-    assert "taskq_tasks_ready_idx" in plan, plan
-    assert "Seq Scan on taskq_tasks" not in plan, plan
+        cur.execute("EXPLAIN (FORMAT TEXT) " + q.sql.CLAIM, params)
+        custom = "\n".join(str(next(iter(row.values()))) for row in cur.fetchall())
+    generic = "\n".join(pg.explain_generic(conn, q.sql.CLAIM, params))
+    for plan in (custom, generic):
+        assert "taskq_tasks_ready_idx" in plan, plan
+        assert "Seq Scan on taskq_tasks" not in plan, plan
+    assert "Index Scan using taskq_tasks_pkey" in generic, generic
+
+
+def test_claim_runs_its_generic_plan_and_leaves_a_callers_settings_alone(conn: Conn) -> None:
+    """Once psycopg prepares CLAIM, it runs without planning (the generic plan), in its
+    own implicit transaction; inside a caller's transaction it changes no setting."""
+    q.enqueue_many(conn, [TaskSpec()] * 40)
+    for _ in range(10):
+        assert len(_claim(conn, limit=1)) == 1
+    row = conn.execute(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+        " WHERE statement LIKE '%%UPDATE taskq_tasks t%%SET status = ''running''%%'"
+    ).fetchone()
+    assert row is not None
+    assert row["generic_plans"] >= 3, row
+    assert row["custom_plans"] == 0, row
+
+    def mode() -> str:
+        got = conn.execute("SELECT current_setting('plan_cache_mode') AS m").fetchone()
+        assert got is not None
+        return str(got["m"])
+
+    assert mode() == "auto"
+    with conn.transaction():
+        assert len(_claim(conn, limit=1)) == 1
+        assert mode() == "auto"
 
 
 # ------------------------------------------------------------------ leases and fencing

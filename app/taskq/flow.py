@@ -9,11 +9,13 @@ queues without limits keep the plain claim (sql.CLAIM skips limited ones).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row, tuple_row
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -155,6 +157,15 @@ class LimitedClaim:
     alone: bool = True  # with outcomes: no other live worker serves the queue (`fresh`)
 
 
+def _transaction(conn: AnyConnection) -> contextlib.AbstractContextManager[Any]:
+    """The transaction of a pipelined claim. On an idle autocommit connection, the
+    pipeline's own: every statement up to its single sync runs in one implicit
+    transaction, committed at the sync (no BEGIN and COMMIT to send and process)."""
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        return contextlib.nullcontext()
+    return conn.transaction()
+
+
 def claim_limited(
     conn: AnyConnection,
     *,
@@ -191,7 +202,7 @@ def claim_limited(
         conn.cursor(row_factory=dict_row) as fcur,
         conn.cursor(row_factory=tuple_row) as acur,
     ):
-        with conn.pipeline(), conn.transaction():
+        with conn.pipeline(), _transaction(conn):
             if finish:
                 fcur.execute(
                     sql.FINISH,

@@ -71,6 +71,12 @@ LIMITED: LiteralString = (
     " OR (l.rate_limit_count IS NOT NULL AND l.rate_limit_per_seconds IS NOT NULL))"
 )
 
+# For the rest of this transaction, prepared statements run their generic plan (psycopg
+# prepares a statement after a few runs). For the claim statements, whose best plan does
+# not depend on the parameter values (index probes on the queue name, small limits) and
+# whose planning costs about half of their execution.
+GENERIC_PLAN: LiteralString = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"
+
 # Claim up to `limit` runnable tasks from the worker's queues, in priority, run_at, id
 # order. One LATERAL probe per queue keeps every probe on the ready index (an ANY() over
 # the leading column would force a sort of every ready row); SKIP LOCKED lets concurrent
@@ -116,8 +122,7 @@ WITH ready AS (
            lease_expires_at = now() + %(lease)s * interval '1 second',
            started_at = now(),
            updated_at = now()
-      FROM ready
-     WHERE t.id = ready.id AND t.status = 'queued'
+     WHERE t.id = ANY(ARRAY(SELECT id FROM ready)) AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.attempts, t.max_attempts, t.priority, t.run_at,
               t.timeout_seconds, t.depends_on
 )
@@ -174,14 +179,17 @@ LIMITED_QUEUES: LiteralString = (
 #   window (taskq_queue_flow).
 #   A paused queue has no budget.
 # - Without a per-key limit: the head of the queue, as CLAIM takes it.
-# - With max_running_per_key: tasks without a key among the first `limit` of the queue
-#   (the ready index has no key column, so these cost a heap read each; a queue with a
-#   per-key limit is expected to key its tasks), then a walk over the distinct keys on the
-#   keyed ready index, starting after the key where the previous turn stopped and wrapping
-#   around once, taking from each key as many tasks as it has room for (priority orders
-#   tasks within a key; keys take turns). The walk stops when the budget is spent.
-# - The starts (when a rate limit is set) and the walk's stopping point are recorded in
-#   taskq_queue_flow; start entries older than the window are dropped there.
+# - With max_running_per_key: first the head of the queue (its first `limit` runnable
+#   tasks in claim order, on the ready index), taking key-less tasks and those whose key
+#   has room, so priority and age order the claim across keys; then, only if budget is
+#   left, a walk over the distinct keys on the keyed ready index, starting after the key
+#   where the previous walk stopped and wrapping around once, taking from each key as
+#   many more tasks as it has room for (priority orders tasks within a key; keys take
+#   turns, so a key with a deep backlog at the head does not hold back the others). The
+#   walk stops when the budget is spent; a claim the head fills never walks.
+# - The starts (when a rate limit is set) and the walk's stopping point (when it walked)
+#   are recorded in taskq_queue_flow; start entries older than the window are dropped
+#   there.
 # Rows come back as CLAIM's, each with `room_left`: what max_running and the rate window
 # leave after this claim (0: the queue is full; NULL: neither limit is set).
 CLAIM_LIMITED: LiteralString = """
@@ -231,15 +239,30 @@ WITH RECURSIVE clock AS MATERIALIZED (
        AND (SELECT max_running_per_key FROM lim) IS NULL
      ORDER BY t.priority DESC, t.run_at, t.id
      LIMIT (SELECT n FROM budget)
-), keyless AS (
-    SELECT h.id, NULL::text AS key, false AS wrapped, 1 AS part
-      FROM (SELECT t.id, t.concurrency_key
+), head AS MATERIALIZED (
+    -- The head of the queue in claim order (the ready index has no key column: a heap
+    -- read per row for the key), each task ranked within its key.
+    SELECT h.id, h.concurrency_key AS key, h.priority, h.run_at,
+           row_number() OVER (PARTITION BY h.concurrency_key
+                              ORDER BY h.priority DESC, h.run_at, h.id) AS rank
+      FROM (SELECT t.id, t.concurrency_key, t.priority, t.run_at
               FROM taskq_tasks t
              WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.run_at <= now()
                AND (SELECT max_running_per_key FROM lim) IS NOT NULL
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT %(limit)s::int) h
-     WHERE h.concurrency_key IS NULL
+), head_taken AS MATERIALIZED (
+    -- What the head gives: key-less tasks, and a key's best tasks up to its room. Within
+    -- a key the head's tasks are its best runnable ones, so the walk below continues a
+    -- key after the ones taken here (rank).
+    SELECT h.id, h.key, h.priority, h.run_at
+      FROM head h
+     WHERE h.key IS NULL
+        OR h.rank <= (SELECT max_running_per_key FROM lim)
+                     - COALESCE(((SELECT n FROM busy_keys) ->> h.key)::int, 0)
+), head_by_key AS MATERIALIZED (
+    SELECT COALESCE(jsonb_object_agg(h.key, h.n), '{}') AS n
+      FROM (SELECT key, count(*)::int AS n FROM head_taken WHERE key IS NOT NULL GROUP BY key) h
 ), walk(key, wrapped, id, runnable) AS (
     -- Each step is one probe of the keyed ready index: the first entry after the current
     -- key is the next key's best task (the index is in claim order within a key).
@@ -296,11 +319,14 @@ WITH RECURSIVE clock AS MATERIALIZED (
            ) AS c
      WHERE c.rank <= (SELECT max_running_per_key FROM lim)
                      - COALESCE(((SELECT n FROM busy_keys) ->> w.key)::int, 0)
+       AND c.rank > COALESCE(((SELECT n FROM head_by_key) ->> w.key)::int, 0)
 ), chosen AS MATERIALIZED (
+    -- In this order, as far as the budget goes: a part not needed is never run.
     SELECT * FROM (
         SELECT * FROM plain
         UNION ALL
-        (SELECT * FROM keyless LIMIT %(limit)s)
+        (SELECT ht.id, NULL::text AS key, false AS wrapped, 1 AS part
+           FROM head_taken ht ORDER BY ht.priority DESC, ht.run_at, ht.id)
         UNION ALL
         SELECT * FROM keyed) AS x
      LIMIT (SELECT n FROM budget)
@@ -323,11 +349,14 @@ WITH RECURSIVE clock AS MATERIALIZED (
                 ELSE ARRAY[(SELECT now FROM clock)] END,
            CASE WHEN (SELECT rate_count FROM lim) IS NULL THEN '{}'::int[]
                 ELSE ARRAY[c.n] END,
-           (SELECT ch.key FROM chosen ch JOIN claimed cl ON cl.id = ch.id
-             WHERE ch.key IS NOT NULL ORDER BY ch.wrapped DESC, ch.key DESC LIMIT 1)
-      FROM (SELECT count(*)::int AS n FROM claimed) AS c
-     WHERE c.n > 0 AND ((SELECT rate_count FROM lim) IS NOT NULL
-                        OR (SELECT max_running_per_key FROM lim) IS NOT NULL)
+           w.key
+      FROM (SELECT count(*)::int AS n FROM claimed) AS c,
+           -- The walk's stopping point: the last key it took a task from (none when
+           -- the head filled the claim, which leaves the cursor where it was).
+           (SELECT (SELECT ch.key FROM chosen ch JOIN claimed cl ON cl.id = ch.id
+                     WHERE ch.key IS NOT NULL ORDER BY ch.wrapped DESC, ch.key DESC LIMIT 1)
+                   AS key) AS w
+     WHERE c.n > 0 AND ((SELECT rate_count FROM lim) IS NOT NULL OR w.key IS NOT NULL)
     ON CONFLICT (queue) DO UPDATE
        SET (start_times, start_counts) = (
                SELECT COALESCE(array_agg(s.t ORDER BY s.t), '{}') || EXCLUDED.start_times,

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from taskq import sql
 
-from bench import procs
+from bench import pg, procs
 from bench.config import DEFAULT_CONCURRENCY
 from bench.probe import Collector
 from bench.systems import System, Taskq
@@ -48,7 +48,8 @@ class ScaleResult:
 
 
 def claim_probe(url: str) -> ClaimProbe:
-    """EXPLAIN ANALYZE the real CLAIM, each in a transaction rolled back afterwards."""
+    """EXPLAIN ANALYZE the real CLAIM in its generic plan (the one the worker runs), each
+    in a transaction rolled back afterwards."""
     params: dict[str, Any] = {
         "queues": ["default"],
         "limit": CLAIM_LIMIT,
@@ -56,20 +57,11 @@ def claim_probe(url: str) -> ClaimProbe:
         "lease": 30,
     }
     times: list[float] = []
-    plan: list[str] = []
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         for _ in range(CLAIM_SAMPLES):
-            rows = conn.execute(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql.CLAIM,
-                params,
-            ).fetchone()
-            conn.rollback()
-            assert rows is not None
-            doc = rows[0][0]
-            times.append(float(doc["Execution Time"]))
-        for row in conn.execute("EXPLAIN " + sql.CLAIM, params):
-            plan.append(str(row[0]))
-        conn.rollback()
+            [doc] = pg.explain_generic(conn, sql.CLAIM, params, "ANALYZE, BUFFERS, FORMAT JSON")
+            times.append(float(doc[0]["Execution Time"]))
+        plan = [str(line) for line in pg.explain_generic(conn, sql.CLAIM, params)]
     text = "\n".join(plan)
     # The ready probe: the first scan of a taskq_tasks index (the registry's probes of
     # taskq_queues come first in the plan, the pkey join later).

@@ -17,12 +17,14 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from taskq import flow
 from taskq import queue as q
 
 from tests.helpers import wait_until
 from tests.reliability.conftest import Metrics, PrivatePostgres, ReplicatedPostgres
 from tests.reliability.harness import Processes, get_status, request
 from tests.reliability.load import Load, Outcome, ReadyProbe
+from tests.test_flow import max_overlap
 
 pytestmark = pytest.mark.reliability
 Conn = psycopg.Connection[dict[str, Any]]
@@ -221,6 +223,9 @@ def test_pgbouncer(
     with psycopg.connect(database_url, autocommit=True) as admin:
         # The database's default, so that a leaked session `off` would show.
         admin.execute(f'ALTER DATABASE "{bouncer.dbname}" SET synchronous_commit = on')
+        # Every claim is a limited one: the queue's turn and the claim in one pipelined
+        # transaction through the pooler, outcomes riding on the claims.
+        flow.set_limits(admin, "default", flow.LimitsUpdate(max_running=4))
     settings: dict[str, Any] = {"db_pooler": mode}
     if mode == "transaction":
         settings["listen_database_url"] = database_url
@@ -241,6 +246,11 @@ def test_pgbouncer(
         what="every task to succeed",
     )
     drained = time.monotonic() - started
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        rows = conn.execute(
+            "SELECT started_at, finished_at FROM taskq_tasks WHERE id = ANY(%s)", [list(accepted)]
+        ).fetchall()
+    assert max_overlap(rows) <= 4  # the limit held through the pooler
     # Reads work too (GET /tasks/{id} and the list).
     some = next(iter(accepted))
     assert request(api_port, "GET", f"/tasks/{some}").json()["status"] == "succeeded"
@@ -258,16 +268,17 @@ def test_pgbouncer(
     )
     pickup = time.monotonic() - t0
     # No session state leaked into the pool: other clients see the server's defaults.
-    leaks: list[tuple[str, str | None, str | None]] = []
+    leaks: list[tuple[str, str | None, str | None, str]] = []
     for _ in range(8):
         with psycopg.connect(bouncer.url(), autocommit=True, prepare_threshold=None) as other:
             row = other.execute(
                 "SELECT current_setting('synchronous_commit') AS sc,"
                 " current_setting('taskq.notify', true) AS notify,"
-                " current_setting('statement_timeout') AS st"
+                " current_setting('statement_timeout') AS st,"
+                " current_setting('plan_cache_mode') AS plans"
             ).fetchone()
             assert row is not None
-            if row[0] != "on" or row[1] not in (None, "") or row[2] != "0":
+            if row[0] != "on" or row[1] not in (None, "") or row[2] != "0" or row[3] != "auto":
                 leaks.append(row)
     assert not leaks, f"session settings leaked through the pool: {leaks}"
     assert api.alive()
