@@ -193,9 +193,9 @@ def claim_limited(
     if limit <= 0 and not finish:
         return LimitedClaim([], False)
     params = {"queue": queue, "limit": max(0, limit), "worker_id": worker_id, "lease": lease}
-    # Pipelined: BEGIN, FINISH, the turn, the claim and COMMIT go out together and their
-    # results come back in one round trip (the claim still starts only once the turn is
-    # held, and sees the FINISH: an earlier statement of its own transaction).
+    # Pipelined: FINISH, the turn and the claim go out together in one transaction and
+    # their results come back in one round trip (the claim still starts only once the
+    # turn is held, and sees the FINISH: an earlier statement of its own transaction).
     with (
         translate_errors(),
         conn.cursor(row_factory=tuple_row) as cur,
