@@ -455,6 +455,28 @@ def grafana_problems(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
+def test_a_scrape_skips_a_metrics_file_a_process_is_creating(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A gunicorn worker that starts (or replaces a dead one) creates its metrics file
+    empty and sizes it a moment later; a scrape in that moment answers with the other
+    processes' values instead of failing."""
+    import os
+    import sys
+
+    code = (
+        "from prometheus_client import Counter;"
+        " Counter('taskq_probe', 'a counter', ['queue']).labels('mp').inc(3)"
+    )
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    (tmp_path / "counter_999999.db").touch()  # a process creating its file right now
+    (tmp_path / "gauge_livesum_999998.db").touch()
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    body, _ = metrics.exposition()
+    assert value(parse(body.decode()), "taskq_probe_total", queue="mp") == 3
+
+
 def test_grafana_dashboard_queries_only_metrics_taskq_exports() -> None:
     doc = json.loads(GRAFANA.read_text())
     assert grafana_problems(doc) == []

@@ -11,7 +11,8 @@ Two sources:
 Several processes (gunicorn workers): prometheus-client's multiprocess mode. `taskq api`
 gives each server a fresh directory in PROMETHEUS_MULTIPROC_DIR before it forks
 (`prepare_multiprocess_dir`), every process writes its values to files there, a scrape
-served by any process adds them all up, and gunicorn's `child_exit` hook drops the live
+served by any process adds them all up (skipping a file still being created), and
+gunicorn's `child_exit` hook drops the live
 gauges of a process that exited (app/taskq/server.py). prometheus-client decides at import
 time whether it runs in that mode, so this module imports it only on first use: a
 gunicorn master must not record a metric before it forks.
@@ -582,20 +583,41 @@ class _Chain:
             yield from source.collect()
 
 
+class _ProcessFiles:
+    """Every process's values in the multiprocess directory, merged as prometheus-client's
+    MultiProcessCollector merges them, but without a file that a process (a gunicorn
+    worker just forked, or replacing one that died) is creating at this very moment: it
+    exists empty until prometheus-client sizes it, and reading it then fails the scrape.
+    Files only grow while the server runs, so one that has its header stays readable."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _has_header(f)]
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        yield from merged
+
+
+def _has_header(path: str) -> bool:
+    """The file has prometheus-client's 8-byte header (its used size and padding)."""
+    try:
+        return os.path.getsize(path) >= 8
+    except OSError:  # removed since the glob: a dead process's live gauges
+        return False
+
+
 def exposition(collectors: Sequence[Any] = ()) -> tuple[bytes, str]:
     """The Prometheus text format for this process (or all of them, in multiprocess
     mode) plus `collectors`, and its content type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
     from prometheus_client import generate_latest as _generate
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     refresh()
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        sources: list[Any] = [registry]
-    else:
-        sources = [REGISTRY]
+    path = os.environ.get(MULTIPROC_ENV)
+    sources: list[Any] = [_ProcessFiles(path)] if path else [REGISTRY]
     return _generate(_Chain([*sources, *collectors])), CONTENT_TYPE_LATEST
 
 
